@@ -1,0 +1,61 @@
+"""Built-in model shapes and dataset names (no torch, so specs validate anywhere).
+
+Model shapes are the LLaMA configurations GaLore and VeLoRA use for C4 pre-training (GaLore
+Table 5), LLaMA-7B/13B, and a tiny CPU model. Vocabulary 32,000 as LLaMA's tokenizer (the byte-level
+tokenizer of the offline datasets uses the first 259 ids and leaves the rest unused).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ModelPreset:
+    """A LLaMA-family shape."""
+
+    hidden_size: int
+    intermediate_size: int
+    num_attention_heads: int
+    num_hidden_layers: int
+    vocab_size: int = 32000
+    max_position_embeddings: int = 2048
+    num_key_value_heads: int | None = None
+    description: str = ""
+
+    def input_features(self) -> dict[str, int]:
+        """Input width of each standard LLaMA projection, by module-name suffix."""
+        h, i = self.hidden_size, self.intermediate_size
+        return {
+            "q_proj": h,
+            "k_proj": h,
+            "v_proj": h,
+            "o_proj": h,
+            "gate_proj": h,
+            "up_proj": h,
+            "down_proj": i,
+        }
+
+
+MODEL_PRESETS: dict[str, ModelPreset] = {
+    "tiny": ModelPreset(128, 352, 4, 2, vocab_size=320, max_position_embeddings=512,
+                        description="Tiny LLaMA for CPUs and tests (byte-level vocabulary)"),
+    "small": ModelPreset(256, 688, 4, 4, vocab_size=320, max_position_embeddings=1024,
+                         description="Small LLaMA for the offline demo (byte-level vocabulary)"),
+    "llama-60m": ModelPreset(512, 1376, 8, 8, max_position_embeddings=1024, description="GaLore/VeLoRA C4 60M"),
+    "llama-130m": ModelPreset(768, 2048, 12, 12, max_position_embeddings=1024, description="GaLore/VeLoRA C4 130M"),
+    "llama-350m": ModelPreset(1024, 2736, 16, 24, max_position_embeddings=1024, description="GaLore C4 350M"),
+    "llama-1b": ModelPreset(2048, 5461, 24, 32, max_position_embeddings=1024, description="GaLore C4 1B"),
+    "llama-7b": ModelPreset(4096, 11008, 32, 32, max_position_embeddings=4096, description="LLaMA-7B shape"),
+    "llama-13b": ModelPreset(5120, 13824, 40, 40, max_position_embeddings=4096, description="LLaMA-13B shape"),
+}
+
+#: Built-in datasets: name -> (kind, description). ``lm`` = plain text, ``mc`` = multiple choice,
+#: ``instruct`` = instruction tuning.
+DATASETS: dict[str, tuple[str, str]] = {
+    "stdlib-corpus": ("lm", "Offline: the running Python's standard-library sources, split by file"),
+    "stdlib-mc": ("mc", "Offline: docstring -> which of four function names, from the standard library"),
+    "c4": ("lm", "allenai/c4 'en', streamed from the hub"),
+    "alpaca": ("instruct", "yahma/alpaca-cleaned with the Alpaca prompt template, from the hub"),
+    "mmlu": ("mc", "cais/mmlu 'all', 5-shot by answer-letter log-likelihood, from the hub"),
+}

@@ -1,0 +1,111 @@
+"""What a run produces: status, memory, evaluation, throughput, loss curve, environment.
+
+Plain pydantic models without torch, so the backend and dashboard can read results.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+
+class RunStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    OUT_OF_MEMORY = "out_of_memory"
+    CANCELLED = "cancelled"
+
+    @property
+    def finished(self) -> bool:
+        return self not in (RunStatus.QUEUED, RunStatus.RUNNING)
+
+
+class MemoryReport(BaseModel):
+    """Bytes one training step needs, by component (DESIGN.md, "Measuring memory honestly").
+
+    ``weight_bytes``: frozen weights as stored (4-bit counted as packed bytes plus quantisation
+    state); ``trainable_bytes``: trainable parameters; ``gradient_bytes``: their gradients;
+    ``optimizer_bytes``: optimizer state; ``activation_bytes``: tensors saved for backward,
+    measured, de-duplicated by storage, parameters excluded; ``predicted_activation_bytes``: the
+    analytic bytes the VeLoRA-wrapped layers save (``T·G·elem`` + ``v``), and the measured bytes those
+    layers saved in ``velora_measured_bytes``; ``peak_bytes``: CUDA peak allocated (None off CUDA).
+    """
+
+    weight_bytes: int = 0
+    trainable_bytes: int = 0
+    gradient_bytes: int = 0
+    optimizer_bytes: int = 0
+    activation_bytes: int = 0
+    predicted_activation_bytes: int = 0
+    velora_measured_bytes: int = 0
+    peak_bytes: int | None = None
+    weight_bytes_by_dtype: dict[str, int] = Field(default_factory=dict)
+    trainable_params: int = 0
+    total_params: int = 0
+
+    @property
+    def total_bytes(self) -> int:
+        """Sum of the components (the analytic total, comparable with ``peak_bytes``)."""
+        return (
+            self.weight_bytes
+            + self.trainable_bytes
+            + self.gradient_bytes
+            + self.optimizer_bytes
+            + self.activation_bytes
+        )
+
+
+class EvalResult(BaseModel):
+    metric: str  # "perplexity", "mc_accuracy" or "none"
+    value: float | None = None
+    chance: float | None = None  # chance level for accuracy; None for perplexity
+    num_examples: int = 0
+    details: dict[str, Any] = Field(default_factory=dict)
+
+
+class Throughput(BaseModel):
+    tokens_per_s: float = 0.0
+    step_time_s: float = 0.0
+    train_time_s: float = 0.0
+    tokens: int = 0
+
+
+class LossPoint(BaseModel):
+    step: int
+    loss: float
+    lr: float
+
+
+class ProgressEvent(BaseModel):
+    """Sent to ``on_progress`` every ``progress_every`` steps (and on phase changes)."""
+
+    phase: str  # "setup", "train", "eval", "done"
+    step: int = 0
+    total_steps: int = 0
+    loss: float | None = None
+    lr: float | None = None
+    tokens_per_s: float | None = None
+    step_time_s: float | None = None
+    memory_allocated_bytes: int | None = None
+    message: str = ""
+
+
+class RunResult(BaseModel):
+    method: str
+    status: RunStatus
+    error: str | None = None
+    memory: MemoryReport = Field(default_factory=MemoryReport)
+    eval: EvalResult = Field(default_factory=lambda: EvalResult(metric="none"))
+    throughput: Throughput = Field(default_factory=Throughput)
+    loss_curve: list[LossPoint] = Field(default_factory=list)
+    environment: dict[str, Any] = Field(default_factory=dict)
+    spec_hash: str = ""
+    steps_done: int = 0
+    artifact_path: str | None = None
+    max_micro_batch: int | None = None
+    failed_shape: dict[str, Any] | None = None
+    spec: dict[str, Any] | None = None

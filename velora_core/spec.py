@@ -1,0 +1,233 @@
+"""The run specification: the one contract shared by the CLI, the API, the worker and the dashboard.
+
+A :class:`RunSpec` describes one training run completely (workload, model, data, method, schedule,
+evaluation). It is validated once, serialises to JSON and has a stable hash. A
+:class:`ComparisonSpec` is one workload run under a list of methods (and seeds).
+
+This module imports no torch, so the backend can validate specs without loading it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from velora_core.method_configs import METHOD_CONFIGS, method_config_for
+from velora_core.presets import DATASETS, MODEL_PRESETS
+
+Dtype = Literal["fp32", "bf16", "fp16"]
+
+#: Bounds that keep a single request from asking for something absurd.
+MAX_STEPS = 1_000_000
+MAX_MICRO_BATCH = 4096
+MAX_SEQ_LEN = 131_072
+MAX_SEEDS = 16
+
+
+class StrictModel(BaseModel):
+    """Base for spec models: unknown fields are an error, not silently dropped."""
+
+    model_config = ConfigDict(extra="forbid", frozen=False)
+
+
+class ModelSpec(StrictModel):
+    """Where the model comes from.
+
+    - ``preset``: a built-in shape (``tiny``, ``llama-60m`` … ``llama-13b``), random weights.
+    - ``hub``: a Hugging Face hub id (``trust_remote_code`` is never enabled).
+    - ``local``: a directory written by ``save_pretrained``.
+    - ``artifact``: the saved model of an earlier run, named by that run's spec (``pretrain``); the
+      engine runs it first if its artifact is not in the artifact directory yet.
+    """
+
+    source: Literal["preset", "hub", "local", "artifact"] = "preset"
+    name: str | None = Field(default=None, description="Preset name, hub id or local directory.")
+    revision: str | None = Field(default=None, description="Hub revision (branch, tag or commit).")
+    pretrain: RunSpec | None = Field(default=None, description="For source='artifact': the run that makes it.")
+    memory_only: bool = Field(
+        default=False,
+        description="Random weights of the model's shape: measures memory, reports no accuracy.",
+    )
+
+    @model_validator(mode="after")
+    def _check_source(self) -> ModelSpec:
+        if self.source == "artifact":
+            if self.pretrain is None:
+                raise ValueError("model.source='artifact' needs model.pretrain (the spec of the run that makes it)")
+            if self.pretrain.workload != "pretrain" and self.pretrain.model.source == "artifact":
+                pass
+        else:
+            if not self.name:
+                raise ValueError(f"model.source={self.source!r} needs model.name")
+            if self.pretrain is not None:
+                raise ValueError("model.pretrain is only allowed with model.source='artifact'")
+        if self.source == "preset" and self.name not in MODEL_PRESETS:
+            raise ValueError(f"unknown model preset {self.name!r}; choose one of {sorted(MODEL_PRESETS)}")
+        return self
+
+    def max_positions(self) -> int | None:
+        """The model's sequence-length limit where it is known without loading anything."""
+        if self.source == "preset":
+            return MODEL_PRESETS[self.name].max_position_embeddings
+        if self.source == "artifact" and self.pretrain is not None:
+            return self.pretrain.model.max_positions()
+        return None
+
+    def hidden_sizes(self) -> dict[str, int] | None:
+        """Input features of the standard LLaMA projections, where known without loading."""
+        if self.source == "preset":
+            return MODEL_PRESETS[self.name].input_features()
+        if self.source == "artifact" and self.pretrain is not None:
+            return self.pretrain.model.hidden_sizes()
+        return None
+
+
+class DatasetSpec(StrictModel):
+    """Where the training data comes from.
+
+    - ``builtin``: ``stdlib-corpus`` (language modelling on the running Python's standard-library
+      sources), ``stdlib-mc`` (multiple choice built from the same sources), ``c4``, ``alpaca`` (hub).
+    - ``hub``: a dataset id with ``config`` and ``split``; ``text_field`` names the text column.
+    - ``local``: a JSONL file (``text_field`` or Alpaca's instruction/input/output) or a text file.
+    """
+
+    source: Literal["builtin", "hub", "local"] = "builtin"
+    name: str
+    config: str | None = None
+    split: str = "train"
+    eval_split: str | None = None
+    text_field: str = "text"
+    max_examples: int | None = Field(default=None, ge=1, le=100_000_000)
+
+    @model_validator(mode="after")
+    def _check_name(self) -> DatasetSpec:
+        if self.source == "builtin" and self.name not in DATASETS:
+            raise ValueError(f"unknown built-in dataset {self.name!r}; choose one of {sorted(DATASETS)}")
+        return self
+
+
+class OptimizerSpec(StrictModel):
+    """AdamW with linear warm-up and cosine decay to ``min_lr_ratio`` of the peak (GaLore's schedule)."""
+
+    name: Literal["adamw"] = "adamw"
+    lr: float = Field(default=1e-3, gt=0, le=10)
+    weight_decay: float = Field(default=0.0, ge=0, le=10)
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_steps: int = Field(default=0, ge=0, le=MAX_STEPS)
+    min_lr_ratio: float = Field(default=0.1, ge=0, le=1)
+    max_grad_norm: float | None = Field(default=1.0, gt=0)
+
+    @field_validator("betas")
+    @classmethod
+    def _check_betas(cls, betas: tuple[float, float]) -> tuple[float, float]:
+        if not all(0.0 <= b < 1.0 for b in betas):
+            raise ValueError(f"betas must lie in [0, 1), got {betas}")
+        return betas
+
+
+class EvalSpec(StrictModel):
+    """How the run is evaluated.
+
+    ``metric``: ``perplexity`` on held-out text, ``mc_accuracy`` (k-shot multiple choice scored by the
+    log-likelihood of the answer letters, MMLU's protocol), or ``none``. ``dataset`` defaults to the
+    training data's evaluation split; for ``mc_accuracy`` it is ``stdlib-mc`` or ``mmlu``.
+    """
+
+    metric: Literal["perplexity", "mc_accuracy", "none"] = "perplexity"
+    dataset: DatasetSpec | None = None
+    num_shots: int = Field(default=5, ge=0, le=25)
+    max_examples: int = Field(default=200, ge=1, le=100_000)
+    batch_size: int = Field(default=8, ge=1, le=MAX_MICRO_BATCH)
+
+
+class RunSpec(StrictModel):
+    """One training run. See the module docstring."""
+
+    workload: Literal["pretrain", "finetune"]
+    model: ModelSpec
+    dataset: DatasetSpec
+    method: str = "full"
+    method_config: dict[str, Any] = Field(default_factory=dict)
+    seq_len: int = Field(default=256, ge=8, le=MAX_SEQ_LEN)
+    micro_batch: int = Field(default=8, ge=1, le=MAX_MICRO_BATCH)
+    grad_accum: int = Field(default=1, ge=1, le=1024)
+    steps: int | None = Field(default=100, ge=1, le=MAX_STEPS)
+    epochs: float | None = Field(default=None, gt=0, le=1000)
+    optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
+    dtype: Dtype = "fp32"
+    seed: int = Field(default=0, ge=0, le=2**31 - 1)
+    device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
+    eval: EvalSpec = Field(default_factory=EvalSpec)
+    progress_every: int = Field(default=1, ge=1, le=10_000)
+    max_batch_search: bool = False
+    save_artifact: bool = True
+
+    @model_validator(mode="after")
+    def _check(self) -> RunSpec:
+        if self.method not in METHOD_CONFIGS:
+            raise ValueError(f"unknown method {self.method!r}; choose one of {sorted(METHOD_CONFIGS)}")
+        # Validate the method's settings now (typed, with their own clear errors), keep them as plain JSON.
+        parsed = method_config_for(self.method, self.method_config)
+        self.method_config = parsed.model_dump(mode="json")
+        if (self.steps is None) == (self.epochs is None):
+            raise ValueError("give exactly one of steps and epochs")
+        limit = self.model.max_positions()
+        if limit is not None and self.seq_len > limit:
+            raise ValueError(f"seq_len {self.seq_len} is beyond the model's limit of {limit} positions")
+        if self.workload == "finetune" and self.model.source == "preset" and not self.model.memory_only:
+            raise ValueError(
+                "a finetune from a preset has no trained weights: use model.source='artifact' (with a "
+                "pretrain spec), 'hub' or 'local', or set model.memory_only=true to measure memory only"
+            )
+        sizes = self.model.hidden_sizes()
+        if sizes is not None:
+            parsed.check_against_model(sizes)
+        if self.model.memory_only:
+            self.eval = self.eval.model_copy(update={"metric": "none"})
+        return self
+
+    def spec_hash(self) -> str:
+        """A stable hash of everything that changes the result (sorted-key JSON, SHA-256, 16 hex digits)."""
+        payload = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+class ComparisonSpec(StrictModel):
+    """One workload (a RunSpec without its method) run under each method, for each seed."""
+
+    name: str = Field(default="comparison", min_length=1, max_length=200)
+    base: RunSpec
+    methods: list[str] = Field(min_length=1, max_length=16)
+    method_configs: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    seeds: list[Annotated[int, Field(ge=0, le=2**31 - 1)]] = Field(default_factory=lambda: [0], max_length=MAX_SEEDS)
+
+    @model_validator(mode="after")
+    def _check(self) -> ComparisonSpec:
+        unknown = [m for m in self.methods if m not in METHOD_CONFIGS]
+        if unknown:
+            raise ValueError(f"unknown method(s) {unknown}; choose from {sorted(METHOD_CONFIGS)}")
+        if len(set(self.methods)) != len(self.methods):
+            raise ValueError("methods must not repeat")
+        stray = sorted(set(self.method_configs) - set(self.methods))
+        if stray:
+            raise ValueError(f"method_configs names methods not in the comparison: {stray}")
+        if not self.seeds:
+            raise ValueError("seeds must not be empty")
+        self.runs()  # every expanded run must itself be valid
+        return self
+
+    def runs(self) -> list[RunSpec]:
+        """Expand into one RunSpec per (method, seed), each validated."""
+        base = self.base.model_dump(mode="json")
+        out = []
+        for seed in self.seeds:
+            for method in self.methods:
+                data = dict(base, method=method, seed=seed, method_config=self.method_configs.get(method, {}))
+                out.append(RunSpec.model_validate(data))
+        return out
+
+
+ModelSpec.model_rebuild()
