@@ -50,11 +50,15 @@ class VeLoRAConfig(BaseModel):
             try:
                 decay = float(init.removeprefix("ema:"))
             except ValueError:
-                raise ValueError(f"init {init!r}: the decay after 'ema:' must be a number, e.g. 'ema:0.9'") from None
+                raise ValueError(
+                    f"init {init!r}: the decay after 'ema:' must be a number, e.g. 'ema:0.9'"
+                ) from None
             if not 0.0 < decay < 1.0:
                 raise ValueError(f"init {init!r}: the ema decay must lie strictly between 0 and 1")
             return init
-        raise ValueError(f"unknown init {init!r}; choose batch_average_once, batch_average, ema:<decay> or random")
+        raise ValueError(
+            f"unknown init {init!r}; choose batch_average_once, batch_average, ema:<decay> or random"
+        )
 
     @field_validator("target_modules")
     @classmethod
@@ -63,7 +67,9 @@ class VeLoRAConfig(BaseModel):
             try:
                 re.compile(p)
             except re.error as exc:
-                raise ValueError(f"target_modules entry {p!r} is not a valid regular expression: {exc}") from None
+                raise ValueError(
+                    f"target_modules entry {p!r} is not a valid regular expression: {exc}"
+                ) from None
         return patterns
 
     @model_validator(mode="before")

@@ -38,16 +38,36 @@ class ModelPreset:
 
 
 MODEL_PRESETS: dict[str, ModelPreset] = {
-    "tiny": ModelPreset(128, 352, 4, 2, vocab_size=320, max_position_embeddings=512,
-                        description="Tiny LLaMA for CPUs and tests (byte-level vocabulary)"),
-    "small": ModelPreset(256, 688, 4, 4, vocab_size=320, max_position_embeddings=1024,
-                         description="Small LLaMA for the offline demo (byte-level vocabulary)"),
-    "llama-60m": ModelPreset(512, 1376, 8, 8, max_position_embeddings=1024, description="GaLore/VeLoRA C4 60M"),
-    "llama-130m": ModelPreset(768, 2048, 12, 12, max_position_embeddings=1024, description="GaLore/VeLoRA C4 130M"),
+    "tiny": ModelPreset(
+        128,
+        352,
+        4,
+        2,
+        vocab_size=320,
+        max_position_embeddings=512,
+        description="Tiny LLaMA for CPUs and tests (byte-level vocabulary)",
+    ),
+    "small": ModelPreset(
+        256,
+        688,
+        4,
+        4,
+        vocab_size=320,
+        max_position_embeddings=1024,
+        description="Small LLaMA for the offline demo (byte-level vocabulary)",
+    ),
+    "llama-60m": ModelPreset(
+        512, 1376, 8, 8, max_position_embeddings=1024, description="GaLore/VeLoRA C4 60M"
+    ),
+    "llama-130m": ModelPreset(
+        768, 2048, 12, 12, max_position_embeddings=1024, description="GaLore/VeLoRA C4 130M"
+    ),
     "llama-350m": ModelPreset(1024, 2736, 16, 24, max_position_embeddings=1024, description="GaLore C4 350M"),
     "llama-1b": ModelPreset(2048, 5461, 24, 32, max_position_embeddings=1024, description="GaLore C4 1B"),
     "llama-7b": ModelPreset(4096, 11008, 32, 32, max_position_embeddings=4096, description="LLaMA-7B shape"),
-    "llama-13b": ModelPreset(5120, 13824, 40, 40, max_position_embeddings=4096, description="LLaMA-13B shape"),
+    "llama-13b": ModelPreset(
+        5120, 13824, 40, 40, max_position_embeddings=4096, description="LLaMA-13B shape"
+    ),
 }
 
 #: Built-in datasets: name -> (kind, description). ``lm`` = plain text, ``mc`` = multiple choice,

@@ -46,7 +46,9 @@ class ModelSpec(StrictModel):
     source: Literal["preset", "hub", "local", "artifact"] = "preset"
     name: str | None = Field(default=None, description="Preset name, hub id or local directory.")
     revision: str | None = Field(default=None, description="Hub revision (branch, tag or commit).")
-    pretrain: RunSpec | None = Field(default=None, description="For source='artifact': the run that makes it.")
+    pretrain: RunSpec | None = Field(
+        default=None, description="For source='artifact': the run that makes it."
+    )
     memory_only: bool = Field(
         default=False,
         description="Random weights of the model's shape: measures memory, reports no accuracy.",
@@ -56,9 +58,9 @@ class ModelSpec(StrictModel):
     def _check_source(self) -> ModelSpec:
         if self.source == "artifact":
             if self.pretrain is None:
-                raise ValueError("model.source='artifact' needs model.pretrain (the spec of the run that makes it)")
-            if self.pretrain.workload != "pretrain" and self.pretrain.model.source == "artifact":
-                pass
+                raise ValueError(
+                    "model.source='artifact' needs model.pretrain (the spec of the run that makes it)"
+                )
         else:
             if not self.name:
                 raise ValueError(f"model.source={self.source!r} needs model.name")
@@ -202,7 +204,9 @@ class ComparisonSpec(StrictModel):
     base: RunSpec
     methods: list[str] = Field(min_length=1, max_length=16)
     method_configs: dict[str, dict[str, Any]] = Field(default_factory=dict)
-    seeds: list[Annotated[int, Field(ge=0, le=2**31 - 1)]] = Field(default_factory=lambda: [0], max_length=MAX_SEEDS)
+    seeds: list[Annotated[int, Field(ge=0, le=2**31 - 1)]] = Field(
+        default_factory=lambda: [0], max_length=MAX_SEEDS
+    )
 
     @model_validator(mode="after")
     def _check(self) -> ComparisonSpec:

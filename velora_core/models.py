@@ -1,0 +1,92 @@
+"""Loading a causal language model: from a directory or hub id, or random weights from a config.
+
+4-bit loading goes through transformers' ``BitsAndBytesConfig``; a random-weight model that must be
+quantised is first written to a temporary directory with ``save_pretrained`` and loaded back, so
+that every 4-bit model is made by the same library path.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import AutoModelForCausalLM, BitsAndBytesConfig, LlamaConfig, PretrainedConfig
+
+from velora_core.method_configs import QuantSettings
+from velora_core.presets import ModelPreset
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where weights come from: ``path`` (a directory or hub id) or ``config`` (random weights).
+
+    Attributes:
+        path: directory written by ``save_pretrained``, or a hub id.
+        config: a transformers config; the model gets random weights (the engine seeds first).
+        revision: hub revision for ``path``.
+        dtype: dtype of the weights that are not quantised.
+        device: ``cpu``, ``cuda`` or ``cuda:N``.
+    """
+
+    path: str | None = None
+    config: PretrainedConfig | None = None
+    revision: str | None = None
+    dtype: torch.dtype = torch.float32
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        if (self.path is None) == (self.config is None):
+            raise ValueError("ModelSource needs exactly one of path and config")
+
+
+def llama_config(preset: ModelPreset) -> LlamaConfig:
+    """A ``LlamaConfig`` of a preset's shape."""
+    return LlamaConfig(
+        hidden_size=preset.hidden_size,
+        intermediate_size=preset.intermediate_size,
+        num_attention_heads=preset.num_attention_heads,
+        num_key_value_heads=preset.num_key_value_heads or preset.num_attention_heads,
+        num_hidden_layers=preset.num_hidden_layers,
+        vocab_size=preset.vocab_size,
+        max_position_embeddings=preset.max_position_embeddings,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+        tie_word_embeddings=False,
+    )
+
+
+def bnb_config(quant: QuantSettings) -> BitsAndBytesConfig:
+    """transformers' 4-bit config for the settings (NF4/FP4, double quantisation, compute dtype)."""
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=quant.quant_type,
+        bnb_4bit_use_double_quant=quant.double_quant,
+        bnb_4bit_compute_dtype=DTYPES[quant.compute_dtype],
+    )
+
+
+def load_causal_lm(source: ModelSource, quant: QuantSettings | None = None) -> nn.Module:
+    """Load the model, quantised to 4 bits when ``quant`` is given. ``trust_remote_code`` stays off.
+
+    Raises:
+        OSError / ValueError: from transformers when the path or hub id cannot be loaded.
+    """
+    if source.config is not None and quant is None:
+        model = AutoModelForCausalLM.from_config(source.config, dtype=source.dtype)
+        return model.to(source.device)
+    if source.config is not None:
+        # Quantise random weights through the same from_pretrained path as real checkpoints.
+        with tempfile.TemporaryDirectory(prefix="velora-random-") as tmp:
+            AutoModelForCausalLM.from_config(source.config, dtype=source.dtype).save_pretrained(tmp)
+            return load_causal_lm(ModelSource(path=tmp, dtype=source.dtype, device=source.device), quant)
+    kwargs = {"dtype": source.dtype, "trust_remote_code": False, "revision": source.revision}
+    if quant is not None:
+        kwargs["quantization_config"] = bnb_config(quant)
+        kwargs["device_map"] = {"": source.device}
+        return AutoModelForCausalLM.from_pretrained(source.path, **kwargs)
+    return AutoModelForCausalLM.from_pretrained(source.path, **kwargs).to(source.device)
