@@ -131,7 +131,7 @@ def predict_layer_bytes(module: VeLoRALinear, num_tokens: int, dtype: torch.dtyp
     return num_tokens * module.num_groups * element + _nbytes(module.velora_v)
 
 
-def _optimizer_bytes(optimizer: torch.optim.Optimizer) -> int:
+def optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:
     seen: set[int] = set()
     total = 0
     for state in optimizer.state.values():
@@ -169,7 +169,7 @@ def measure_training_step(
     loss.backward()
     gradient_bytes = sum(_nbytes(p.grad) for p in model.parameters() if p.grad is not None)
     optimizer.step()
-    optimizer_bytes = _optimizer_bytes(optimizer)
+    optimizer_bytes = optimizer_state_bytes(optimizer)
     optimizer.zero_grad(set_to_none=True)
     peak = None
     if on_cuda:

@@ -88,5 +88,19 @@ def load_causal_lm(source: ModelSource, quant: QuantSettings | None = None) -> n
     if quant is not None:
         kwargs["quantization_config"] = bnb_config(quant)
         kwargs["device_map"] = {"": source.device}
-        return AutoModelForCausalLM.from_pretrained(source.path, **kwargs)
+        return _keep_cpu_4bit_format(AutoModelForCausalLM.from_pretrained(source.path, **kwargs))
     return AutoModelForCausalLM.from_pretrained(source.path, **kwargs).to(source.device)
+
+
+def _keep_cpu_4bit_format(model: nn.Module) -> nn.Module:
+    """Turn off bitsandbytes' CPU inference repacking of 4-bit weights.
+
+    In evaluation mode on an AVX512-BF16 CPU, bitsandbytes 0.50 rewrites each 4-bit weight into a
+    CPU-specific layout the first time it runs; that rewrite assumes ``in_features`` is a multiple
+    of the block size (64) and fails otherwise (LLaMA-60M's 1376, say), and it changes the stored
+    bytes this project accounts for. The standard dequantising path is used instead.
+    """
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
+    return model

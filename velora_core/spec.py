@@ -61,6 +61,11 @@ class ModelSpec(StrictModel):
                 raise ValueError(
                     "model.source='artifact' needs model.pretrain (the spec of the run that makes it)"
                 )
+            if self.pretrain.method not in ("full", "velora+full"):
+                raise ValueError(
+                    "model.pretrain must train all weights (method 'full' or 'velora+full') so that its "
+                    f"artifact is a whole model, got {self.pretrain.method!r}"
+                )
         else:
             if not self.name:
                 raise ValueError(f"model.source={self.source!r} needs model.name")

@@ -1,0 +1,217 @@
+"""Named comparisons: the offline demo, the CI smoke test and the papers' workloads.
+
+No torch here: the backend expands presets into runs without loading it.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from pydantic import ValidationError
+
+from velora_core.spec import ComparisonSpec
+
+ALL_METHODS = ["full", "lora", "qlora", "velora+full", "velora+lora", "velora+qlora"]
+
+# Offline fine-tuning settings shared by demo and cpu-smoke. VeLoRA's scale follows the paper's
+# fine-tuning value (0.1) only where LoRA is used; velora+full trains the base weights, as in pre-training.
+_LORA = {"r": 8, "alpha": 16, "dropout": 0.0}
+_VELORA_FT = {"num_groups": 16, "scale": 1.0, "target_modules": ["v_proj", "down_proj"]}
+_OFFLINE_METHOD_CONFIGS = {
+    "lora": {"lora": _LORA},
+    "qlora": {"lora": _LORA, "quant": {"compute_dtype": "fp32"}},
+    "velora+full": {"velora": _VELORA_FT},
+    "velora+lora": {"lora": _LORA, "velora": _VELORA_FT},
+    "velora+qlora": {"lora": _LORA, "quant": {"compute_dtype": "fp32"}, "velora": _VELORA_FT},
+}
+
+
+def _offline(
+    preset: str, pretrain_steps: int, finetune_steps: int, seq_len: int, batch: int, questions: int
+) -> dict:
+    pretrain = {
+        "workload": "pretrain",
+        "model": {"source": "preset", "name": preset},
+        "dataset": {"source": "builtin", "name": "stdlib-corpus"},
+        "method": "full",
+        "seq_len": seq_len,
+        "micro_batch": batch,
+        "steps": pretrain_steps,
+        "optimizer": {"lr": 3e-3, "warmup_steps": max(1, pretrain_steps // 10), "weight_decay": 0.0},
+        "eval": {"metric": "perplexity", "max_examples": 16, "batch_size": batch},
+        "progress_every": 5,
+    }
+    return {
+        "base": {
+            "workload": "finetune",
+            "model": {"source": "artifact", "pretrain": pretrain},
+            "dataset": {"source": "builtin", "name": "stdlib-mc"},
+            "seq_len": seq_len,
+            "micro_batch": batch,
+            "steps": finetune_steps,
+            "optimizer": {"lr": 2e-3, "warmup_steps": max(1, finetune_steps // 10)},
+            "eval": {"metric": "mc_accuracy", "num_shots": 5, "max_examples": questions, "batch_size": 8},
+            "progress_every": 5,
+        },
+        "methods": ALL_METHODS,
+        "method_configs": _OFFLINE_METHOD_CONFIGS,
+    }
+
+
+def _c4(preset: str, lr: float, groups: int, steps: int) -> dict:
+    return {
+        "base": {
+            "workload": "pretrain",
+            "model": {"source": "preset", "name": preset},
+            "dataset": {"source": "builtin", "name": "c4"},
+            "seq_len": 256,
+            "micro_batch": 128,
+            "grad_accum": 1,
+            "steps": steps,
+            "dtype": "bf16",
+            "optimizer": {"lr": lr, "warmup_steps": steps // 10, "min_lr_ratio": 0.1},
+            "eval": {"metric": "perplexity", "max_examples": 1000, "batch_size": 64},
+            "progress_every": 20,
+        },
+        "methods": ["full", "lora", "velora+full"],
+        "method_configs": {
+            "lora": {"lora": {"r": 128, "alpha": 32}},
+            "velora+full": {"velora": {"num_groups": groups, "scale": 1.0}},
+        },
+    }
+
+
+_PAPER_LORA = {"r": 32, "alpha": 16, "dropout": 0.1}
+_PAPER_VELORA = {"num_groups": 32, "scale": 0.1, "init": "batch_average_once"}
+
+PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
+    "cpu-smoke": (
+        "Offline, seconds per method: a tiny LLaMA pre-trained on the stdlib corpus, then fine-tuned "
+        "with all six methods on the stdlib multiple-choice task (CI)",
+        _offline("tiny", pretrain_steps=60, finetune_steps=20, seq_len=128, batch=8, questions=24),
+    ),
+    "demo": (
+        "Offline, under 10 minutes on 2 CPU cores: a small LLaMA pre-trained on the stdlib corpus, "
+        "then fine-tuned with all six methods on the stdlib multiple-choice task, 5-shot accuracy",
+        _offline("small", pretrain_steps=300, finetune_steps=100, seq_len=256, batch=8, questions=120),
+    ),
+    "c4-60m": (
+        "VeLoRA Table 4: LLaMA-60M pre-trained on C4 (needs the hub and a GPU); full, LoRA, VeLoRA",
+        _c4("llama-60m", lr=1e-3, groups=64, steps=10_000),
+    ),
+    "c4-130m": (
+        "VeLoRA Table 4: LLaMA-130M pre-trained on C4 (needs the hub and a GPU); full, LoRA, VeLoRA",
+        _c4("llama-130m", lr=1e-3, groups=64, steps=20_000),
+    ),
+    "alpaca-7b": (
+        "VeLoRA Table 3: LLaMA-7B fine-tuned on Alpaca, 5-shot MMLU (needs the hub and a GPU)",
+        {
+            "base": {
+                "workload": "finetune",
+                "model": {"source": "hub", "name": "huggyllama/llama-7b"},
+                "dataset": {"source": "builtin", "name": "alpaca"},
+                "seq_len": 512,
+                "micro_batch": 16,
+                "epochs": 4,
+                "steps": None,
+                "dtype": "bf16",
+                "optimizer": {"lr": 4e-4, "warmup_steps": 100},
+                "eval": {
+                    "metric": "mc_accuracy",
+                    "dataset": {"source": "builtin", "name": "mmlu"},
+                    "max_examples": 14042,
+                },
+                "progress_every": 10,
+            },
+            "methods": ["lora", "qlora", "velora+lora", "velora+qlora"],
+            "method_configs": {
+                "lora": {"lora": _PAPER_LORA},
+                "qlora": {"lora": _PAPER_LORA},
+                "velora+lora": {"lora": _PAPER_LORA, "velora": _PAPER_VELORA},
+                "velora+qlora": {"lora": _PAPER_LORA, "velora": _PAPER_VELORA},
+            },
+        },
+    ),
+    "memory-7b": (
+        "Memory only: LLaMA-7B's shape with random weights, all six methods, 8x512 tokens, bf16 (no download)",
+        {
+            "base": {
+                "workload": "finetune",
+                "model": {"source": "preset", "name": "llama-7b", "memory_only": True},
+                "dataset": {"source": "builtin", "name": "stdlib-corpus"},
+                "seq_len": 512,
+                "micro_batch": 8,
+                "steps": 2,
+                "dtype": "bf16",
+                "save_artifact": False,
+                "eval": {"metric": "none"},
+            },
+            "methods": ALL_METHODS,
+            "method_configs": {
+                "lora": {"lora": _PAPER_LORA},
+                "qlora": {"lora": _PAPER_LORA},
+                "velora+full": {"velora": {"num_groups": 32, "scale": 1.0}},
+                "velora+lora": {"lora": _PAPER_LORA, "velora": _PAPER_VELORA},
+                "velora+qlora": {"lora": _PAPER_LORA, "velora": _PAPER_VELORA},
+            },
+        },
+    ),
+}
+
+#: Preset name -> description.
+COMPARISON_PRESETS: dict[str, str] = {name: description for name, (description, _) in PRESETS.items()}
+
+
+def deep_merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``overrides`` merged in: nested dicts merge, anything else replaces."""
+    out = copy.deepcopy(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def comparison_preset(name: str, overrides: dict[str, Any] | None = None) -> ComparisonSpec:
+    """The preset's :class:`ComparisonSpec`, with ``overrides`` merged in.
+
+    ``overrides`` has the shape of a ComparisonSpec (``{"methods": [...], "seeds": [...],
+    "base": {"steps": 5}}``); as a shorthand, keys that are not ComparisonSpec fields apply to
+    ``base`` (``{"steps": 5}``), and ``"pretrain"`` applies to ``base.model.pretrain``.
+
+    Raises:
+        KeyError: unknown preset (the message lists the names).
+        ValueError: overrides that make an invalid spec (the message names the field).
+    """
+    if name not in PRESETS:
+        raise KeyError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+    data = copy.deepcopy(PRESETS[name][1])
+    data.setdefault("name", name)
+    overrides = dict(overrides or {})
+    top = {k: overrides.pop(k) for k in list(overrides) if k in ComparisonSpec.model_fields}
+    pretrain = overrides.pop("pretrain", None)
+    if pretrain is not None:
+        if not isinstance(pretrain, dict) or data["base"]["model"].get("pretrain") is None:
+            raise ValueError(
+                f"preset {name!r} has no pre-training stage to override"
+                if isinstance(pretrain, dict)
+                else "'pretrain' overrides must be an object"
+            )
+        data["base"]["model"]["pretrain"] = deep_merge(data["base"]["model"]["pretrain"], pretrain)
+    data["base"] = deep_merge(data["base"], overrides)
+    data = deep_merge(data, {k: v for k, v in top.items() if k != "base"})
+    if "base" in top:
+        data["base"] = deep_merge(data["base"], top["base"])
+    if "methods" in top and "method_configs" not in top:
+        data["method_configs"] = {
+            m: c for m, c in data.get("method_configs", {}).items() if m in data["methods"]
+        }
+    try:
+        return ComparisonSpec.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or '(spec)'}: {e['msg']}" for e in exc.errors()
+        )
+        raise ValueError(f"preset {name!r} with these overrides is invalid: {problems}") from None
