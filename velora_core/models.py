@@ -77,8 +77,9 @@ def load_causal_lm(source: ModelSource, quant: QuantSettings | None = None) -> n
         OSError / ValueError: from transformers when the path or hub id cannot be loaded.
     """
     if source.config is not None and quant is None:
-        model = AutoModelForCausalLM.from_config(source.config, dtype=source.dtype)
-        return model.to(source.device)
+        # Built on the target device directly: a 7B shape in bf16 never passes through host memory.
+        with torch.device(source.device):
+            return AutoModelForCausalLM.from_config(source.config, dtype=source.dtype)
     if source.config is not None:
         # Quantise random weights through the same from_pretrained path as real checkpoints.
         with tempfile.TemporaryDirectory(prefix="velora-random-") as tmp:

@@ -13,7 +13,7 @@ import hashlib
 import json
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from velora_core.method_configs import METHOD_CONFIGS, method_config_for
 from velora_core.presets import DATASETS, MODEL_PRESETS
@@ -235,7 +235,11 @@ class ComparisonSpec(StrictModel):
         for seed in self.seeds:
             for method in self.methods:
                 data = dict(base, method=method, seed=seed, method_config=self.method_configs.get(method, {}))
-                out.append(RunSpec.model_validate(data))
+                try:
+                    out.append(RunSpec.model_validate(data))
+                except ValidationError as exc:
+                    problems = "; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors())
+                    raise ValueError(f"method {method!r}: {problems}") from None
         return out
 
 
