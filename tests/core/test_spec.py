@@ -92,7 +92,7 @@ def test_comparison_expands_methods_by_seeds():
         ({"methods": ["full"], "method_configs": {"lora": {}}}, "not in the comparison"),
         (
             {"methods": ["velora+full"], "method_configs": {"velora+full": {"velora": {"num_groups": 999}}}},
-            "method 'velora+full'",
+            r"method 'velora\+full'",
         ),
     ],
 )
