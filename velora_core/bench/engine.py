@@ -405,7 +405,9 @@ def execute(
             num_examples = spec.micro_batch
             result.environment["data"] = "random tokens (memory-only)"
         else:
-            data = load_train_data(spec.dataset, tokenizer, spec.seq_len, spec.seed)
+            # With a step budget, load no more examples than the run can visit.
+            bound = spec.steps * spec.micro_batch * spec.grad_accum if spec.steps is not None else None
+            data = load_train_data(spec.dataset, tokenizer, spec.seq_len, spec.seed, max_examples=bound)
             batches = data.batches(spec.micro_batch, spec.seed)
             num_examples = data.num_examples
             result.environment["data_fingerprint"] = data.fingerprint

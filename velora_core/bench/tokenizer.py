@@ -148,10 +148,7 @@ class HFTokenizer:
     def fingerprint(self) -> str:
         """SHA-256 (16 hex digits) of the serialised tokenizer, or of its vocabulary if it has none."""
         backend = getattr(self.hf, "backend_tokenizer", None)
-        if backend is not None:
-            payload = backend.to_str()
-        else:
-            payload = json.dumps(sorted(self.hf.get_vocab().items()))
+        payload = backend.to_str() if backend is not None else json.dumps(sorted(self.hf.get_vocab().items()))
         return "hf-" + hashlib.sha256(payload.encode()).hexdigest()[:16]
 
     def save(self, directory: str | Path) -> None:
