@@ -1,0 +1,145 @@
+"""Dataset records from the hub (or a folder laid out like a hub repository) and local files.
+
+Also which records a dataset gives for training and which for evaluation, and what kind they are.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from velora_core.bench.data.examples import DataKind, alpaca_prompt
+from velora_core.bench.data.hashing import unit_hash
+from velora_core.bench.data.multiple_choice import MCQuestion, format_mc_question
+from velora_core.presets import DATASETS
+from velora_core.spec import DatasetSpec
+
+#: Where the built-in hub datasets load from by default: name -> (hub id, config).
+HUB_DATASETS: dict[str, tuple[str, str | None]] = {
+    "c4": ("allenai/c4", "en"),
+    "alpaca": ("yahma/alpaca-cleaned", None),
+    "mmlu": ("cais/mmlu", "all"),
+}
+
+#: Share of records held out for evaluation where a dataset has no evaluation split.
+HOLDOUT_FRACTION = 0.05
+
+Role = Literal["train", "eval"]
+
+
+def hub_records(path_or_id: str, config: str | None, split: str) -> Iterator[dict[str, Any]]:
+    """Stream the records of one split with ``datasets.load_dataset(..., streaming=True)``.
+
+    ``path_or_id`` is a hub id or a local folder holding data files (and a README.md whose YAML
+    front matter declares ``configs``). ``datasets`` runs no loading scripts, so no remote code runs.
+    """
+    import datasets  # imported here: it takes seconds and only these sources need it
+
+    yield from datasets.load_dataset(path_or_id, config, split=split, streaming=True)
+
+
+def local_records(path: str | Path, text_field: str = "text") -> Iterator[dict[str, Any]]:
+    """Records of a local file: JSON Lines (``.jsonl``/``.json``), a JSON array, or plain text.
+
+    A text file yields one record ``{text_field: paragraph}`` per blank-line-separated paragraph.
+    """
+    path = Path(path)
+    if path.suffix in (".txt", ".text", ".md"):
+        for paragraph in re.split(r"\n\s*\n", path.read_text(encoding="utf-8")):
+            if paragraph.strip():
+                yield {text_field: paragraph.strip()}
+        return
+    if path.suffix == ".json" and path.read_text(encoding="utf-8").lstrip().startswith("["):
+        yield from json.loads(path.read_text(encoding="utf-8"))
+        return
+    with path.open(encoding="utf-8") as lines:
+        for line in lines:
+            if line.strip():
+                yield json.loads(line)
+
+
+def _held_out(record: Mapping[str, Any]) -> bool:
+    return unit_hash("holdout:" + json.dumps(record, sort_keys=True, default=str)) < HOLDOUT_FRACTION
+
+
+def dataset_records(
+    spec: DatasetSpec, role: Role, paths: Mapping[str, str]
+) -> tuple[Iterator[dict[str, Any]], str]:
+    """The records a dataset gives for training or evaluation, and where they come from (in words).
+
+    Built-in ``c4`` evaluates on its ``validation`` split, ``mmlu`` trains on ``auxiliary_train``;
+    ``eval_split`` overrides (for ``local`` it is the path of the evaluation file). Otherwise the
+    evaluation records are the hash-held-out share of the training split (see :func:`_held_out`).
+    """
+    holdout = False
+    if spec.source == "builtin":
+        hub_id, default_config = HUB_DATASETS[spec.name]
+        path, config = paths.get(spec.name, hub_id), spec.config or default_config
+        if spec.name == "c4":
+            split = spec.split if role == "train" else spec.eval_split or "validation"
+        elif spec.name == "mmlu":
+            split = "auxiliary_train" if role == "train" else spec.eval_split or "test"
+        else:  # alpaca has one split: evaluation holds records out of it unless eval_split names another
+            holdout = spec.eval_split is None
+            split = spec.split if role == "train" or holdout else spec.eval_split
+        records, where = hub_records(path, config, split), f"{path} ({config or 'default'}, {split})"
+    elif spec.source == "hub":
+        split = spec.split if role == "train" or spec.eval_split is None else spec.eval_split
+        holdout = spec.eval_split is None
+        records, where = hub_records(spec.name, spec.config, split), f"{spec.name} ({spec.config}, {split})"
+    else:
+        file = spec.name if role == "train" or spec.eval_split is None else spec.eval_split
+        holdout = spec.eval_split is None
+        records, where = local_records(file, spec.text_field), file
+    if holdout:
+        keep_held_out = role == "eval"
+        records = (r for r in records if _held_out(r) == keep_held_out)
+        where += f", {'held-out' if role == 'eval' else 'without the held-out'} {HOLDOUT_FRACTION:.0%}"
+    return records, where
+
+
+def _record_kind(record: Mapping[str, Any], text_field: str) -> DataKind:
+    if text_field in record:
+        return "lm"
+    if "instruction" in record and "output" in record:
+        return "instruct"
+    if {"question", "choices", "answer"} <= set(record):
+        return "mc"
+    raise ValueError(
+        f"records have fields {sorted(record)}: expected {text_field!r} (text), instruction/output "
+        "(instructions) or question/choices/answer (multiple choice)"
+    )
+
+
+def peek_kind(
+    spec: DatasetSpec, records: Iterator[dict[str, Any]]
+) -> tuple[DataKind, Iterator[dict[str, Any]]]:
+    """The dataset kind (built-in: from DATASETS; else from the first record's fields), records intact."""
+    if spec.source == "builtin":
+        return DATASETS[spec.name][0], records
+    try:
+        first = next(records)
+    except StopIteration:
+        raise ValueError(f"dataset {spec.name!r} has no records") from None
+    return _record_kind(first, spec.text_field), itertools.chain([first], records)
+
+
+def record_question(record: Mapping[str, Any]) -> MCQuestion:
+    """A ``question``/``choices``/``answer`` record (MMLU's fields) as an :class:`MCQuestion`."""
+    subject = str(record.get("subject") or "").replace("_", " ")
+    return MCQuestion(
+        str(record["question"]).strip(), tuple(record["choices"]), int(record["answer"]), subject
+    )
+
+
+def record_text(record: Mapping[str, Any], kind: DataKind, text_field: str) -> str:
+    """A record as plain text for language modelling (instructions with their response, MC answered)."""
+    if kind == "lm":
+        return record[text_field]
+    if kind == "instruct":
+        return alpaca_prompt(record["instruction"], record.get("input") or "") + record["output"]
+    return format_mc_question(record_question(record), with_answer=True)
