@@ -40,6 +40,7 @@ def test_every_method_completes_cpu_smoke_and_loss_falls(smoke_results):
         assert result.eval.chance == pytest.approx(0.25)
         assert result.throughput.tokens_per_s > 0 and result.steps_done == 20
         assert [e.step for e in events if e.phase == "train"] == list(range(1, 21))
+        assert (events[-1].phase, events[-1].step, events[-1].total_steps) == ("done", 20, 20)
         assert result.environment["torch"] == torch.__version__ and result.environment["data_fingerprint"]
 
 

@@ -182,6 +182,7 @@ class Trainer:
         self.tokens = 0
         self.train_time = 0.0
         self.steps_done = 0
+        self.total_steps = 0
 
     def _to_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
@@ -192,6 +193,7 @@ class Trainer:
 
     def train(self, batches, total_steps: int) -> None:
         spec = self.spec
+        self.total_steps = total_steps
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lr_lambda(spec.optimizer.warmup_steps, total_steps, spec.optimizer.min_lr_ratio)
         )
@@ -386,7 +388,10 @@ def execute(
         result.environment = environment(spec, device)
 
         def emit(phase: str, message: str = "") -> None:
-            if on_progress is not None and on_progress(ProgressEvent(phase=phase, message=message)):
+            # Phase events carry the training position, so a listener's progress never goes back to 0.
+            done, total_steps = (trainer.steps_done, trainer.total_steps) if trainer is not None else (0, 0)
+            event = ProgressEvent(phase=phase, message=message, step=done, total_steps=total_steps)
+            if on_progress is not None and on_progress(event):
                 raise RunCancelled()
 
         emit("setup", f"building {spec.method} on {device}")
