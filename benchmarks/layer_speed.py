@@ -42,7 +42,11 @@ def time_case(case: dict, device: torch.device, repeats: int, warmup: int = 3) -
     dtype = DTYPES[case["dtype"]]
     gen = torch.Generator(device="cpu").manual_seed(0)
     x = torch.randn(*case["tokens"], case["d"], generator=gen).to(device, dtype).requires_grad_()
-    weight = (torch.randn(case["m"], case["d"], generator=gen) / case["d"] ** 0.5).to(device, dtype).requires_grad_()
+    weight = (
+        (torch.randn(case["m"], case["d"], generator=gen) / case["d"] ** 0.5)
+        .to(device, dtype)
+        .requires_grad_()
+    )
     bias = torch.zeros(case["m"], device=device, dtype=dtype, requires_grad=True)
     v = normalise(torch.randn(sub_token_size(case["d"], case["groups"]), generator=gen)).to(device)
     v_peft = v.to(dtype)
@@ -76,7 +80,9 @@ def time_case(case: dict, device: torch.device, repeats: int, warmup: int = 3) -
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--out", default="benchmarks/results", help="folder for the JSON")
     parser.add_argument("--repeats", type=int, default=30)
     args = parser.parse_args()
@@ -87,7 +93,9 @@ def main() -> None:
         results += [time_case(c, torch.device("cuda"), args.repeats) for c in GPU_CASES]
         device_name = torch.cuda.get_device_name(0)
 
-    print(f"{'case':<10} {'dtype':<5} {'plain ms':>9} {'velora ms':>10} {'peft ms':>8} {'velora/plain':>13} {'peft/plain':>11}")
+    print(
+        f"{'case':<10} {'dtype':<5} {'plain ms':>9} {'velora ms':>10} {'peft ms':>8} {'velora/plain':>13} {'peft/plain':>11}"
+    )
     for r in results:
         m = r["median_s"]
         print(

@@ -1,0 +1,281 @@
+"""Load check of the REST API (a benchmark, not a test): concurrent clients polling on loopback.
+
+Starts the API under uvicorn on the embedded default (SQLite in a temporary directory), seeds it
+with runs and per-step metrics, then lets ``--clients`` clients poll ``GET /runs`` and
+``GET /runs/{id}/metrics?after_step=…`` for ``--duration`` seconds, as dashboards do. Prints
+requests/s and latency percentiles per endpoint and writes them as JSON.
+
+    python benchmarks/api_load.py                       # 50 clients, 30 s, one poll pair each per 0.5 s
+    python benchmarks/api_load.py --interval 0          # closed loop: every client as fast as it can
+    python benchmarks/api_load.py --url http://127.0.0.1:8000 --token vb_…   # a running server
+
+Only loopback addresses are accepted: this is not a tool for loading other people's servers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from urllib.parse import urlparse
+
+import httpx
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+LOOPBACK = {"127.0.0.1", "localhost", "::1", "[::1]"}
+
+
+def seed(data_dir: Path, runs: int, steps: int) -> str:
+    """Create ``runs`` runs with ``steps`` metrics each; returns a bearer token."""
+    sys.path.insert(0, str(REPO_ROOT))
+    from backend import store
+    from backend.db import Database
+    from backend.migrate import upgrade
+    from backend.settings import Settings
+    from velora_core.result import ProgressEvent
+    from velora_core.spec import ComparisonSpec
+
+    db = Database(Settings(data_dir=data_dir).sqlalchemy_url)
+    upgrade(db)
+    base = {
+        "workload": "pretrain",
+        "model": {"source": "preset", "name": "tiny"},
+        "dataset": {"source": "builtin", "name": "stdlib-corpus"},
+        "steps": steps,
+        "device": "cpu",
+    }
+    methods = ["full", "lora", "qlora", "velora+full", "velora+lora", "velora+qlora"]
+    with db.write_session() as session:
+        _, token = store.create_token(session, name="api_load")
+        made = 0
+        while made < runs:
+            spec = ComparisonSpec(name=f"load-{made}", base=base, methods=methods[: min(6, runs - made)])
+            comparison = store.create_comparison(session, spec=spec, queue="cpu")
+            for run in comparison.runs:
+                claim = store.claim_run(session, run_id=run.id, worker_host="load@bench", worker_device="cpu")
+                points = [
+                    ProgressEvent(
+                        phase="train",
+                        step=s,
+                        total_steps=steps,
+                        loss=5.0 / s,
+                        lr=1e-3,
+                        tokens_per_s=1e4,
+                        step_time_s=0.1,
+                    )
+                    for s in range(1, steps + 1)
+                ]
+                store.record_progress(session, run_id=run.id, claim_id=claim, state=points[-1], points=points)
+            made += len(comparison.runs)
+    db.dispose()
+    return token
+
+
+def start_server(data_dir: Path, port: int) -> subprocess.Popen:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("VELORA_") and k not in ("DATABASE_URL", "REDIS_URL")
+    }
+    env.update(VELORA_DATA_DIR=str(data_dir), VELORA_REAPER_ENABLED="false")
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "backend.api.main:create_app",
+            "--factory",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+            "--no-access-log",
+        ],
+        cwd=REPO_ROOT,
+        env=env,
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/api/v1/health", timeout=2).status_code in (200, 503):
+                return server
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    server.terminate()
+    raise SystemExit("the API did not start")
+
+
+async def client_loop(
+    base: str,
+    headers: dict,
+    run_ids: list[int],
+    stop_at: float,
+    interval: float,
+    samples: dict[str, list[float]],
+    errors: dict[str, int],
+) -> None:
+    rng = random.Random()
+    async with httpx.AsyncClient(base_url=base, headers=headers, timeout=30) as client:
+        after = {run_id: -1 for run_id in run_ids}
+        await asyncio.sleep(rng.uniform(0, interval or 0.05))  # spread the clients out
+        while time.monotonic() < stop_at:
+            started = time.monotonic()
+            run_id = rng.choice(run_ids)
+            # A dashboard's poll: the run list, then the new points of one run (from a random
+            # place, so the answers are not all empty).
+            after[run_id] = rng.randrange(-1, 150)
+            for name, path, params in (
+                ("GET /runs", "/api/v1/runs", {"limit": 50}),
+                ("GET /runs/{id}/metrics", f"/api/v1/runs/{run_id}/metrics", {"after_step": after[run_id]}),
+            ):
+                t0 = time.perf_counter()
+                try:
+                    response = await client.get(path, params=params)
+                    ok = response.status_code == 200
+                except httpx.HTTPError:
+                    ok = False
+                if time.monotonic() >= stop_at:
+                    break
+                samples[name].append(time.perf_counter() - t0)
+                if not ok:
+                    errors[name] += 1
+            if interval:
+                await asyncio.sleep(max(0.0, interval - (time.monotonic() - started)) * rng.uniform(0.8, 1.2))
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
+
+
+async def run_load(base: str, token: str | None, clients: int, duration: float, interval: float) -> dict:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    async with httpx.AsyncClient(base_url=base, headers=headers, timeout=30) as probe:
+        listing = (await probe.get("/api/v1/runs", params={"limit": 500})).json()
+    run_ids = [run["id"] for run in listing["data"]] or [1]
+    samples: dict[str, list[float]] = {"GET /runs": [], "GET /runs/{id}/metrics": []}
+    errors = dict.fromkeys(samples, 0)
+    started = time.monotonic()
+    stop_at = started + duration
+    await asyncio.gather(
+        *(client_loop(base, headers, run_ids, stop_at, interval, samples, errors) for _ in range(clients))
+    )
+    elapsed = time.monotonic() - started
+    every = [s for values in samples.values() for s in values]
+    report = {"overall": summarize(every, sum(errors.values()), elapsed)}
+    for name, values in samples.items():
+        report[name] = summarize(values, errors[name], elapsed)
+    return report
+
+
+def summarize(values: list[float], errors: int, elapsed: float) -> dict:
+    return {
+        "requests": len(values),
+        "errors": errors,
+        "requests_per_s": round(len(values) / elapsed, 1),
+        "p50_ms": round(percentile(values, 50) * 1000, 2),
+        "p90_ms": round(percentile(values, 90) * 1000, 2),
+        "p99_ms": round(percentile(values, 99) * 1000, 2),
+        "max_ms": round(max(values) * 1000, 2) if values else None,
+        "mean_ms": round(statistics.fmean(values) * 1000, 2) if values else None,
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--clients", type=int, default=50)
+    parser.add_argument("--duration", type=float, default=30.0, help="seconds (default %(default)s)")
+    parser.add_argument(
+        "--interval",
+        type=float,
+        default=0.5,
+        help="seconds between a client's polls; 0 = closed loop (default %(default)s)",
+    )
+    parser.add_argument("--runs", type=int, default=60, help="runs to seed (default %(default)s)")
+    parser.add_argument("--steps", type=int, default=200, help="metrics per seeded run (default %(default)s)")
+    parser.add_argument("--url", help="an already running API on loopback (default: start one)")
+    parser.add_argument("--token", help="bearer token for --url")
+    parser.add_argument("--out", type=Path, default=REPO_ROOT / "benchmarks" / "results" / "api_load.json")
+    parser.add_argument("--target-p99-ms", type=float, default=100.0)
+    args = parser.parse_args()
+
+    server = None
+    workdir = None
+    if args.url:
+        if urlparse(args.url).hostname not in LOOPBACK:
+            parser.error("--url must be a loopback address (127.0.0.1, localhost or ::1)")
+        base, token = args.url.rstrip("/"), args.token
+    else:
+        workdir = tempfile.TemporaryDirectory(prefix="velora-load-")
+        data_dir = Path(workdir.name)
+        token = seed(data_dir, args.runs, args.steps)
+        import socket
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        server = start_server(data_dir, port)
+        base = f"http://127.0.0.1:{port}"
+    try:
+        report = asyncio.run(run_load(base, token, args.clients, args.duration, args.interval))
+    finally:
+        if server is not None:
+            server.terminate()
+            server.wait(30)
+        if workdir is not None:
+            workdir.cleanup()
+
+    print(
+        f"{args.clients} clients, {args.duration:g} s, poll interval {args.interval:g} s "
+        f"({'closed loop' if not args.interval else 'polling'}), SQLite, {os.cpu_count()} CPUs"
+    )
+    print(
+        f"{'endpoint':<26}{'requests':>10}{'errors':>8}{'req/s':>9}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}"
+        f"{'max ms':>9}"
+    )
+    for name, row in report.items():
+        print(
+            f"{name:<26}{row['requests']:>10}{row['errors']:>8}{row['requests_per_s']:>9}{row['p50_ms']:>9}"
+            f"{row['p90_ms']:>9}{row['p99_ms']:>9}{row['max_ms']:>9}"
+        )
+    p99 = report["overall"]["p99_ms"]
+    verdict = "meets" if p99 < args.target_p99_ms else "misses"
+    print(f"p99 {p99} ms {verdict} the target of {args.target_p99_ms:g} ms")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(
+        json.dumps(
+            {
+                "clients": args.clients,
+                "duration_s": args.duration,
+                "interval_s": args.interval,
+                "database": "sqlite" if not args.url else "as configured",
+                "cpus": os.cpu_count(),
+                "python": platform.python_version(),
+                "target_p99_ms": args.target_p99_ms,
+                "results": report,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
