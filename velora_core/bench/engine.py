@@ -167,8 +167,11 @@ class Trainer:
     """The training loop of one run: micro-batches, gradient accumulation, AdamW, schedule,
     memory accounting on the first optimizer step, progress and cancellation."""
 
-    def __init__(self, spec: RunSpec, prepared: PreparedModel, device: torch.device, on_progress):
+    def __init__(
+        self, spec: RunSpec, prepared: PreparedModel, device: torch.device, on_progress, pad_token_id: int = 0
+    ):
         self.spec = spec
+        self.pad_token_id = pad_token_id
         self.model = prepared.model
         self.params = prepared.trainable_parameters
         self.device = device
@@ -191,6 +194,15 @@ class Trainer:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
+    def _full_length(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Pad a micro-batch to ``seq_len`` (pad id, label -100, mask 0), so the measured step
+        is the configured shape: memory then does not depend on which examples came first."""
+        missing = self.spec.seq_len - batch["input_ids"].shape[1]
+        if missing <= 0:
+            return batch
+        fill = {"input_ids": self.pad_token_id, "labels": -100, "attention_mask": 0}
+        return {k: torch.nn.functional.pad(v, (0, missing), value=fill.get(k, 0)) for k, v in batch.items()}
+
     def train(self, batches, total_steps: int) -> None:
         spec = self.spec
         self.total_steps = total_steps
@@ -208,7 +220,10 @@ class Trainer:
             loss_sum, step_tokens = 0.0, 0
             meter = SavedTensorMeter(self.model) if measure else None
             for micro in range(spec.grad_accum):
-                batch = self._to_device(next(batches))
+                batch = next(batches)
+                if measure:
+                    batch = self._full_length(batch)
+                batch = self._to_device(batch)
                 shape = {
                     "micro_batch": batch["input_ids"].shape[0],
                     "seq_len": batch["input_ids"].shape[1],
@@ -418,7 +433,7 @@ def execute(
             result.environment["data_fingerprint"] = data.fingerprint
             result.environment["data"] = data.description
         total = total_steps_for(spec, num_examples)
-        trainer = Trainer(spec, prepared, device, on_progress)
+        trainer = Trainer(spec, prepared, device, on_progress, tokenizer.pad_token_id)
         trainer.train(batches, total)
         result.memory = trainer.memory
         emit("eval", spec.eval.metric)
