@@ -94,7 +94,7 @@ PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
     "demo": (
         "Offline, under 10 minutes on 2 CPU cores: a small LLaMA pre-trained on the stdlib corpus, "
         "then fine-tuned with all six methods on the stdlib multiple-choice task, 5-shot accuracy",
-        _offline("small", pretrain_steps=300, finetune_steps=100, seq_len=256, batch=8, questions=120),
+        _offline("small", pretrain_steps=200, finetune_steps=60, seq_len=256, batch=8, questions=80),
     ),
     "c4-60m": (
         "VeLoRA Table 4: LLaMA-60M pre-trained on C4 (needs the hub and a GPU); full, LoRA, VeLoRA",
