@@ -1,0 +1,99 @@
+"""The FastAPI application: ``uvicorn backend.api.main:create_app --factory``.
+
+On start it applies migrations, provisions ``VELORA_API_TOKEN`` (hashed) and starts the reaper.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from anyio import to_thread
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.responses import JSONResponse, RedirectResponse
+from sqlalchemy.exc import OperationalError
+
+from backend import store
+from backend.api.limits import BodySizeLimitMiddleware
+from backend.api.routes import comparisons, health, presets, runs
+from backend.broker import Dispatcher
+from backend.db import Database
+from backend.migrate import upgrade
+from backend.reaper import ReaperThread
+from backend.settings import API_V1_STR, Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+api_router = APIRouter()
+api_router.include_router(comparisons.router)
+api_router.include_router(runs.router)
+api_router.include_router(presets.router)
+api_router.include_router(health.router)
+
+
+def provision_env_token(db: Database, settings: Settings) -> None:
+    """Store ``VELORA_API_TOKEN`` (hashed) so scripts and compose files can use a known token."""
+    if settings.api_token is None or not settings.api_token.get_secret_value():
+        return
+    with db.write_session() as session:
+        store.add_token(session, name="VELORA_API_TOKEN", token=settings.api_token.get_secret_value())
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # Sync routes run in AnyIO's thread pool (40 threads by default). Under load, 40 threads
+        # time-slicing the GIL make every request as slow as the slowest; a few threads serve them
+        # first come, first served, which keeps p99 low (benchmarks/api_load.py).
+        to_thread.current_default_thread_limiter().total_tokens = settings.api_threads
+        db = Database(settings.sqlalchemy_url)
+        if settings.auto_migrate:
+            upgrade(db)
+        provision_env_token(db, settings)
+        dispatcher = Dispatcher(settings)
+        app.state.db, app.state.dispatcher = db, dispatcher
+        app.state.token_touches, app.state.token_cache = {}, {}
+        reaper = ReaperThread(db, dispatcher, settings) if settings.reaper_enabled else None
+        if reaper is not None:
+            reaper.start()
+        # The imported libraries are ~10^6 long-lived objects: a full collection walking them
+        # stalls every request in flight for ~60 ms. Freeze them out of the collector, and collect
+        # the young generation less often (requests allocate a lot of short-lived objects).
+        gc.collect()
+        gc.freeze()
+        gc.set_threshold(20_000, 20, 20)
+        try:
+            yield
+        finally:
+            if reaper is not None:
+                reaper.stop()
+            dispatcher.close()
+            db.dispose()
+
+    app = FastAPI(
+        title="VeLoRA Bench",
+        summary="Queue and compare VeLoRA, QLoRA, LoRA and full fine-tuning runs.",
+        version="0.1.0",
+        openapi_url=f"{API_V1_STR}/openapi.json",
+        docs_url="/docs",
+        redoc_url="/redoc",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_bytes)
+    app.include_router(api_router, prefix=API_V1_STR)
+
+    @app.exception_handler(OperationalError)
+    async def _database_unavailable(_: Request, exc: OperationalError) -> JSONResponse:
+        log.error("database error: %s", exc)
+        return JSONResponse(status_code=503, content={"detail": "Database unavailable; try again shortly"})
+
+    @app.get("/", include_in_schema=False)
+    def _root() -> RedirectResponse:
+        return RedirectResponse("/docs")
+
+    return app

@@ -1,0 +1,264 @@
+"""``/comparisons``: queue a workload under several methods and read back the side-by-side table."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, HTTPException, Query, Response
+from pydantic import ValidationError
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from backend import store
+from backend.api.deps import (
+    DispatcherDep,
+    ReadAccess,
+    SessionDep,
+    SettingsDep,
+    WriteAccess,
+    WriteSessionDep,
+    committed,
+)
+from backend.api.routes.runs import IdempotencyKeyHeader, replay_or_conflict
+from backend.api.schemas import (
+    ComparisonDetail,
+    ComparisonFromPreset,
+    ComparisonPublic,
+    ComparisonsPublic,
+    RunPublic,
+    SummaryRow,
+)
+from backend.api.validation import check_limits, from_pydantic, invalid
+from backend.models import Comparison, Run
+from backend.presets import PresetsUnavailable, build_comparison, comparison_presets
+from backend.settings import Settings
+from velora_core.spec import ComparisonSpec
+
+router = APIRouter(prefix="/comparisons", tags=["comparisons"])
+
+_BODY_SCHEMA = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "oneOf": [
+                        {"$ref": "#/components/schemas/ComparisonSpec"},
+                        {"$ref": "#/components/schemas/ComparisonFromPreset"},
+                    ]
+                },
+                "examples": {
+                    "preset": {"summary": "A named preset", "value": {"preset": "cpu-smoke"}},
+                },
+            }
+        },
+    }
+}
+
+
+def parse_comparison(body: dict[str, Any], settings: Settings) -> tuple[ComparisonSpec, str | None]:
+    """A validated ComparisonSpec (and the preset name) from a request body.
+
+    Raises:
+        RequestValidationError: anything wrong with the body, with the offending field's location.
+    """
+    if "preset" in body:
+        try:
+            request = ComparisonFromPreset.model_validate(body)
+        except ValidationError as exc:
+            raise from_pydantic(exc, ("body",)) from None
+        try:
+            spec = build_comparison(request.preset, request.overrides)
+        except KeyError:
+            known = sorted(comparison_presets())
+            raise invalid(
+                ("body", "preset"), f"unknown preset {request.preset!r}; choose one of {known}"
+            ) from None
+        except ValidationError as exc:
+            raise from_pydantic(exc, ("body", "overrides")) from None
+        except (ValueError, TypeError) as exc:
+            raise invalid(
+                ("body", "overrides"), f"invalid overrides for preset {request.preset!r}: {exc}"
+            ) from None
+        except PresetsUnavailable as exc:
+            raise invalid(("body", "preset"), str(exc)) from None
+        preset = request.preset
+    else:
+        try:
+            spec = ComparisonSpec.model_validate(body)
+        except ValidationError as exc:
+            raise from_pydantic(exc, ("body",)) from None
+        preset = None
+    check_limits(spec.runs(), settings, ("body", "base"))
+    return spec, preset
+
+
+def _public(comparison: Comparison) -> ComparisonPublic:
+    statuses = [run.status for run in comparison.runs]
+    return ComparisonPublic(
+        id=comparison.id,
+        name=comparison.name,
+        preset=comparison.preset,
+        spec_hash=comparison.spec_hash,
+        created_at=comparison.created_at,
+        status=store.comparison_status(statuses),
+        run_ids=[run.id for run in comparison.runs],
+        status_counts=dict(Counter(statuses)),
+    )
+
+
+#: The components of ``MemoryReport.total_bytes`` (velora_core.result).
+MEMORY_COMPONENTS = (
+    "weight_bytes",
+    "trainable_bytes",
+    "gradient_bytes",
+    "optimizer_bytes",
+    "activation_bytes",
+)
+
+
+def _total_bytes(memory: dict[str, Any]) -> int:
+    return sum(int(memory.get(name) or 0) for name in MEMORY_COMPONENTS)
+
+
+def _summary_row(run: Run, full_totals: dict[int, int]) -> SummaryRow:
+    row = SummaryRow(
+        run_id=run.id,
+        method=run.method,
+        seed=run.seed,
+        status=run.status,
+        steps_done=run.step,
+        error=run.error,
+    )
+    result = run.result or {}
+    if not result:
+        return row
+    memory = result.get("memory") or {}
+    evaluation = result.get("eval") or {}
+    throughput = result.get("throughput") or {}
+    total = _total_bytes(memory)
+    full_total = full_totals.get(run.seed)
+    return row.model_copy(
+        update={
+            "steps_done": result.get("steps_done", run.step),
+            "eval_metric": evaluation.get("metric"),
+            "eval_value": evaluation.get("value"),
+            "tokens_per_s": throughput.get("tokens_per_s"),
+            "train_time_s": throughput.get("train_time_s"),
+            **{name: memory.get(name) for name in MEMORY_COMPONENTS},
+            "total_bytes": total if memory else None,
+            "peak_bytes": memory.get("peak_bytes"),
+            "memory_vs_full": round(total / full_total, 4) if memory and full_total else None,
+        }
+    )
+
+
+def _detail(comparison: Comparison) -> ComparisonDetail:
+    # Each method's memory relative to full fine-tuning with the same seed.
+    full_totals = {
+        run.seed: _total_bytes(run.result["memory"])
+        for run in comparison.runs
+        if run.method == "full" and run.result and run.result.get("memory")
+    }
+    return ComparisonDetail(
+        **_public(comparison).model_dump(),
+        spec=comparison.spec,
+        runs=[RunPublic.model_validate(run) for run in comparison.runs],
+        summary=[_summary_row(run, full_totals) for run in comparison.runs],
+    )
+
+
+def _load_detail(session: Session, comparison_id: int) -> ComparisonDetail:
+    comparison = store.get_comparison(session, comparison_id=comparison_id)
+    if comparison is None:
+        raise HTTPException(status_code=404, detail="Comparison not found")
+    return _detail(comparison)
+
+
+@router.post(
+    "",
+    status_code=201,
+    response_model=ComparisonDetail,
+    openapi_extra=_BODY_SCHEMA,
+    responses={401: {}, 413: {}, 422: {}},
+)
+def create_comparison(
+    body: Annotated[dict[str, Any], Body()],
+    session: WriteSessionDep,
+    settings: SettingsDep,
+    dispatcher: DispatcherDep,
+    principal: WriteAccess,
+    response: Response,
+    idempotency_key: IdempotencyKeyHeader = None,
+) -> ComparisonDetail:
+    """Queue a comparison: a full ``ComparisonSpec``, or ``{"preset": NAME, "overrides": {...}}``.
+
+    Every run is validated before anything is stored, so a bad request creates nothing. With an
+    ``Idempotency-Key`` header a retried request returns the comparison created the first time.
+    """
+    spec, preset = parse_comparison(body, settings)  # before the database: bad input takes no lock
+    scope = f"POST /comparisons {principal.scope}"
+    payload_hash = store.request_hash(body)
+    if idempotency_key:
+        existing = replay_or_conflict(session, scope=scope, key=idempotency_key, payload_hash=payload_hash)
+        if existing is not None:
+            response.headers["Idempotent-Replayed"] = "true"
+            return committed(session, _load_detail(session, existing))
+    comparison = store.create_comparison(
+        session, spec=spec, preset=preset, queue=settings.queue_for_device(spec.base.device)
+    )
+    try:
+        if idempotency_key:
+            store.add_idempotency_key(
+                session,
+                scope=scope,
+                key=idempotency_key,
+                payload_hash=payload_hash,
+                resource_id=comparison.id,
+            )
+        session.commit()
+    except IntegrityError:
+        # A concurrent twin of this request committed first: answer with its comparison.
+        session.rollback()
+        existing = replay_or_conflict(
+            session, scope=scope, key=idempotency_key or "", payload_hash=payload_hash
+        )
+        if existing is None:
+            raise
+        response.headers["Idempotent-Replayed"] = "true"
+        return committed(session, _load_detail(session, existing))
+    sent = dispatcher.dispatch([(run.id, run.queue) for run in comparison.runs])
+    store.mark_dispatched(session, run_ids=sent)
+    return committed(session, _load_detail(session, comparison.id))
+
+
+@router.get("", response_model=ComparisonsPublic)
+def read_comparisons(
+    session: SessionDep,
+    _: ReadAccess,
+    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+) -> ComparisonsPublic:
+    rows, count = store.list_comparisons(session, offset=offset, limit=limit)
+    return ComparisonsPublic(data=[_public(c) for c in rows], count=count, offset=offset, limit=limit)
+
+
+@router.get("/{comparison_id}", response_model=ComparisonDetail)
+def read_comparison(comparison_id: int, session: SessionDep, _: ReadAccess) -> ComparisonDetail:
+    """A comparison with its runs and the summary table (memory, accuracy, speed per method)."""
+    return _load_detail(session, comparison_id)
+
+
+@router.post("/{comparison_id}/cancel", response_model=ComparisonDetail)
+def cancel_comparison(comparison_id: int, session: WriteSessionDep, _: WriteAccess) -> ComparisonDetail:
+    """Cancel every run of the comparison that has not finished yet."""
+    comparison = store.get_comparison(session, comparison_id=comparison_id)
+    if comparison is None:
+        raise HTTPException(status_code=404, detail="Comparison not found")
+    for run in comparison.runs:
+        if run.status not in store.FINISHED_STATUSES:
+            store.request_cancel(session, run_id=run.id)
+    session.commit()
+    session.expire_all()
+    return committed(session, _load_detail(session, comparison_id))

@@ -1,0 +1,39 @@
+"""``/presets``: what a form or client can offer (models, datasets, methods with their settings schemas)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+from fastapi import APIRouter
+
+from backend.api.deps import ReadAccess, SettingsDep
+from backend.presets import comparison_presets
+from velora_core.method_configs import METHOD_CONFIGS
+from velora_core.presets import DATASETS, MODEL_PRESETS
+from velora_core.spec import ComparisonSpec, RunSpec
+
+router = APIRouter(prefix="/presets", tags=["presets"])
+
+
+@router.get("")
+def read_presets(settings: SettingsDep, _: ReadAccess) -> dict[str, Any]:
+    """Model shapes, built-in datasets, methods (with the JSON schema of each method's settings),
+    comparison presets, this server's limits, and the JSON schemas of RunSpec and ComparisonSpec."""
+    return {
+        "models": {name: asdict(preset) for name, preset in MODEL_PRESETS.items()},
+        "datasets": {name: {"kind": kind, "description": text} for name, (kind, text) in DATASETS.items()},
+        "methods": {name: {"config_schema": cls.model_json_schema()} for name, cls in METHOD_CONFIGS.items()},
+        "comparisons": comparison_presets(),
+        "limits": {
+            "max_steps": settings.max_steps,
+            "max_micro_batch": settings.max_micro_batch,
+            "max_seq_len": settings.max_seq_len,
+            "max_runs_per_comparison": settings.max_runs_per_comparison,
+            "max_request_bytes": settings.max_request_bytes,
+        },
+        "schemas": {
+            "RunSpec": RunSpec.model_json_schema(),
+            "ComparisonSpec": ComparisonSpec.model_json_schema(),
+        },
+    }

@@ -1,0 +1,170 @@
+"""``/runs``: single runs, their live training curve, and cancellation."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Header, HTTPException, Query, Response
+from pydantic import BaseModel
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from backend import store
+from backend.api.deps import (
+    DispatcherDep,
+    ReadAccess,
+    SessionDep,
+    SettingsDep,
+    WriteAccess,
+    WriteSessionDep,
+    committed,
+)
+from backend.api.schemas import MetricPublic, MetricsPublic, RunDetail, RunPublic, RunsPublic
+from backend.api.validation import check_limits, invalid
+from velora_core.result import RunStatus
+from velora_core.spec import RunSpec
+
+router = APIRouter(prefix="/runs", tags=["runs"])
+
+IdempotencyKeyHeader = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        min_length=1,
+        max_length=255,
+        description="Any unique string; a retry with the same key and body is not queued twice.",
+    ),
+]
+
+
+def replay_or_conflict(session: Session, *, scope: str, key: str, payload_hash: str) -> int | None:
+    """The resource id a previous request with this key created, or None if the key is new.
+
+    Raises:
+        RequestValidationError: the key was used before with a different body.
+    """
+    existing = store.find_idempotency_key(session, scope=scope, key=key)
+    if existing is None:
+        return None
+    if existing.request_hash != payload_hash:
+        raise invalid(
+            ("header", "Idempotency-Key"),
+            "this Idempotency-Key was already used with a different request body; use a new key for a new request",
+        )
+    return existing.resource_id
+
+
+def _read_run(session: Session, run_id: int) -> RunDetail:
+    run = store.get_run(session, run_id=run_id)
+    if run is None:
+        raise HTTPException(status_code=404, detail="Run not found")
+    return RunDetail.model_validate(run)
+
+
+@router.post("", status_code=201, response_model=RunDetail, responses={401: {}, 413: {}, 422: {}})
+def create_run(
+    spec: RunSpec,
+    session: WriteSessionDep,
+    settings: SettingsDep,
+    dispatcher: DispatcherDep,
+    principal: WriteAccess,
+    response: Response,
+    idempotency_key: IdempotencyKeyHeader = None,
+) -> RunDetail:
+    """Queue a single run (a ``RunSpec``)."""
+    check_limits([spec], settings, ("body",))
+    scope = f"POST /runs {principal.scope}"
+    payload_hash = store.request_hash(spec.model_dump(mode="json"))
+    if idempotency_key:
+        existing = replay_or_conflict(session, scope=scope, key=idempotency_key, payload_hash=payload_hash)
+        if existing is not None:
+            response.headers["Idempotent-Replayed"] = "true"
+            return committed(session, _read_run(session, existing))
+    run = store.create_run(session, spec=spec, queue=settings.queue_for_device(spec.device))
+    try:
+        if idempotency_key:
+            store.add_idempotency_key(
+                session, scope=scope, key=idempotency_key, payload_hash=payload_hash, resource_id=run.id
+            )
+        session.commit()
+    except IntegrityError:
+        session.rollback()
+        existing = replay_or_conflict(
+            session, scope=scope, key=idempotency_key or "", payload_hash=payload_hash
+        )
+        if existing is None:
+            raise
+        response.headers["Idempotent-Replayed"] = "true"
+        return committed(session, _read_run(session, existing))
+    store.mark_dispatched(session, run_ids=dispatcher.dispatch([(run.id, run.queue)]))
+    return committed(session, _read_run(session, run.id))
+
+
+def _json(model: BaseModel) -> Response:
+    # Serialised here, once: FastAPI would otherwise validate the model a second time.
+    return Response(content=model.model_dump_json(), media_type="application/json")
+
+
+@router.get("", response_model=RunsPublic)
+def read_runs(
+    session: SessionDep,
+    _: ReadAccess,
+    status: Annotated[list[RunStatus] | None, Query(description="Repeat to match several.")] = None,
+    method: Annotated[str | None, Query(max_length=50)] = None,
+    comparison_id: int | None = None,
+    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+) -> Response:
+    """Runs, newest first, filtered by status, method and comparison; paginated by offset/limit."""
+    rows, count = store.list_runs(
+        session,
+        offset=offset,
+        limit=limit,
+        status=[s.value for s in status] if status else None,
+        method=method,
+        comparison_id=comparison_id,
+    )
+    return RunsPublic(
+        data=[RunPublic.model_validate(r) for r in rows], count=count, offset=offset, limit=limit
+    )
+
+
+@router.get("/{run_id}", response_model=RunDetail)
+def read_run(run_id: int, session: SessionDep, _: ReadAccess) -> Response:
+    return _json(_read_run(session, run_id))
+
+
+@router.get("/{run_id}/metrics", response_model=MetricsPublic)
+def read_run_metrics(
+    run_id: int,
+    session: SessionDep,
+    _: ReadAccess,
+    after_step: Annotated[
+        int, Query(ge=-1, description="Only points after this step (incremental polling).")
+    ] = -1,
+    limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
+) -> Response:
+    """The run's training curve, one point per recorded step, in step order."""
+    status = store.get_run_status(session, run_id=run_id)
+    if status is None:
+        raise HTTPException(status_code=404, detail="Run not found")
+    points = store.list_metrics(session, run_id=run_id, after_step=after_step, limit=limit)
+    data = [MetricPublic.model_validate(p) for p in points]
+    return _json(
+        MetricsPublic(
+            run_id=run_id, status=status, data=data, last_step=data[-1].step if data else after_step
+        )
+    )
+
+
+@router.post("/{run_id}/cancel", response_model=RunPublic, responses={404: {}, 409: {}})
+def cancel_run(run_id: int, session: WriteSessionDep, _: WriteAccess) -> RunPublic:
+    """Cancel a queued run at once, or ask a running one to stop (it does within a training step)."""
+    try:
+        run = store.request_cancel(session, run_id=run_id)
+    except LookupError:
+        raise HTTPException(status_code=404, detail="Run not found") from None
+    except store.StoreError as exc:
+        raise HTTPException(status_code=409, detail=str(exc)) from None
+    session.commit()
+    return RunPublic.model_validate(run)

@@ -1,0 +1,144 @@
+"""Request and response bodies of the REST API (``XCreate`` / ``XPublic`` / ``XsPublic``)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from velora_core.result import RunStatus
+
+
+class ComparisonFromPreset(BaseModel):
+    """Queue a named comparison preset (see ``GET /presets``), optionally overriding its fields."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    preset: str = Field(min_length=1, max_length=100, examples=["cpu-smoke"])
+    overrides: dict[str, Any] | None = Field(default=None, description="Passed to the preset function.")
+
+
+class RunPublic(BaseModel):
+    """A run without its spec and result (cheap to list and poll)."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    comparison_id: int | None
+    method: str
+    seed: int
+    status: RunStatus
+    queue: str
+    spec_hash: str
+    created_at: datetime
+    started_at: datetime | None
+    heartbeat_at: datetime | None
+    finished_at: datetime | None
+    attempts: int
+    worker_host: str | None
+    worker_device: str | None
+    cancel_requested: bool
+    phase: str | None
+    step: int
+    total_steps: int
+    message: str | None
+    error: str | None
+    artifact_path: str | None
+
+
+class RunDetail(RunPublic):
+    """A run with its full spec and (once finished) its result (``velora_core.result.RunResult``)."""
+
+    spec: dict[str, Any]
+    result: dict[str, Any] | None
+
+
+class RunsPublic(BaseModel):
+    data: list[RunPublic]
+    count: int = Field(description="Runs matching the filters, over all pages.")
+    offset: int
+    limit: int
+
+
+class MetricPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    step: int
+    loss: float | None
+    lr: float | None
+    tokens_per_s: float | None
+    step_time_s: float | None
+    memory_allocated_bytes: int | None
+
+
+class MetricsPublic(BaseModel):
+    run_id: int
+    status: RunStatus
+    data: list[MetricPublic]
+    last_step: int = Field(description="Pass as ?after_step= to get only newer points.")
+
+
+class SummaryRow(BaseModel):
+    """One line of a comparison's table: what a method cost and what it achieved."""
+
+    run_id: int
+    method: str
+    seed: int
+    status: RunStatus
+    steps_done: int
+    eval_metric: str | None = None
+    eval_value: float | None = None
+    tokens_per_s: float | None = None
+    train_time_s: float | None = None
+    weight_bytes: int | None = None
+    trainable_bytes: int | None = None
+    gradient_bytes: int | None = None
+    optimizer_bytes: int | None = None
+    activation_bytes: int | None = None
+    total_bytes: int | None = None
+    peak_bytes: int | None = None
+    memory_vs_full: float | None = Field(
+        default=None, description="total_bytes / that of 'full' (same seed)."
+    )
+    error: str | None = None
+
+
+class ComparisonPublic(BaseModel):
+    id: int
+    name: str
+    preset: str | None
+    spec_hash: str
+    created_at: datetime
+    status: str = Field(description="queued, running, completed or cancelled (all runs).")
+    run_ids: list[int]
+    status_counts: dict[str, int]
+
+
+class ComparisonDetail(ComparisonPublic):
+    spec: dict[str, Any]
+    runs: list[RunPublic]
+    summary: list[SummaryRow]
+
+
+class ComparisonsPublic(BaseModel):
+    data: list[ComparisonPublic]
+    count: int
+    offset: int
+    limit: int
+
+
+class WorkerPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    name: str
+    host: str
+    pid: int
+    queues: str
+    device: str | None
+    started_at: datetime
+    last_seen_at: datetime
+
+
+class Message(BaseModel):
+    message: str

@@ -1,0 +1,76 @@
+"""The reaper: no run stays "running" after its worker is gone, and no queued run misses the broker.
+
+Every ``reaper_interval_s`` it (1) fails or requeues running runs without a heartbeat for
+``heartbeat_timeout_s`` (``VELORA_REQUEUE_LOST_RUNS``), and (2) sends runs that are queued in the
+database but never reached the broker (the broker was down at submission, or the run was requeued).
+It runs in the API process and in every worker's main process; each change is a conditional update,
+so any number of reapers can run at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from datetime import timedelta
+
+from backend import store
+from backend.broker import Dispatcher
+from backend.db import Database
+from backend.models import utcnow
+from backend.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def reap_once(db: Database, dispatcher: Dispatcher, settings: Settings) -> store.AbandonOutcome:
+    """One pass of the reaper; returns what it did to lost runs."""
+    with db.write_session() as session:
+        outcome = store.reap_lost_runs(
+            session,
+            heartbeat_timeout_s=settings.heartbeat_timeout_s,
+            requeue=settings.requeue_lost_runs,
+            max_attempts=settings.max_attempts,
+        )
+    if outcome.failed or outcome.requeued or outcome.cancelled:
+        log.warning(
+            "reaper: worker lost for runs failed=%s requeued=%s cancelled=%s",
+            outcome.failed,
+            outcome.requeued,
+            outcome.cancelled,
+        )
+    dispatch_pending(db, dispatcher, settings)
+    return outcome
+
+
+def dispatch_pending(db: Database, dispatcher: Dispatcher, settings: Settings) -> list[int]:
+    """Send queued runs that are not in the broker yet; returns the ids sent."""
+    created_before = utcnow() - timedelta(seconds=settings.redispatch_after_s)
+    with db.session() as session:
+        pending = store.runs_to_dispatch(session, created_before=created_before)
+    if not pending:
+        return []
+    sent = dispatcher.dispatch(pending)
+    with db.write_session() as session:
+        store.mark_dispatched(session, run_ids=sent)
+    return sent
+
+
+class ReaperThread(threading.Thread):
+    """Runs :func:`reap_once` every ``settings.reaper_interval_s`` until :meth:`stop`."""
+
+    def __init__(self, db: Database, dispatcher: Dispatcher, settings: Settings) -> None:
+        super().__init__(name="velora-reaper", daemon=True)
+        self.db, self.dispatcher, self.settings = db, dispatcher, settings
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        while not self._stop_event.wait(self.settings.reaper_interval_s):
+            try:
+                reap_once(self.db, self.dispatcher, self.settings)
+            except Exception:  # a database hiccup must not kill the thread
+                log.exception("reaper pass failed; retrying in %s s", self.settings.reaper_interval_s)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop_event.set()
+        if self.is_alive():
+            self.join(timeout)

@@ -1,0 +1,127 @@
+"""Service settings, read once from the environment (``Settings`` singleton, as fastapi's template).
+
+Everything has a default that makes one machine work with nothing but the Python packages:
+an SQLite database and an SQLite-backed Celery broker under ``VELORA_DATA_DIR``. ``DATABASE_URL``
+(PostgreSQL) and ``REDIS_URL`` switch to the cluster shape.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from velora_core.spec import MAX_MICRO_BATCH, MAX_SEQ_LEN, MAX_STEPS
+
+API_V1_STR = "/api/v1"
+TASK_RUN_BENCHMARK = "velora.run_benchmark"
+
+
+class Settings(BaseSettings):
+    """Read from ``VELORA_*`` variables (plus ``DATABASE_URL`` and ``REDIS_URL``)."""
+
+    model_config = SettingsConfigDict(env_prefix="VELORA_", extra="ignore", populate_by_name=True)
+
+    data_dir: Path = Field(
+        default=Path(".velora-bench"), description="Embedded database, broker and artifacts."
+    )
+    database_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("DATABASE_URL", "VELORA_DATABASE_URL"),
+        description="SQLAlchemy URL; default: SQLite file <data_dir>/velora.db.",
+    )
+    redis_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("REDIS_URL", "VELORA_REDIS_URL"),
+        description="Redis broker (cluster shape); default: kombu's SQLAlchemy transport on SQLite.",
+    )
+    redis_key_prefix: str = Field(default="", description="Prefix for every broker key in Redis (isolation).")
+    artifact_dir: Path | None = Field(default=None, description="Where workers keep run artifacts.")
+
+    # Authentication.
+    api_token: SecretStr | None = Field(default=None, description="Provisioned at start (scripts, compose).")
+    auth_reads: bool = Field(default=True, description="Reads need a token too (except trusted localhost).")
+    token_cache_s: float = Field(
+        default=5.0, ge=0, description="How long a checked token is trusted before it is looked up again."
+    )
+    trust_localhost: bool = Field(
+        default=True,
+        description="Loopback clients without proxy headers need no token; remote clients always do.",
+    )
+
+    # Request limits (tighter than the spec's own bounds if a deployment wants).
+    max_request_bytes: int = Field(default=1_000_000, ge=1024)
+    max_steps: int = Field(default=MAX_STEPS, ge=1, le=MAX_STEPS)
+    max_micro_batch: int = Field(default=MAX_MICRO_BATCH, ge=1, le=MAX_MICRO_BATCH)
+    max_seq_len: int = Field(default=MAX_SEQ_LEN, ge=8, le=MAX_SEQ_LEN)
+    max_runs_per_comparison: int = Field(default=64, ge=1, le=256)
+    api_threads: int = Field(
+        default=4,
+        ge=1,
+        le=200,
+        description="Requests handled at once; more only contend for the GIL (tail latency), fewer queue.",
+    )
+
+    # Workers, heartbeats and the reaper.
+    default_queue: Literal["gpu", "cpu"] = Field(default="gpu", description="Queue for device='auto' runs.")
+    heartbeat_interval_s: float = Field(default=5.0, gt=0)
+    heartbeat_timeout_s: float = Field(default=60.0, gt=0)
+    reaper_interval_s: float = Field(default=10.0, gt=0)
+    reaper_enabled: bool = True
+    requeue_lost_runs: bool = Field(
+        default=False, description="Requeue a run whose worker was lost, else fail it."
+    )
+    max_attempts: int = Field(default=3, ge=1, le=100)
+    redispatch_after_s: float = Field(
+        default=30.0, gt=0, description="Re-send runs never handed to the broker."
+    )
+    metrics_flush_s: float = Field(default=1.0, ge=0)
+    run_time_limit_s: float = Field(default=48 * 3600.0, gt=0)
+    worker_max_tasks_per_child: int = Field(
+        default=1, ge=0, description="1: every run in a fresh process (clean memory peaks); 0: reuse."
+    )
+    auto_migrate: bool = Field(default=True, description="Apply Alembic migrations when a process starts.")
+
+    @field_validator("database_url", "redis_url")
+    @classmethod
+    def _blank_is_none(cls, value: str | None) -> str | None:
+        return value or None
+
+    @property
+    def resolved_data_dir(self) -> Path:
+        return self.data_dir.expanduser().resolve()
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        """The database URL, with ``postgresql://`` mapped to the psycopg 3 driver."""
+        url = self.database_url or f"sqlite:///{self.resolved_data_dir / 'velora.db'}"
+        if url.startswith("postgres://"):
+            url = "postgresql://" + url.removeprefix("postgres://")
+        if url.startswith("postgresql://"):
+            url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
+        return url
+
+    @property
+    def broker_url(self) -> str:
+        return self.redis_url or f"sqla+sqlite:///{self.resolved_data_dir / 'broker.sqlite'}"
+
+    @property
+    def resolved_artifact_dir(self) -> Path:
+        return (self.artifact_dir or self.resolved_data_dir / "artifacts").expanduser().resolve()
+
+    def queue_for_device(self, device: str) -> str:
+        """The Celery queue (device class) a run with ``spec.device`` goes to."""
+        if device == "cpu":
+            return "cpu"
+        if device.startswith("cuda"):
+            return "gpu"
+        return self.default_queue
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process-wide settings, read from the environment on first use."""
+    return Settings()

@@ -1,0 +1,447 @@
+"""The Launch page's three forms, each returning the body of ``POST /comparisons``.
+
+Every choice and limit comes from ``GET /presets``: model shapes, datasets, methods and the JSON
+schema of each method's settings (rendered field by field), the server's limits. The API validates
+the body again and its error is shown in words, so the forms only prevent the obvious mistakes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import streamlit as st
+
+GPU_SIZES_GIB = [8, 12, 16, 24, 32, 40, 48, 80, 96, 141, 192]
+
+
+@dataclass
+class LaunchRequest:
+    """What a form produced: the request body, any problems that block submitting, and view options."""
+
+    body: dict[str, Any]
+    problems: list[str] = field(default_factory=list)
+    gpu_gib: float | None = None
+
+
+# --- small helpers --------------------------------------------------------------------------------
+
+
+def parse_seeds(text: str, max_seeds: int = 16) -> list[int]:
+    """``"0, 1 2"`` -> ``[0, 1, 2]``.
+
+    Raises:
+        ValueError: something that is not a whole number ≥ 0, a repeat, or too many seeds.
+    """
+    parts = [p for p in text.replace(",", " ").split() if p]
+    seeds = []
+    for part in parts:
+        if not part.isdigit():
+            raise ValueError(f"seeds must be whole numbers ≥ 0 separated by commas, got {part!r}")
+        seeds.append(int(part))
+    if len(set(seeds)) != len(seeds):
+        raise ValueError("seeds must not repeat")
+    if len(seeds) > max_seeds:
+        raise ValueError(f"at most {max_seeds} seeds")
+    return seeds
+
+
+def _resolve(schema: dict[str, Any], root: dict[str, Any]) -> dict[str, Any]:
+    ref = schema.get("$ref")
+    if ref:
+        return root.get("$defs", {}).get(ref.rsplit("/", 1)[-1], {})
+    return schema
+
+
+def _nullable(schema: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+    """``anyOf: [X, {"type": "null"}]`` -> (X, True)."""
+    options = schema.get("anyOf")
+    if not options:
+        return schema, False
+    real = [o for o in options if o.get("type") != "null"]
+    return (dict(real[0], **{k: v for k, v in schema.items() if k != "anyOf"}) if real else schema), len(
+        real
+    ) < len(options)
+
+
+def settings_field(name: str, schema: dict[str, Any], value: Any, key: str) -> Any:
+    """One widget for one JSON-schema property, with the schema's bounds; returns the chosen value."""
+    schema, nullable = _nullable(schema)
+    label = schema.get("title") or name.replace("_", " ")
+    help_text = schema.get("description")
+    kind = schema.get("type")
+    if "enum" in schema:
+        options = list(schema["enum"])
+        index = options.index(value) if value in options else 0
+        return st.selectbox(label, options, index=index, key=key, help=help_text)
+    if kind == "boolean":
+        return st.checkbox(label, value=bool(value), key=key, help=help_text)
+    if kind in ("integer", "number"):
+        integer = kind == "integer"
+        low = schema.get("minimum", schema.get("exclusiveMinimum"))
+        high = schema.get("maximum", schema.get("exclusiveMaximum"))
+        cast = int if integer else float
+        return st.number_input(
+            label + (" (optional)" if nullable else ""),
+            min_value=None if low is None else cast(low),
+            max_value=None if high is None else cast(high),
+            value=None if value is None else cast(value),
+            step=1 if integer else None,
+            format=None if integer else "%g",
+            key=key,
+            help=help_text,
+            placeholder="not set" if nullable else None,
+        )
+    if kind == "array":
+        text = st.text_input(label, value=", ".join(str(v) for v in value or []), key=key, help=help_text)
+        return [part.strip() for part in text.split(",") if part.strip()]
+    return st.text_input(label, value="" if value is None else str(value), key=key, help=help_text) or None
+
+
+def method_settings(
+    method: str, presets: dict[str, Any], initial: dict[str, Any] | None, key: str
+) -> dict[str, Any]:
+    """The settings of ``method``, one widget per field of its config schema (nested objects such as
+    ``lora``, ``velora``, ``quant`` become sections), starting from the server's defaults for the
+    method overlaid with ``initial``.
+
+    A JSON schema cannot carry a ``default_factory`` (``velora+lora``'s VeLoRA scale is 0.1 while
+    ``VeLoRAConfig``'s schema says 1.0). So unless the server states the method's ``defaults``, a
+    section is sent only when a person changed one of its fields; untouched, the server's own
+    defaults apply."""
+    info = presets["methods"][method]
+    root = info["config_schema"]
+    defaults = info.get("defaults") or {}
+    initial = initial or {}
+    values: dict[str, Any] = {}
+    sections = root.get("properties", {})
+    if not sections:
+        st.caption(f"`{method}` has no settings.")
+    for section, section_schema in sections.items():
+        sub = _resolve(section_schema, root)
+        props = sub.get("properties")
+        if not props:
+            continue
+        start = (
+            {
+                name: prop.get("default")
+                for name, prop in props.items()
+                if "default" in prop or "anyOf" in prop
+            }
+            | (defaults.get(section) or {})
+            | (initial.get(section) or {})
+        )
+        st.markdown(f"**{sub.get('title', section)}**", help=sub.get("description"))
+        columns = st.columns(min(4, len(props)))
+        section_values = {}
+        for i, (name, prop) in enumerate(props.items()):
+            with columns[i % len(columns)]:
+                value = settings_field(name, prop, start.get(name), f"{key}.{section}.{name}")
+            # A field whose default the server did not say (a default_factory) is left to the server
+            # while it stays empty, rather than sent as an empty value.
+            if name in start or value not in (None, [], ""):
+                section_values[name] = value
+        changed = any(section_values.get(name) != start.get(name) for name in section_values)
+        if defaults or section in initial or changed:
+            values[section] = section_values
+    return values
+
+
+# --- preset ---------------------------------------------------------------------------------------
+
+
+def preset_form(presets: dict[str, Any]) -> LaunchRequest:
+    """A named comparison, optionally with its methods, seeds, steps, batch, sequence length,
+    pre-training steps and evaluation size overridden. Prefilled from the preset's spec when the
+    server gives it (``comparison_specs``); otherwise empty fields keep the preset's values."""
+    names = list(presets["comparisons"])
+    if not names:
+        st.warning("This server offers no comparison presets; build a spec instead.")
+        return LaunchRequest(body={}, problems=["no presets"])
+    limits = presets["limits"]
+    name = st.selectbox(
+        "Preset",
+        names,
+        index=names.index("cpu-smoke") if "cpu-smoke" in names else 0,
+        key="preset.name",
+        format_func=lambda n: f"{n} — {presets['comparisons'][n][:70]}",
+    )
+    st.caption(presets["comparisons"][name])
+    spec = (presets.get("comparison_specs") or {}).get(name)
+    known = spec is not None
+    base = (spec or {}).get("base", {})
+    pretrain = (base.get("model") or {}).get("pretrain")
+    if not known:
+        st.caption("Empty fields keep the preset's value.")
+    key = f"preset.{name}"  # each preset keeps its own field values
+    c1, c2 = st.columns([2, 1])
+    methods = c1.multiselect(
+        "Methods" if known else "Methods (empty: the preset's)",
+        list(presets["methods"]),
+        default=(spec or {}).get("methods", []),
+        key=f"{key}.methods",
+    )
+    seeds_text = c2.text_input(
+        "Seeds",
+        value=", ".join(str(s) for s in (spec or {}).get("seeds", [])),
+        key=f"{key}.seeds",
+        help="Several seeds give mean ± spread per method.",
+    )
+    # (override, label, the preset's value, upper limit, help)
+    numbers = [
+        ("steps", "Steps", base.get("steps"), limits["max_steps"], None),
+        ("micro_batch", "Batch", base.get("micro_batch"), limits["max_micro_batch"], None),
+        ("seq_len", "Sequence length", base.get("seq_len"), limits["max_seq_len"], None),
+        ("eval_examples", "Eval examples", (base.get("eval") or {}).get("max_examples"), 100_000, None),
+    ]
+    if pretrain is not None or not known:
+        numbers.insert(
+            3,
+            (
+                "pretrain_steps",
+                "Pre-training steps",
+                (pretrain or {}).get("steps"),
+                limits["max_steps"],
+                "Presets that fine-tune a model pre-train it first (once; later runs reuse it).",
+            ),
+        )
+    chosen = {}
+    for column, (field_name, label, value, high, help_text) in zip(
+        st.columns(len(numbers)), numbers, strict=True
+    ):
+        chosen[field_name] = column.number_input(
+            label,
+            min_value=8 if field_name == "seq_len" else 1,
+            max_value=high,
+            value=value,
+            step=1,
+            key=f"{key}.{field_name}",
+            help=help_text,
+            placeholder="preset's",
+        )
+    problems: list[str] = []
+    overrides: dict[str, Any] = {}
+    if methods and methods != (spec or {}).get("methods"):
+        overrides["methods"] = methods
+    if known and not methods:
+        problems.append("choose at least one method")
+    if seeds_text.strip():
+        try:
+            seeds = parse_seeds(seeds_text, max_seeds(presets))
+        except ValueError as exc:
+            problems.append(str(exc))
+        else:
+            if seeds != (spec or {}).get("seeds"):
+                overrides["seeds"] = seeds
+    for field_name, _, value, _, _ in numbers:
+        if chosen[field_name] is None or chosen[field_name] == value:
+            continue
+        if field_name == "eval_examples":
+            overrides["eval"] = {"max_examples": int(chosen[field_name])}
+        elif field_name == "pretrain_steps":
+            overrides["pretrain"] = {"steps": int(chosen[field_name])}
+        else:
+            overrides[field_name] = int(chosen[field_name])
+    body: dict[str, Any] = {"preset": name}
+    if overrides:
+        body["overrides"] = overrides
+    return LaunchRequest(body=body, problems=problems)
+
+
+# --- build a spec ---------------------------------------------------------------------------------
+
+
+def max_seeds(presets: dict[str, Any]) -> int:
+    """The most seeds a comparison may have, from the server's ComparisonSpec schema."""
+    seeds = presets.get("schemas", {}).get("ComparisonSpec", {}).get("properties", {}).get("seeds", {})
+    return int(seeds.get("maxItems", 16))
+
+
+def _model_limit(presets: dict[str, Any], model: str | None) -> int:
+    limit = presets["limits"]["max_seq_len"]
+    shape = presets["models"].get(model or "")
+    return min(limit, shape["max_position_embeddings"]) if shape else limit
+
+
+def spec_form(presets: dict[str, Any]) -> LaunchRequest:
+    """A ComparisonSpec built field by field: workload, model, data, schedule, seeds, methods and
+    each method's settings."""
+    limits = presets["limits"]
+    models, datasets = presets["models"], presets["datasets"]
+    problems: list[str] = []
+    c1, c2, c3 = st.columns(3)
+    name = c1.text_input("Name", value="my-comparison", key="spec.name")
+    workload = c2.selectbox("Workload", ["finetune", "pretrain"], key="spec.workload")
+    source = c3.selectbox(
+        "Model from",
+        ["preset", "hub"],
+        key="spec.model_source",
+        format_func=lambda s: {"preset": "a built-in shape", "hub": "the Hugging Face hub"}[s],
+    )
+    c1, c2, c3 = st.columns(3)
+    shape: str | None = None
+    pretrain_steps: int | None = None
+    memory_only = False
+    if source == "preset":
+        shape = c1.selectbox(
+            "Model",
+            list(models),
+            key="spec.model",
+            format_func=lambda m: f"{m} — {models[m].get('description') or ''}",
+        )
+        if workload == "finetune":
+            start = c2.radio(
+                "Fine-tune from",
+                ["pretrain", "memory_only"],
+                key="spec.start",
+                horizontal=True,
+                format_func=lambda s: {
+                    "pretrain": "pre-train it first",
+                    "memory_only": "random weights (memory only)",
+                }[s],
+            )
+            memory_only = start == "memory_only"
+            if not memory_only:
+                pretrain_steps = int(
+                    c3.number_input(
+                        "Pre-training steps", 1, limits["max_steps"], 60, key="spec.pretrain_steps"
+                    )
+                )
+        model: dict[str, Any] = {"source": "preset", "name": shape, "memory_only": memory_only}
+    else:
+        model = {
+            "source": "hub",
+            "name": c1.text_input("Hub model id", "huggyllama/llama-7b", key="spec.hub_id"),
+        }
+    c1, c2, c3 = st.columns(3)
+    dataset = c1.selectbox(
+        "Dataset",
+        list(datasets),
+        key="spec.dataset",
+        format_func=lambda d: f"{d} — {datasets[d]['description'][:60]}",
+    )
+    default_metric = "mc_accuracy" if datasets[dataset]["kind"] == "mc" else "perplexity"
+    metrics = ["perplexity", "mc_accuracy", "none"]
+    metric = c2.selectbox("Evaluation", metrics, index=metrics.index(default_metric), key="spec.metric")
+    eval_examples = c3.number_input("Eval examples", 1, 100_000, 24, key="spec.eval_examples")
+    c1, c2, c3, c4, c5, c6 = st.columns(6)
+    steps = c1.number_input("Steps", 1, limits["max_steps"], 20, key="spec.steps")
+    micro_batch = c2.number_input("Batch", 1, limits["max_micro_batch"], 8, key="spec.micro_batch")
+    seq_limit = _model_limit(presets, shape)
+    seq_len = c3.number_input("Sequence length", 8, seq_limit, min(128, seq_limit), key="spec.seq_len")
+    lr = c4.number_input("Learning rate", 1e-7, 10.0, 2e-3, format="%g", key="spec.lr")
+    dtype = c5.selectbox("dtype", ["fp32", "bf16", "fp16"], key="spec.dtype")
+    device = c6.selectbox("Device", ["auto", "cpu", "cuda"], key="spec.device")
+    c1, c2 = st.columns([2, 1])
+    methods = c1.multiselect(
+        "Methods", list(presets["methods"]), default=list(presets["methods"]), key="spec.methods"
+    )
+    seeds_text = c2.text_input(
+        "Seeds", "0", key="spec.seeds", help="Several seeds give mean ± spread per method."
+    )
+    try:
+        seeds = parse_seeds(seeds_text, max_seeds(presets)) or [0]
+    except ValueError as exc:
+        problems.append(str(exc))
+        seeds = [0]
+    if not methods:
+        problems.append("choose at least one method")
+    if len(methods) * len(seeds) > limits["max_runs_per_comparison"]:
+        problems.append(
+            f"{len(methods) * len(seeds)} runs; this server allows {limits['max_runs_per_comparison']}"
+        )
+    method_configs = {}
+    if methods:
+        st.markdown("##### Method settings")
+        for method, tab in zip(methods, st.tabs(methods), strict=True):
+            with tab:
+                method_configs[method] = method_settings(method, presets, None, f"spec.cfg.{method}")
+    base: dict[str, Any] = {
+        "workload": workload,
+        "dataset": {"source": "builtin", "name": dataset},
+        "seq_len": int(seq_len),
+        "micro_batch": int(micro_batch),
+        "steps": int(steps),
+        "optimizer": {"lr": float(lr), "warmup_steps": max(1, int(steps) // 10)},
+        "dtype": dtype,
+        "device": device,
+        "eval": {"metric": metric, "max_examples": int(eval_examples)},
+    }
+    if pretrain_steps is not None:
+        # A preset shape has random weights: pre-train it once (full training on the stdlib corpus),
+        # then every method fine-tunes that artifact.
+        model = {
+            "source": "artifact",
+            "pretrain": {
+                "workload": "pretrain",
+                "model": {"source": "preset", "name": shape},
+                "dataset": {"source": "builtin", "name": "stdlib-corpus"},
+                "method": "full",
+                "seq_len": int(seq_len),
+                "micro_batch": int(micro_batch),
+                "steps": pretrain_steps,
+                "dtype": dtype,
+                "device": device,
+                "optimizer": {"lr": 3e-3, "warmup_steps": max(1, pretrain_steps // 10)},
+                "eval": {"metric": "perplexity", "max_examples": 16},
+            },
+        }
+    base["model"] = model
+    body = {"name": name, "base": base, "methods": methods, "method_configs": method_configs, "seeds": seeds}
+    return LaunchRequest(body=body, problems=problems)
+
+
+# --- will it fit ----------------------------------------------------------------------------------
+
+
+def fit_form(presets: dict[str, Any]) -> LaunchRequest:
+    """A memory-only comparison (random weights of the model's shape, two steps, no evaluation) for
+    a chosen GPU memory size; Compare draws that size across the memory chart."""
+    limits = presets["limits"]
+    models = presets["models"]
+    names = list(models)
+    c1, c2 = st.columns([2, 1])
+    shape = c1.selectbox(
+        "Model shape",
+        names,
+        index=names.index("llama-7b") if "llama-7b" in names else 0,
+        key="fit.model",
+        format_func=lambda m: f"{m} — {models[m].get('description') or ''}",
+    )
+    gpu_gib = c2.selectbox(
+        "GPU memory (GiB)", GPU_SIZES_GIB, index=GPU_SIZES_GIB.index(24), key="fit.gpu_gib"
+    )
+    c1, c2, c3, c4 = st.columns(4)
+    seq_limit = _model_limit(presets, shape)
+    seq_len = c1.number_input("Sequence length", 8, seq_limit, min(512, seq_limit), key="fit.seq_len")
+    micro_batch = c2.number_input("Batch", 1, limits["max_micro_batch"], 8, key="fit.micro_batch")
+    dtype = c3.selectbox("dtype", ["bf16", "fp16", "fp32"], key="fit.dtype")
+    device = c4.selectbox("Device", ["auto", "cuda", "cpu"], key="fit.device")
+    methods = st.multiselect(
+        "Methods", list(presets["methods"]), default=list(presets["methods"]), key="fit.methods"
+    )
+    method_configs = {}
+    with st.expander("Method settings"):
+        if methods:
+            for method, tab in zip(methods, st.tabs(methods), strict=True):
+                with tab:
+                    method_configs[method] = method_settings(method, presets, None, f"fit.cfg.{method}")
+    problems = [] if methods else ["choose at least one method"]
+    body = {
+        "name": f"will it fit: {shape} on {gpu_gib} GiB",
+        "base": {
+            "workload": "finetune",
+            "model": {"source": "preset", "name": shape, "memory_only": True},
+            "dataset": {"source": "builtin", "name": "stdlib-corpus"},
+            "seq_len": int(seq_len),
+            "micro_batch": int(micro_batch),
+            "steps": 2,
+            "dtype": dtype,
+            "device": device,
+            "save_artifact": False,
+            "eval": {"metric": "none"},
+        },
+        "methods": methods,
+        "method_configs": method_configs,
+    }
+    return LaunchRequest(body=body, problems=problems, gpu_gib=float(gpu_gib))

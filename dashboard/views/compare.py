@@ -1,0 +1,174 @@
+"""Compare: what each method of a comparison costs in memory and what it achieves, side by side."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from dashboard.api import FINISHED_STATUSES, ApiClient, ApiError
+from dashboard.charts import loss_figure, memory_figure, pareto_figure
+from dashboard.summary import (
+    ACTIVE_STATUSES,
+    GIB,
+    comparison_json,
+    display_table,
+    format_bytes,
+    method_rows,
+    rows_csv,
+    run_record,
+)
+
+api: ApiClient = st.session_state.api
+
+st.title("Compare")
+try:
+    recent = api.comparisons(limit=200)["data"]
+except ApiError as exc:
+    st.error(exc.message)
+    st.stop()
+labels = {
+    c["id"]: f"#{c['id']} {c['name']} ({len(c['run_ids'])} runs, {c['created_at'][:16].replace('T', ' ')})"
+    for c in recent
+}
+linked = st.query_params.get("comparison", "")
+if linked.isdigit() and int(linked) not in labels:
+    labels = {int(linked): f"#{linked}"} | labels
+if not labels:
+    st.info("No comparisons yet.")
+    st.page_link("views/launch.py", label="Launch one", icon=":material/rocket_launch:")
+    st.stop()
+
+c1, c2 = st.columns([3, 1], vertical_alignment="bottom")
+ids = list(labels)
+comparison_id = c1.selectbox(
+    "Comparison",
+    ids,
+    index=ids.index(int(linked)) if linked.isdigit() else 0,
+    format_func=labels.get,
+    key="compare.comparison",
+)
+linked_gib = st.query_params.get("gpu_gib")
+gpu_gib = c2.number_input(
+    "GPU memory to fit (GiB)",
+    min_value=0.5,
+    value=float(linked_gib) if linked_gib else None,
+    step=8.0,
+    format="%g",
+    placeholder="none",
+    key="compare.gpu_gib",
+)
+view = {"comparison": str(comparison_id)} | ({"gpu_gib": f"{gpu_gib:g}"} if gpu_gib else {})
+st.query_params.from_dict(view)  # the address bar always reopens this view
+
+try:
+    active = api.comparison(comparison_id)["status"] in ACTIVE_STATUSES
+except ApiError as exc:
+    st.error(exc.message)
+    st.stop()
+
+
+@st.fragment(run_every=3 if active else None)
+def comparison_view() -> None:
+    """Everything below the chooser; re-rendered alone every few seconds while runs are active."""
+    try:
+        comparison = api.comparison(comparison_id)
+        details = {
+            run["id"]: api.finished_run(run["id"])
+            for run in comparison["runs"]
+            if run["status"] in FINISHED_STATUSES
+        }
+    except ApiError as exc:
+        st.error(exc.message)
+        return
+    if active and comparison["status"] not in ACTIVE_STATUSES:
+        st.rerun()  # finished: redraw the whole page once, which also stops this timer
+    runs = comparison["runs"]
+    counts = ", ".join(f"{n} {status.replace('_', ' ')}" for status, n in comparison["status_counts"].items())
+    st.subheader(comparison["name"])
+    st.caption(
+        f"Comparison #{comparison['id']} · {'preset ' + comparison['preset'] + ' · ' if comparison['preset'] else ''}"
+        f"{len(runs)} runs: {counts} · created {comparison['created_at'][:19].replace('T', ' ')} UTC"
+    )
+    done = sum(run["status"] in FINISHED_STATUSES for run in runs)
+    if done < len(runs):
+        c1, c2 = st.columns([6, 1], vertical_alignment="bottom")
+        c1.progress(done / len(runs), text=f"{done} of {len(runs)} runs finished")
+        if c2.button("Cancel all", key="compare.cancel"):
+            try:
+                api.cancel_comparison(comparison_id)
+            except ApiError as exc:
+                st.error(exc.message)
+    for run in runs:
+        if run["status"] in ("failed", "out_of_memory"):
+            st.error(
+                f"{run['method']} (seed {run['seed']}) {run['status'].replace('_', ' ')}: {run.get('error') or 'no message'}"
+            )
+
+    records = [run_record(run, details.get(run["id"])) for run in runs]
+    rows = method_rows(records, comparison["spec"]["methods"])
+    budget = gpu_gib * GIB if gpu_gib else None
+    if not any(row["results"] for row in rows):
+        st.info("No results yet: the table and charts appear as runs finish.")
+    else:
+        measured = any(row["peak_bytes"] is not None for row in rows)
+        left, right = st.columns(2)
+        left.plotly_chart(memory_figure(rows, gpu_budget_bytes=budget), key="compare.memory")
+        if not measured:
+            left.caption(
+                "No measured peak: these runs ran off CUDA, where no allocator peak exists. Bars show the "
+                "predicted total (weights, gradients and optimizer state by formula, activations as saved "
+                "for backward)."
+            )
+        if any(row["value"] is not None for row in rows):
+            right.plotly_chart(pareto_figure(rows), key="compare.pareto")
+        else:
+            right.info("No evaluation metric in these runs (memory only), so no accuracy chart.")
+        st.table(display_table(rows, measured_peak=measured, gpu_budget_bytes=budget))
+        velora = [row for row in rows if row["predicted_activation_bytes"]]
+        if velora:
+            st.caption(
+                "VeLoRA-wrapped layers, bytes saved for backward — "
+                + "; ".join(
+                    f"{row['method']}: predicted {format_bytes(row['predicted_activation_bytes'])}, "
+                    f"measured {format_bytes(row['velora_measured_bytes'])}"
+                    for row in velora
+                )
+            )
+    curves = []
+    for run, record in zip(runs, records, strict=True):
+        points = record["loss_curve"]
+        if not points and run["status"] == "running":
+            try:
+                points = api.metrics(run["id"])["data"]
+            except ApiError:
+                points = []
+        curves.append({"method": run["method"], "seed": run["seed"], "points": points})
+    if any(curve["points"] for curve in curves):
+        st.plotly_chart(loss_figure(curves), key="compare.loss")
+
+    c1, c2, c3 = st.columns(3, vertical_alignment="center")
+    c1.download_button(
+        "Download table (CSV)",
+        rows_csv(rows),
+        file_name=f"comparison-{comparison_id}.csv",
+        mime="text/csv",
+        key="compare.csv",
+    )
+    c2.download_button(
+        "Download everything (JSON)",
+        comparison_json(comparison, records, rows),
+        file_name=f"comparison-{comparison_id}.json",
+        mime="application/json",
+        key="compare.json",
+    )
+    c3.page_link("views/compare.py", label="Link to this view", icon=":material/link:", query_params=view)
+    with st.expander("Runs and spec"):
+        for run in runs:
+            st.page_link(
+                "views/run_detail.py",
+                label=f"Run {run['id']}: {run['method']}, seed {run['seed']} ({run['status']})",
+                query_params={"run": str(run["id"])},
+            )
+        st.json(comparison["spec"], expanded=False)
+
+
+comparison_view()

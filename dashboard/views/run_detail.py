@@ -1,0 +1,145 @@
+"""Run detail: one run's state, numbers, training curve, spec, environment and artifact."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from dashboard.api import ApiClient, ApiError
+from dashboard.charts import loss_figure
+from dashboard.summary import (
+    ACTIVE_STATUSES,
+    duration_words,
+    eta_seconds,
+    format_bytes,
+    format_metric,
+    memory_table,
+    progress_fraction,
+    run_facts,
+    status_words,
+    total_bytes,
+)
+
+api: ApiClient = st.session_state.api
+
+st.title("Run detail")
+linked = st.query_params.get("run", "")
+run_id = st.number_input(
+    "Run",
+    min_value=1,
+    value=int(linked) if linked.isdigit() else None,
+    step=1,
+    placeholder="run id",
+    key="run.id",
+)
+if not run_id:
+    st.info("Choose a run by its id, or open one from Runs or Compare.")
+    st.stop()
+st.query_params["run"] = str(run_id)
+try:
+    active = api.run(run_id)["status"] in ACTIVE_STATUSES
+except ApiError as exc:
+    st.error(exc.message)
+    st.stop()
+
+
+@st.fragment(run_every=3 if active else None)
+def run_view() -> None:
+    try:
+        run = api.run(run_id)
+        metrics = api.metrics(run_id)["data"]
+    except ApiError as exc:
+        st.error(exc.message)
+        return
+    if active and run["status"] not in ACTIVE_STATUSES:
+        st.rerun()  # finished: redraw the whole page once, which also stops this timer
+    result = run.get("result") or {}
+    memory = result.get("memory") or {}
+    evaluation = result.get("eval") or {}
+    st.subheader(f"Run {run['id']}: {run['method']}, seed {run['seed']}")
+    state = status_words(run)
+    if run["status"] in ("failed", "out_of_memory"):
+        st.error(state)
+    elif run["status"] == "cancelled":
+        st.warning(state)
+    else:
+        eta = duration_words(eta_seconds(run))
+        st.progress(progress_fraction(run), text=state + (f" · about {eta} left" if eta else ""))
+    c1, c2 = st.columns([6, 1])
+    if run.get("comparison_id"):
+        c1.page_link(
+            "views/compare.py",
+            label=f"Comparison #{run['comparison_id']}",
+            icon=":material/bar_chart:",
+            query_params={"comparison": str(run["comparison_id"])},
+        )
+    if run["status"] in ACTIVE_STATUSES and c2.button(
+        "Cancel", key="run.cancel", disabled=bool(run.get("cancel_requested"))
+    ):
+        try:
+            api.cancel_run(run_id)
+        except ApiError as exc:
+            st.error(exc.message)
+
+    if memory:
+        m1, m2, m3, m4 = st.columns(4)
+        peak = memory.get("peak_bytes")
+        m1.metric(
+            "Peak memory (CUDA)" if peak is not None else "Memory (analytic)",
+            format_bytes(peak or total_bytes(memory)),
+        )
+        m2.metric(
+            "Accuracy"
+            if evaluation.get("metric") == "mc_accuracy"
+            else (evaluation.get("metric") or "metric").capitalize(),
+            format_metric(evaluation.get("metric"), evaluation.get("value")),
+            help=f"chance {format_metric(evaluation.get('metric'), evaluation.get('chance'))}"
+            if evaluation.get("chance")
+            else None,
+        )
+        m3.metric("Tokens/s", f"{(result.get('throughput') or {}).get('tokens_per_s', 0):.0f}")
+        m4.metric(
+            "Trainable parameters",
+            f"{memory.get('trainable_params', 0):,} of {memory.get('total_params', 0):,}",
+        )
+
+    tabs = st.tabs(["Metrics", "Memory", "Spec", "Environment", "Artifact"])
+    with tabs[0]:
+        points = metrics or result.get("loss_curve") or []
+        if points:
+            st.plotly_chart(
+                loss_figure([{"method": run["method"], "seed": run["seed"], "points": points}]),
+                key="run.loss",
+            )
+            st.dataframe(points, hide_index=True, width="stretch")
+        else:
+            st.info("No training steps recorded yet.")
+        if evaluation:
+            st.json(evaluation, expanded=False)
+    with tabs[1]:
+        if memory:
+            st.table(memory_table(memory))
+            by_dtype = memory.get("weight_bytes_by_dtype") or {}
+            st.caption(
+                "Frozen weights by dtype: "
+                + ", ".join(f"{k}: {format_bytes(v)}" for k, v in by_dtype.items())
+            )
+        else:
+            st.info("No memory report until the run finishes.")
+    with tabs[2]:
+        st.json(run["spec"])
+    with tabs[3]:
+        environment = result.get("environment") or {}
+        if environment:
+            st.table(
+                [
+                    {"Key": key, "Value": "" if value is None else str(value)}
+                    for key, value in environment.items()
+                ]
+            )
+        else:
+            st.info("The environment is recorded when the run finishes.")
+    with tabs[4]:
+        st.table(run_facts(run))
+
+
+run_view()

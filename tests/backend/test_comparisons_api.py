@@ -1,0 +1,146 @@
+"""``/comparisons``: create from a spec or a preset, read back, list, cancel."""
+
+from __future__ import annotations
+
+from fastapi.testclient import TestClient
+
+from backend import store
+from backend.broker import Dispatcher
+from backend.db import Database
+from backend.settings import Settings
+from tests.backend.conftest import tiny_comparison
+from velora_core.result import ProgressEvent, RunResult, RunStatus
+from velora_core.spec import ComparisonSpec
+
+
+def queued_messages(settings: Settings) -> dict[str, int]:
+    dispatcher = Dispatcher(settings)
+    try:
+        health = dispatcher.check()
+        assert health["ok"], health
+        return health["queued_messages"]
+    finally:
+        dispatcher.close()
+
+
+def test_create_comparison_from_spec_queues_every_run(
+    client: TestClient, auth: dict, settings: Settings
+) -> None:
+    response = client.post("/api/v1/comparisons", json=tiny_comparison(seeds=[0, 1]), headers=auth)
+    assert response.status_code == 201, response.text
+    body = response.json()
+    assert body["status"] == "queued"
+    assert len(body["run_ids"]) == 6
+    assert [(r["method"], r["seed"]) for r in body["runs"]] == [
+        ("full", 0),
+        ("lora", 0),
+        ("velora+full", 0),
+        ("full", 1),
+        ("lora", 1),
+        ("velora+full", 1),
+    ]
+    assert all(r["status"] == "queued" and r["queue"] == "cpu" for r in body["runs"])
+    assert body["status_counts"] == {"queued": 6}
+    expected = ComparisonSpec.model_validate(tiny_comparison(seeds=[0, 1]))
+    assert [r["spec_hash"] for r in body["runs"]] == [s.spec_hash() for s in expected.runs()]
+    assert queued_messages(settings) == {"gpu": 0, "cpu": 6}
+
+
+def test_create_comparison_from_preset_with_overrides(
+    client: TestClient, auth: dict, settings: Settings
+) -> None:
+    response = client.post(
+        "/api/v1/comparisons",
+        json={"preset": "cpu-smoke", "overrides": {"steps": 3, "methods": ["full", "velora+lora"]}},
+        headers=auth,
+    )
+    assert response.status_code == 201, response.text
+    body = response.json()
+    assert body["preset"] == "cpu-smoke"
+    assert [r["method"] for r in body["runs"]] == ["full", "velora+lora"]
+    assert body["spec"]["base"]["steps"] == 3
+    assert all(r["total_steps"] == 3 for r in body["runs"])
+    # device "auto" goes to the default queue (gpu).
+    assert queued_messages(settings) == {"gpu": 2, "cpu": 0}
+
+
+def test_read_comparison_has_runs_and_summary(client: TestClient, auth: dict, db: Database) -> None:
+    created = client.post("/api/v1/comparisons", json=tiny_comparison(), headers=auth).json()
+    full_id, lora_id, _ = created["run_ids"]
+    memory = {
+        "weight_bytes": 0,
+        "trainable_bytes": 400,
+        "gradient_bytes": 400,
+        "optimizer_bytes": 800,
+        "activation_bytes": 400,
+    }
+    with db.write_session() as session:
+        for run_id, mem in (
+            (full_id, memory),
+            (
+                lora_id,
+                dict(memory, trainable_bytes=100, gradient_bytes=100, optimizer_bytes=200, weight_bytes=400),
+            ),
+        ):
+            claim = store.claim_run(session, run_id=run_id, worker_host="w@h", worker_device="cpu")
+            store.record_progress(
+                session,
+                run_id=run_id,
+                claim_id=claim,
+                state=ProgressEvent(phase="train", step=3, total_steps=3),
+            )
+            result = RunResult(
+                method="x",
+                status=RunStatus.COMPLETED,
+                steps_done=3,
+                memory=mem,
+                eval={"metric": "perplexity", "value": 12.5},
+                throughput={"tokens_per_s": 1000.0, "train_time_s": 1.5},
+            )
+            assert store.finish_run(session, run_id=run_id, claim_id=claim, result=result)
+
+    response = client.get(f"/api/v1/comparisons/{created['id']}", headers=auth)
+    assert response.status_code == 200
+    body = response.json()
+    assert body["status"] == "running"  # one run still queued
+    assert body["status_counts"] == {"completed": 2, "queued": 1}
+    rows = {row["method"]: row for row in body["summary"]}
+    assert rows["full"]["total_bytes"] == 2000
+    assert rows["full"]["memory_vs_full"] == 1.0
+    assert rows["lora"]["total_bytes"] == 1200
+    assert rows["lora"]["memory_vs_full"] == 0.6
+    assert rows["lora"]["eval_metric"] == "perplexity" and rows["lora"]["eval_value"] == 12.5
+    assert rows["velora+full"]["status"] == "queued" and rows["velora+full"]["total_bytes"] is None
+
+
+def test_read_comparison_not_found(client: TestClient, auth: dict) -> None:
+    response = client.get("/api/v1/comparisons/999", headers=auth)
+    assert response.status_code == 404
+    assert response.json() == {"detail": "Comparison not found"}
+
+
+def test_list_comparisons_paginates_newest_first(client: TestClient, auth: dict) -> None:
+    ids = [
+        client.post(
+            "/api/v1/comparisons", json=tiny_comparison(name=f"c{i}", methods=["full"]), headers=auth
+        ).json()["id"]
+        for i in range(5)
+    ]
+    page = client.get("/api/v1/comparisons", params={"offset": 1, "limit": 2}, headers=auth).json()
+    assert page["count"] == 5
+    assert [c["id"] for c in page["data"]] == [ids[3], ids[2]]
+    assert [c["name"] for c in page["data"]] == ["c3", "c2"]
+    last = client.get("/api/v1/comparisons", params={"offset": 4, "limit": 2}, headers=auth).json()
+    assert [c["id"] for c in last["data"]] == [ids[0]]
+
+
+def test_cancel_comparison_cancels_unfinished_runs(client: TestClient, auth: dict, db: Database) -> None:
+    created = client.post("/api/v1/comparisons", json=tiny_comparison(), headers=auth).json()
+    running_id = created["run_ids"][0]
+    with db.write_session() as session:
+        assert store.claim_run(session, run_id=running_id, worker_host="w@h", worker_device="cpu")
+    response = client.post(f"/api/v1/comparisons/{created['id']}/cancel", headers=auth)
+    assert response.status_code == 200, response.text
+    runs = {r["id"]: r for r in response.json()["runs"]}
+    assert runs[running_id]["status"] == "running" and runs[running_id]["cancel_requested"] is True
+    assert [runs[i]["status"] for i in created["run_ids"][1:]] == ["cancelled", "cancelled"]

@@ -1,0 +1,95 @@
+"""``/health`` and ``/presets``, and what happens when the broker is down at submission."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from fastapi.testclient import TestClient
+
+from backend import store
+from backend.api.main import create_app
+from backend.broker import Dispatcher
+from backend.db import Database
+from backend.reaper import reap_once
+from backend.settings import Settings
+from tests.backend.conftest import tiny_comparison
+from tests.backend.harness import REPO_ROOT, free_port, service_env
+from tests.backend.test_comparisons_api import queued_messages
+
+
+def test_health_reports_database_broker_and_workers(
+    client: TestClient, auth: dict, db: Database, backend_kind: str
+) -> None:
+    body = client.get("/api/v1/health").json()
+    assert body["database"] == {"ok": True, "backend": backend_kind}
+    assert body["broker"]["ok"] is True and body["broker"]["queued_messages"] == {"gpu": 0, "cpu": 0}
+    assert body["status"] == "degraded"  # no worker yet
+    with db.write_session() as session:
+        store.upsert_worker(session, name="cpu0@h", host="h", pid=1, queues="cpu", device="cpu")
+    response = client.get("/api/v1/health", headers=auth)
+    assert response.status_code == 200 and response.json()["status"] == "ok"
+
+
+def test_broker_down_is_503_and_submissions_still_land(settings: Settings, db: Database, auth: dict) -> None:
+    down = settings.model_copy(update={"redis_url": f"redis://127.0.0.1:{free_port()}/0"})
+    with TestClient(create_app(down)) as client:
+        health = client.get("/api/v1/health")
+        assert health.status_code == 503
+        assert health.json()["status"] == "unavailable" and health.json()["broker"]["ok"] is False
+        created = client.post("/api/v1/comparisons", json=tiny_comparison(), headers=auth)
+        assert created.status_code == 201  # stored; the broker gets it when it is back
+    with db.session() as session:
+        assert len(store.runs_to_dispatch(session, created_before=store.utcnow())) == 3
+    # The broker is back: the reaper's pass sends what never reached it.
+    dispatcher = Dispatcher(settings.model_copy(update={"redispatch_after_s": 0.001}))
+    reap_once(db, dispatcher, dispatcher.settings)
+    dispatcher.close()
+    assert queued_messages(settings)["cpu"] == 3
+    with db.session() as session:
+        assert store.runs_to_dispatch(session, created_before=store.utcnow()) == []
+
+
+def test_presets_lists_what_forms_need(client: TestClient, auth: dict) -> None:
+    body = client.get("/api/v1/presets", headers=auth).json()
+    assert {"tiny", "llama-7b"} <= set(body["models"])
+    assert body["models"]["llama-7b"]["hidden_size"] == 4096
+    assert body["datasets"]["stdlib-corpus"]["kind"] == "lm"
+    assert set(body["methods"]) == {"full", "lora", "qlora", "velora+full", "velora+lora", "velora+qlora"}
+    velora_schema = body["methods"]["velora+lora"]["config_schema"]
+    assert "velora" in velora_schema["properties"] and "lora" in velora_schema["properties"]
+    assert {"cpu-smoke", "demo", "memory-7b"} <= set(body["comparisons"])
+    assert body["limits"]["max_steps"] == 1_000_000
+    assert "RunSpec" in body["schemas"] and "ComparisonSpec" in body["schemas"]
+
+
+def test_openapi_docs_are_served(client: TestClient) -> None:
+    schema = client.get("/api/v1/openapi.json").json()
+    assert {"/api/v1/comparisons", "/api/v1/runs", "/api/v1/runs/{run_id}/metrics", "/api/v1/health"} <= set(
+        schema["paths"]
+    )
+    assert client.get("/docs").status_code == 200
+
+
+def test_api_never_imports_torch(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    code = """
+import sys
+from fastapi.testclient import TestClient
+from backend.api.main import create_app
+from backend.settings import Settings
+import tempfile
+with TestClient(create_app(Settings(data_dir=tempfile.mkdtemp())), client=("127.0.0.1", 1)) as c:
+    assert c.post("/api/v1/comparisons", json={"preset": "cpu-smoke"}).status_code == 201
+    assert c.get("/api/v1/presets").status_code == 200
+import backend.cli, worker.app, worker.tasks
+assert "torch" not in sys.modules, "torch was imported"
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=REPO_ROOT,
+        env=service_env(VELORA_DATA_DIR=str(tmp_path)),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]

@@ -1,0 +1,96 @@
+"""The Compare figures from per-method rows: components stacked, the CUDA peak marked beside the
+predicted total, the Pareto front, chance level, the GPU budget line."""
+
+from __future__ import annotations
+
+from dashboard.charts import loss_figure, memory_figure, pareto_figure
+from dashboard.summary import method_rows, run_record
+
+MIB = 1024**2
+
+
+def record(
+    run_id: int, method: str, activations: int, value: float, *, peak: int | None, metric: str
+) -> dict:
+    memory = {
+        "weight_bytes": 4 * MIB,
+        "trainable_bytes": MIB,
+        "gradient_bytes": MIB,
+        "optimizer_bytes": 2 * MIB,
+        "activation_bytes": activations,
+        "peak_bytes": peak,
+    }
+    result = {
+        "memory": memory,
+        "eval": {"metric": metric, "value": value, "chance": 0.25 if metric == "mc_accuracy" else None},
+    }
+    run = {"id": run_id, "method": method, "seed": 0, "status": "completed", "error": None}
+    return run_record(run, {"result": result})
+
+
+def test_memory_figure_marks_the_measured_peak_beside_the_predicted_total() -> None:
+    rows = method_rows(
+        [
+            record(1, "full", 8 * MIB, 0.5, peak=20 * MIB, metric="mc_accuracy"),
+            record(2, "velora+full", 2 * MIB, 0.5, peak=12 * MIB, metric="mc_accuracy"),
+        ],
+        ["full", "velora+full"],
+    )
+    figure = memory_figure(rows, gpu_budget_bytes=None).to_dict()
+    traces = {trace["name"]: trace for trace in figure["data"]}
+    assert list(traces["Activations"]["y"]) == [8.0, 2.0]
+    assert list(traces["Measured peak"]["y"]) == [20.0, 12.0]
+    assert list(traces["Predicted total"]["text"]) == [
+        "predicted 16.0<br>measured 20.0",
+        "predicted 10.0<br>measured 12.0",
+    ]
+    assert figure["layout"]["yaxis"]["title"]["text"] == "MiB"
+
+
+def test_memory_figure_without_peaks_has_no_peak_marker_and_draws_the_gpu_budget() -> None:
+    rows = method_rows([record(1, "full", 8 * MIB, 0.5, peak=None, metric="mc_accuracy")], ["full"])
+    figure = memory_figure(rows, gpu_budget_bytes=24 * 1024**3).to_dict()
+    assert "Measured peak" not in [trace["name"] for trace in figure["data"]]
+    assert figure["layout"]["yaxis"]["title"]["text"] == "GiB"
+    assert [shape["y0"] for shape in figure["layout"]["shapes"]] == [24.0]
+
+
+def test_pareto_figure_draws_the_front_and_chance_for_accuracy() -> None:
+    rows = method_rows(
+        [
+            record(1, "full", 8 * MIB, 0.50, peak=None, metric="mc_accuracy"),
+            record(2, "lora", 6 * MIB, 0.40, peak=None, metric="mc_accuracy"),
+            record(3, "qlora", 7 * MIB, 0.30, peak=None, metric="mc_accuracy"),
+        ],
+        ["full", "lora", "qlora"],
+    )
+    figure = pareto_figure(rows).to_dict()
+    front = next(trace for trace in figure["data"] if trace["name"] == "Pareto front")
+    assert list(front["y"]) == [40.0, 50.0]  # lora then full; qlora is beaten by lora on both
+    assert [shape["y0"] for shape in figure["layout"]["shapes"]] == [25.0]
+    assert "higher is better" in figure["layout"]["yaxis"]["title"]["text"]
+
+
+def test_pareto_figure_for_perplexity_prefers_lower() -> None:
+    rows = method_rows(
+        [
+            record(1, "full", 8 * MIB, 9.0, peak=None, metric="perplexity"),
+            record(2, "lora", 6 * MIB, 12.0, peak=None, metric="perplexity"),
+        ],
+        ["full", "lora"],
+    )
+    figure = pareto_figure(rows).to_dict()
+    front = next(trace for trace in figure["data"] if trace["name"] == "Pareto front")
+    assert list(front["y"]) == [12.0, 9.0]
+    assert "lower is better" in figure["layout"]["yaxis"]["title"]["text"]
+    assert not figure["layout"].get("shapes")  # no chance level for perplexity
+
+
+def test_loss_figure_overlays_runs_by_method_and_seed() -> None:
+    curves = [
+        {"method": "full", "seed": 0, "points": [{"step": 1, "loss": 3.0}, {"step": 2, "loss": 2.0}]},
+        {"method": "full", "seed": 1, "points": [{"step": 1, "loss": 3.1}]},
+        {"method": "lora", "seed": 0, "points": []},
+    ]
+    names = [trace["name"] for trace in loss_figure(curves).to_dict()["data"]]
+    assert names == ["full (seed 0)", "full (seed 1)"]

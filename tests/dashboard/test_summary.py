@@ -1,0 +1,142 @@
+"""The numbers Compare and Runs show, from API-shaped data: means and spread over seeds, deltas,
+the Pareto front, progress and ETA, error words, downloads, seeds and request bodies."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from dashboard.api import describe_error
+from dashboard.forms import parse_seeds
+from dashboard.summary import (
+    display_table,
+    eta_seconds,
+    method_rows,
+    pareto_front,
+    progress_fraction,
+    rows_csv,
+    run_record,
+    status_words,
+)
+
+
+def run(run_id: int, method: str, seed: int, status: str = "completed", **fields: object) -> dict:
+    return {"id": run_id, "method": method, "seed": seed, "status": status, "error": None} | fields
+
+
+def result(weights: int, activations: int, accuracy: float | None, *, peak: int | None = None) -> dict:
+    return {
+        "result": {
+            "memory": {
+                "weight_bytes": weights,
+                "trainable_bytes": 100,
+                "gradient_bytes": 100,
+                "optimizer_bytes": 200,
+                "activation_bytes": activations,
+                "peak_bytes": peak,
+                "predicted_activation_bytes": 0,
+                "velora_measured_bytes": 0,
+            },
+            "eval": {"metric": "mc_accuracy", "value": accuracy, "chance": 0.25},
+            "throughput": {"tokens_per_s": 1000.0},
+            "loss_curve": [{"step": 1, "loss": 2.0, "lr": 0.1}],
+        }
+    }
+
+
+def test_method_rows_average_seeds_and_compare_with_full_and_chance() -> None:
+    records = [
+        run_record(run(1, "full", 0), result(0, 1000, 0.50)),
+        run_record(run(2, "full", 1), result(0, 1000, 0.30)),
+        run_record(run(3, "lora", 0), result(400, 600, 0.45)),
+        run_record(run(4, "lora", 1), result(400, 600, 0.35)),
+        run_record(run(5, "qlora", 0, "failed", error="CUDA out of memory"), None),
+    ]
+    full, lora, qlora = method_rows(records, ["full", "lora", "qlora"])
+    assert full["total_bytes"] == 1400 and lora["total_bytes"] == 1400
+    assert full["value"] == pytest.approx(0.40)
+    assert full["value_spread"] == pytest.approx(0.1414213, rel=1e-5)  # sample standard deviation
+    assert lora["delta_vs_full"] == pytest.approx(0.0)
+    assert lora["delta_vs_chance"] == pytest.approx(0.15)
+    assert lora["memory_vs_full"] == pytest.approx(1.0)
+    assert qlora["results"] == 0 and qlora["value"] is None and qlora["error"] == "CUDA out of memory"
+
+    table = display_table([full, lora, qlora], measured_peak=False, gpu_budget_bytes=1024**3)
+    assert table[0]["Accuracy"] == "40.0 % ± 14.1"
+    assert table[1]["Δ vs chance"] == "+15.0 pts"
+    assert table[2]["Memory (analytic)"] == "–" and table[2]["Status"] == "failed"
+    assert [row["Fits 1 GiB"] for row in table] == ["yes", "yes", "–"]
+
+
+def test_measured_peak_is_preferred_over_the_analytic_total() -> None:
+    records = [
+        run_record(run(1, "full", 0), result(0, 1000, 0.5, peak=4000)),
+        run_record(run(2, "velora+full", 0), result(0, 200, 0.5, peak=2000)),
+    ]
+    full, velora = method_rows(records, ["full", "velora+full"])
+    assert (full["memory_bytes"], velora["memory_bytes"]) == (4000, 2000)
+    assert velora["memory_vs_full"] == pytest.approx(0.5)
+    assert "Peak memory" in display_table([full, velora], measured_peak=True)[0]
+
+
+@pytest.mark.parametrize(
+    ("points", "higher_better", "front"),
+    [
+        ([(1, 0.3), (2, 0.5), (3, 0.4), (4, 0.6)], True, [0, 1, 3]),
+        ([(1, 0.3), (1, 0.4), (2, 0.4)], True, [1]),
+        ([(1, 9.0), (2, 7.0), (3, 8.0)], False, [0, 1]),  # perplexity: lower is better
+    ],
+)
+def test_pareto_front(points: list[tuple[float, float]], higher_better: bool, front: list[int]) -> None:
+    assert pareto_front(points, higher_better=higher_better) == front
+
+
+def test_progress_and_eta_of_a_running_run() -> None:
+    now = datetime(2026, 1, 1, 12, 0, 40, tzinfo=UTC)
+    running = run(
+        1, "lora", 0, "running", step=20, total_steps=100, phase="train", started_at="2026-01-01T12:00:00Z"
+    )
+    assert progress_fraction(running) == pytest.approx(0.2)
+    assert eta_seconds(running, now) == pytest.approx(160.0)  # 40 s for 20 steps, 80 to go
+    assert status_words(running) == "Running (train, step 20 of 100)"
+    done = run(1, "lora", 0, "completed", step=100, total_steps=0)
+    assert progress_fraction(done) == 1.0 and eta_seconds(done, now + timedelta(days=1)) is None
+    assert progress_fraction(run(1, "lora", 0, "queued", step=0, total_steps=0)) == 0.0
+
+
+def test_failures_are_told_in_words() -> None:
+    assert (
+        status_words(run(1, "qlora", 0, "out_of_memory", error="needs 80 GiB"))
+        == "Out of memory: needs 80 GiB"
+    )
+    assert status_words(run(1, "full", 0, "queued")) == "Waiting for a worker"
+    assert describe_error(404, {"detail": "Run not found"}) == "Run not found"
+    body = {
+        "detail": [{"loc": ["body", "base", "steps"], "msg": "Input should be greater than or equal to 1"}]
+    }
+    assert (
+        describe_error(422, body)
+        == "The API rejected the request: base.steps: Input should be greater than or equal to 1"
+    )
+    assert describe_error(401, {"detail": "Invalid or revoked API token"}).startswith(
+        "The API needs a token: Invalid or revoked API token."
+    )
+
+
+def test_csv_download_has_one_row_per_method_with_raw_numbers() -> None:
+    rows = method_rows([run_record(run(1, "full", 0), result(0, 1000, 0.5))], ["full"])
+    (line,) = list(csv.DictReader(io.StringIO(rows_csv(rows))))
+    assert (line["method"], line["total_bytes"], line["value"]) == ("full", "1400.0", "0.5")
+    json.loads(json.dumps(rows))  # the JSON download serialises the same rows
+
+
+def test_parse_seeds() -> None:
+    assert parse_seeds("0, 1 2") == [0, 1, 2]
+    assert parse_seeds("") == []
+    for bad, message in (("0, -1", "whole numbers"), ("1, 1", "repeat"), ("x", "whole numbers")):
+        with pytest.raises(ValueError, match=message):
+            parse_seeds(bad)

@@ -1,0 +1,179 @@
+"""What ``run_benchmark`` does, step by step (kept apart from Celery so it reads top to bottom).
+
+1. Claim the run (an atomic update: only a *queued* run is taken; anything else is a duplicate
+   delivery and is left alone).
+2. While the engine runs: a heartbeat thread proves the worker alive and picks up cancellation;
+   progress events are buffered and written every ``VELORA_METRICS_FLUSH_S`` (one metrics row per
+   ``spec.progress_every`` steps); the ``on_progress`` answer stops the engine within a step.
+3. Store the result (an out-of-memory is a result too), guarded by the claim.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+import traceback
+from pathlib import Path
+
+from backend import store
+from backend.db import Database
+from backend.settings import Settings, get_settings
+from velora_core.result import ProgressEvent, RunResult, RunStatus
+from velora_core.spec import RunSpec
+
+log = logging.getLogger(__name__)
+
+_process_db: tuple[int, Database] | None = None
+
+
+def process_db(settings: Settings) -> Database:
+    """This process's database handle (a forked pool process makes its own)."""
+    global _process_db
+    if _process_db is None or _process_db[0] != os.getpid():
+        _process_db = (os.getpid(), Database(settings.sqlalchemy_url))
+    return _process_db[1]
+
+
+class ProgressRecorder:
+    """The engine's ``on_progress`` callback plus a heartbeat thread, for one claimed run."""
+
+    def __init__(
+        self, db: Database, settings: Settings, *, run_id: int, claim_id: str, spec: RunSpec
+    ) -> None:
+        self.db, self.settings, self.run_id, self.claim_id = db, settings, run_id, claim_id
+        self.progress_every = spec.progress_every
+        self.stop = threading.Event()  # cancellation requested, claim lost, or time limit
+        self.claim_lost = False
+        self.timed_out = False
+        self._points: list[ProgressEvent] = []
+        self._state: ProgressEvent | None = None
+        self._last_flush = 0.0
+        self._started = time.monotonic()
+        self._lock = threading.Lock()
+        self._heartbeat_stop = threading.Event()
+        self._heartbeat = threading.Thread(target=self._beat, name=f"velora-heartbeat-{run_id}", daemon=True)
+
+    def __enter__(self) -> ProgressRecorder:
+        self._heartbeat.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._heartbeat_stop.set()
+        self._heartbeat.join(timeout=10)
+
+    def _answer(self, cancel: bool | None) -> None:
+        if cancel is None:
+            self.claim_lost = True
+            self.stop.set()
+        elif cancel:
+            self.stop.set()
+
+    def _beat(self) -> None:
+        while not self._heartbeat_stop.wait(self.settings.heartbeat_interval_s):
+            try:
+                with self.db.write_session() as session:
+                    self._answer(store.heartbeat_run(session, run_id=self.run_id, claim_id=self.claim_id))
+            except Exception:  # the database may be briefly away; the reaper's timeout is generous
+                log.exception("heartbeat for run %s failed", self.run_id)
+
+    def on_progress(self, event: ProgressEvent) -> bool:
+        """Called by the engine after every step and at phase changes; True asks it to stop."""
+        is_point = (
+            event.phase == "train"
+            and event.loss is not None
+            and (event.step % self.progress_every == 0 or event.step in (1, event.total_steps))
+        )
+        with self._lock:
+            if is_point:
+                self._points.append(event)
+            phase_changed = self._state is None or self._state.phase != event.phase
+            self._state = event
+        if phase_changed or time.monotonic() - self._last_flush >= self.settings.metrics_flush_s:
+            self.flush()
+        if time.monotonic() - self._started > self.settings.run_time_limit_s:
+            self.timed_out = True
+            self.stop.set()
+        return self.stop.is_set()
+
+    def flush(self) -> None:
+        with self._lock:
+            state, points = self._state, self._points
+            self._points = []
+        if state is None:
+            return
+        try:
+            with self.db.write_session() as session:
+                self._answer(
+                    store.record_progress(
+                        session, run_id=self.run_id, claim_id=self.claim_id, state=state, points=points
+                    )
+                )
+            self._last_flush = time.monotonic()
+        except Exception:
+            log.exception("could not record progress of run %s; will retry", self.run_id)
+            with self._lock:
+                self._points = points + self._points
+
+
+def _device_label(result: RunResult) -> str | None:
+    env = result.environment or {}
+    if not env.get("device"):
+        return None
+    name = env.get("device_name")
+    return f"{env['device']} ({name})" if name else str(env["device"])
+
+
+def execute_run(
+    run_id: int, *, worker_name: str, device: str | None, settings: Settings | None = None
+) -> str:
+    """Run ``run_id`` if it is still queued; returns what happened, in a word or two (for logs)."""
+    settings = settings or get_settings()
+    db = process_db(settings)
+    with db.write_session() as session:
+        claim_id = store.claim_run(session, run_id=run_id, worker_host=worker_name, worker_device=device)
+        if claim_id is None:
+            status = store.get_run_status(session, run_id=run_id)
+            log.info("run %s not taken: %s", run_id, status or "no such run")
+            return f"skipped ({status or 'missing'})"
+        spec_json = store.get_run(session, run_id=run_id).spec
+    try:
+        spec = RunSpec.model_validate(spec_json)
+    except ValueError as exc:  # stored by another version of the code, say
+        with db.write_session() as session:
+            store.fail_run(session, run_id=run_id, claim_id=claim_id, error=f"invalid stored spec: {exc}")
+        return "failed (invalid spec)"
+    artifact_dir = Path(settings.resolved_artifact_dir)
+    with ProgressRecorder(db, settings, run_id=run_id, claim_id=claim_id, spec=spec) as recorder:
+        try:
+            from velora_core.bench import execute  # torch is imported here, in the pool process only
+
+            result = execute(spec, recorder.on_progress, artifact_dir)
+        except Exception as exc:  # a programming error in the engine: record it, keep the worker alive
+            log.exception("engine raised on run %s", run_id)
+            recorder.flush()
+            with db.write_session() as session:
+                store.fail_run(
+                    session,
+                    run_id=run_id,
+                    claim_id=claim_id,
+                    error=f"engine error: {type(exc).__name__}: {exc}\n{traceback.format_exc(limit=6)}",
+                )
+            return "failed (engine error)"
+        recorder.flush()
+    if recorder.timed_out and result.status == RunStatus.CANCELLED:
+        result = result.model_copy(
+            update={
+                "status": RunStatus.FAILED,
+                "error": f"time limit of {settings.run_time_limit_s:g} s exceeded (VELORA_RUN_TIME_LIMIT_S)",
+            }
+        )
+    with db.write_session() as session:
+        stored = store.finish_run(
+            session, run_id=run_id, claim_id=claim_id, result=result, worker_device=_device_label(result)
+        )
+    if not stored:
+        log.warning("run %s finished as %s but its claim was lost; result discarded", run_id, result.status)
+        return "claim lost"
+    return result.status.value

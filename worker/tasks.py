@@ -1,0 +1,22 @@
+"""The one Celery task: thin and idempotent (STYLE.md). The logic is in :mod:`worker.runner`."""
+
+from __future__ import annotations
+
+import socket
+
+from celery import Task
+
+from backend.settings import TASK_RUN_BENCHMARK
+from worker.app import app, worker_device
+from worker.runner import execute_run
+
+
+@app.task(name=TASK_RUN_BENCHMARK, bind=True, ignore_result=True)
+def run_benchmark(self: Task, run_id: int) -> str:
+    """Run benchmark run ``run_id``: claim it if queued, execute, store the result.
+
+    A duplicate delivery (the run is running elsewhere or finished) does nothing.
+    """
+    return execute_run(
+        run_id, worker_name=self.request.hostname or socket.gethostname(), device=worker_device()
+    )
