@@ -1,4 +1,4 @@
-"""Service commands of the ``velora-bench`` CLI: ``up`` and ``token``.
+"""Service commands of the ``velora-bench`` CLI: ``up``, ``token`` and ``submit`` (in backend.submit).
 
 Registered through the ``velora_bench.commands`` entry point (``backend.cli:register``); also runnable
 alone as ``python -m backend.cli``. Heavy imports happen inside the commands, so loading this module
@@ -24,7 +24,9 @@ EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
 
 def register(subparsers: Any) -> None:
-    """Add ``up`` and ``token`` to the ``velora-bench`` sub-command parsers."""
+    """Add ``up``, ``token`` and ``submit`` to the ``velora-bench`` sub-command parsers."""
+    from backend import submit
+
     up = subparsers.add_parser(
         "up",
         help="start the API, a worker and the dashboard on this machine",
@@ -50,7 +52,16 @@ def register(subparsers: Any) -> None:
         default=10.0,
         help="seconds a running run gets to stop before the worker is killed (default %(default)s)",
     )
+    up.add_argument(
+        "--submit", metavar="PRESET", help="once up, queue this preset and follow it (as submit --wait)"
+    )
+    submit.add_request_arguments(up, preset_flag=None)
+    up.add_argument("--out", help="with --submit: folder for comparison.json and comparison.csv")
+    up.add_argument(
+        "--exit-when-done", action="store_true", help="with --submit: stop everything and exit with its code"
+    )
     up.set_defaults(func=cmd_up)
+    submit.register(subparsers)
 
     token = subparsers.add_parser("token", help="create, list or revoke API tokens")
     actions = token.add_subparsers(dest="token_command", required=True, metavar="{create,list,revoke}")
@@ -243,6 +254,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     dashboard_host = args.dashboard_host or (args.host if _is_loopback(args.host) else "127.0.0.1")
     ports = [("API", args.api_port)]
     app_path = None if args.no_dashboard else dashboard_app()
+    dashboard_url = f"http://{dashboard_host}:{args.dashboard_port}" if app_path is not None else None
     if app_path is not None:
         ports.append(("dashboard", args.dashboard_port))
     for label, port in ports:
@@ -290,7 +302,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         stop_requested.append(signum)
 
     previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
-    exit_code = EXIT_OK
+    exit_code, finished = EXIT_OK, False
     try:
         api = _Child(
             "API",
@@ -368,13 +380,15 @@ def cmd_up(args: argparse.Namespace) -> int:
             print(f"VeLoRA Bench is up (data in {settings.resolved_data_dir})")
             print(f"  API:        {api_base}/api/v1   (docs: {api_base}/docs)")
             if app_path is not None:
-                print(f"  Dashboard:  http://{dashboard_host}:{args.dashboard_port}")
+                print(f"  Dashboard:  {dashboard_url}")
             if not args.no_worker:
                 print(f"  Worker:     {worker_name} on queues {args.queues}")
             print(f"  Broker:     {broker['url']}")
             print(f"  Logs:       {logs}")
             print("Press Ctrl-C to stop.", flush=True)
-        while exit_code == EXIT_OK and not stop_requested:
+            if args.submit:
+                exit_code, finished = _submit_preset(args, api_base, children, stop_requested, dashboard_url)
+        while exit_code == EXIT_OK and not stop_requested and not finished:
             dead = [c for c in children if not c.alive()]
             if dead:
                 for child in dead:
@@ -397,6 +411,32 @@ def cmd_up(args: argparse.Namespace) -> int:
             signal.signal(sig, handler)
     print("Stopped.", file=sys.stderr)
     return exit_code
+
+
+def _submit_preset(
+    args: argparse.Namespace,
+    api_base: str,
+    children: list[_Child],
+    stop_requested: list[int],
+    dashboard: str | None,
+) -> tuple[int, bool]:
+    """``submit --wait`` of ``args.submit`` against the stack just started: (exit code for ``up``, done)."""
+    from backend.submit import run_submit
+
+    args.preset = args.submit
+    code = run_submit(
+        args,
+        api_base,
+        os.environ.get("VELORA_API_TOKEN"),
+        wait=True,
+        dashboard_url=dashboard,
+        should_stop=lambda: bool(stop_requested) or not all(c.alive() for c in children),
+    )
+    if args.exit_when_done or stop_requested:
+        return code, True
+    where = f"in the dashboard at {dashboard}" if dashboard else f"at {api_base}/api/v1/comparisons"
+    print(f"Results are {where}. Press Ctrl-C to stop.", flush=True)
+    return EXIT_OK, False
 
 
 def _release_runs(db: Any, settings: Any, worker_name: str) -> None:

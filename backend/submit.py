@@ -1,0 +1,316 @@
+"""``velora-bench submit``: queue a comparison through the REST API, follow it, print the table.
+
+A plain HTTP client (httpx): it works against any VeLoRA Bench API, local or remote, and is what
+``velora-bench up --submit PRESET`` runs once the stack is healthy. Exit codes: 0 when every run
+completed (or ran out of memory, which is a result), 1 otherwise, 2 for bad input or an API 4xx.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+API_PREFIX = "/api/v1"
+#: Statuses that count as a successful comparison (an out-of-memory run is a measured result).
+GOOD_STATUSES = ("completed", "out_of_memory")
+FINISHED_STATUSES = ("completed", "failed", "out_of_memory", "cancelled")
+
+
+class SubmitError(Exception):
+    """A problem to print as one line; ``exit_code`` says whose fault it was."""
+
+    def __init__(self, message: str, exit_code: int = EXIT_BAD_INPUT) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def add_request_arguments(parser: argparse.ArgumentParser, *, preset_flag: str | None = "--preset") -> None:
+    """``--set``, ``--methods``, ``--seeds`` (and ``--preset`` / ``--spec`` unless ``preset_flag`` is None)."""
+    if preset_flag:
+        source = parser.add_mutually_exclusive_group(required=True)
+        source.add_argument(
+            preset_flag, dest="preset", help="a comparison preset (see `velora-bench presets`)"
+        )
+        source.add_argument("--spec", type=Path, help="a ComparisonSpec file (YAML or JSON)")
+    parser.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="override a preset field, e.g. steps=50 or pretrain.steps=100",
+    )
+    parser.add_argument("--methods", nargs="+", help="subset of the preset's methods")
+    parser.add_argument("--seeds", nargs="+", type=int, help="seeds (default: the preset's)")
+
+
+def register(subparsers: Any) -> None:
+    """Add ``submit`` to the ``velora-bench`` sub-command parsers."""
+    submit = subparsers.add_parser(
+        "submit",
+        help="queue a comparison on a running VeLoRA Bench API and (with --wait) follow it",
+        description="POST a preset (with overrides) or a ComparisonSpec file to the API's /comparisons. "
+        "Exit code 0 when every run completed (or ran out of memory), 1 otherwise, 2 for bad input.",
+    )
+    add_request_arguments(submit)
+    submit.add_argument(
+        "--api",
+        default=os.environ.get("VELORA_API_URL", "http://127.0.0.1:8000"),
+        help="the API's base URL (default $VELORA_API_URL or %(default)s)",
+    )
+    submit.add_argument(
+        "--token",
+        default=os.environ.get("VELORA_API_TOKEN"),
+        help="API token (default $VELORA_API_TOKEN; not needed from localhost)",
+    )
+    submit.add_argument(
+        "--dashboard",
+        default=os.environ.get("VELORA_DASHBOARD_URL", "http://127.0.0.1:8501"),
+        help="the dashboard's URL, for the printed link (default $VELORA_DASHBOARD_URL or %(default)s)",
+    )
+    submit.add_argument("--wait", action="store_true", help="follow the runs and print the final table")
+    submit.add_argument("--out", help="with --wait: folder for comparison.json and comparison.csv")
+    submit.set_defaults(func=cmd_submit)
+
+
+def request_body(args: argparse.Namespace) -> dict[str, Any]:
+    """The POST /comparisons body from ``--preset``/``--set``/``--methods``/``--seeds`` or ``--spec``.
+
+    Raises:
+        SubmitError: a malformed ``--set``, or a spec file that is missing or invalid.
+    """
+    from velora_core.cli import BadInput, load_spec_file, parse_assignments
+    from velora_core.spec import ComparisonSpec
+
+    try:
+        if getattr(args, "spec", None) is not None:
+            if args.set or args.methods or args.seeds:
+                raise SubmitError("--set, --methods and --seeds go with --preset, not --spec")
+            spec = load_spec_file(str(args.spec))
+            if not isinstance(spec, ComparisonSpec):
+                raise SubmitError(f"{args.spec}: a ComparisonSpec (with base and methods) is needed")
+            return spec.model_dump(mode="json")
+        overrides = parse_assignments(args.set or [])
+    except BadInput as exc:
+        raise SubmitError(str(exc)) from None
+    if args.methods:
+        overrides["methods"] = args.methods
+    if args.seeds:
+        overrides["seeds"] = args.seeds
+    return {"preset": args.preset, "overrides": overrides or None}
+
+
+def api_message(response: httpx.Response) -> str:
+    """The API's error as one line (a 422's field errors joined)."""
+    try:
+        detail = response.json().get("detail")
+    except ValueError:
+        detail = None
+    if isinstance(detail, list):
+        parts = []
+        for error in detail:
+            loc = ".".join(str(p) for p in error.get("loc", ()) if p != "body")
+            parts.append(f"{loc}: {error.get('msg')}" if loc else str(error.get("msg")))
+        detail = "; ".join(parts)
+    text = str(detail or response.text or response.reason_phrase)
+    return f"API {response.status_code}: {' '.join(text.split())}"
+
+
+class ApiClient:
+    """The few API calls ``submit`` makes; HTTP errors become :class:`SubmitError`."""
+
+    def __init__(self, base_url: str, token: str | None, timeout: float = 30.0) -> None:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.http = httpx.Client(base_url=base_url.rstrip("/") + API_PREFIX, headers=headers, timeout=timeout)
+
+    def close(self) -> None:
+        self.http.close()
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            response = self.http.request(method, path, **kwargs)
+        except httpx.TransportError as exc:
+            raise SubmitError(f"cannot reach the API at {self.http.base_url}: {exc}", EXIT_FAILED) from None
+        if 400 <= response.status_code < 500:
+            raise SubmitError(api_message(response), EXIT_BAD_INPUT)
+        if response.status_code >= 500:
+            raise SubmitError(api_message(response), EXIT_FAILED)
+        return response.json()
+
+    def create_comparison(self, body: dict[str, Any], attempts: int = 3) -> dict[str, Any]:
+        """POST /comparisons; a transport failure is retried with the same Idempotency-Key, so the
+        comparison is queued once however often the request is sent."""
+        headers = {"Idempotency-Key": f"velora-bench-submit-{uuid.uuid4()}"}
+        for attempt in range(attempts):
+            try:
+                return self._call("POST", "/comparisons", json=body, headers=headers)
+            except SubmitError as exc:
+                if exc.exit_code != EXIT_FAILED or attempt == attempts - 1:
+                    raise
+                time.sleep(1.0 + attempt)
+        raise AssertionError("unreachable")
+
+    def comparison(self, comparison_id: int) -> dict[str, Any]:
+        return self._call("GET", f"/comparisons/{comparison_id}")
+
+    def run(self, run_id: int) -> dict[str, Any]:
+        return self._call("GET", f"/runs/{run_id}")
+
+    def last_loss(self, run_id: int, after_step: int) -> tuple[float | None, int]:
+        """The newest loss after ``after_step`` (None if none yet) and the step to ask after next."""
+        body = self._call("GET", f"/runs/{run_id}/metrics", params={"after_step": after_step})
+        losses = [p["loss"] for p in body["data"] if p.get("loss") is not None]
+        return (losses[-1] if losses else None), body["last_step"]
+
+
+def follow(
+    client: ApiClient,
+    comparison: dict[str, Any],
+    *,
+    poll_s: float = 1.0,
+    should_stop: Callable[[], bool] = lambda: False,
+) -> dict[str, Any] | None:
+    """Show a progress bar per run until every run has finished; the final comparison, or None if
+    ``should_stop`` said so first."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    columns = (
+        TextColumn("{task.description:<28}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(),
+    )
+    tasks: dict[int, Any] = {}
+    loss: dict[int, tuple[float | None, int]] = {}
+    with Progress(*columns, transient=False) as progress:
+        progress.console.print(f"[bold]{comparison['name']}[/]: {len(comparison['runs'])} run(s)")
+        while True:
+            for run in comparison["runs"]:
+                run_id, status = run["id"], run["status"]
+                if run_id not in tasks:
+                    tasks[run_id] = progress.add_task(
+                        f"{run['method']} (seed {run['seed']})", total=None, info=status
+                    )
+                finished = status in FINISHED_STATUSES
+                total = run["total_steps"] or (run["step"] if finished else 0)
+                info = status if finished else f"{run['phase'] or status} {run['message'] or ''}".strip()
+                if status == "running" and run["phase"] in ("train", "base-train"):
+                    last, after = loss.get(run_id, (None, 0))
+                    newest, after = client.last_loss(run_id, after)
+                    loss[run_id] = (newest if newest is not None else last, after)
+                    if loss[run_id][0] is not None:
+                        info = f"{run['phase']} loss {loss[run_id][0]:.3f}"
+                progress.update(
+                    tasks[run_id],
+                    total=total or None,
+                    completed=run["step"] if not finished else (total or run["step"]),
+                    info=info if status in GOOD_STATUSES or not run["error"] else f"{status}: {run['error']}",
+                )
+            if all(run["status"] in FINISHED_STATUSES for run in comparison["runs"]):
+                return comparison
+            deadline = time.monotonic() + poll_s
+            while time.monotonic() < deadline:
+                if should_stop():
+                    return None
+                time.sleep(0.1)
+            comparison = client.comparison(comparison["id"])
+
+
+def results_of(client: ApiClient, comparison: dict[str, Any]) -> list[Any]:
+    """A RunResult per run (``GET /runs/{id}``); a run that stored no result gets one from its status."""
+    from velora_core.result import RunResult
+
+    results = []
+    for public in comparison["runs"]:
+        run = client.run(public["id"])
+        if run.get("result"):
+            result = RunResult.model_validate(run["result"])
+        else:
+            result = RunResult(method=run["method"], status=run["status"], error=run["error"])
+        if result.spec is None:
+            result = result.model_copy(update={"spec": run["spec"]})
+        results.append(result)
+    return results
+
+
+def submit_and_follow(
+    client: ApiClient,
+    body: dict[str, Any],
+    *,
+    wait: bool,
+    out: str | None = None,
+    dashboard_url: str | None = None,
+    should_stop: Callable[[], bool] = lambda: False,
+) -> int:
+    """Queue ``body``, print where to watch it; with ``wait``, follow it and print the table.
+
+    Raises:
+        SubmitError: the API refused the request or could not be reached.
+    """
+    from velora_core.cli import print_table
+
+    comparison = client.create_comparison(body)
+    comparison_id = comparison["id"]
+    print(f"Comparison {comparison_id} ({comparison['name']}) queued: {len(comparison['run_ids'])} run(s)")
+    print(f"  API:        {str(client.http.base_url).rstrip('/')}/comparisons/{comparison_id}")
+    if dashboard_url:
+        print(f"  Dashboard:  {dashboard_url.rstrip('/')}/compare?comparison={comparison_id}", flush=True)
+    if not wait:
+        return EXIT_OK
+    final = follow(client, comparison, should_stop=should_stop)
+    if final is None:
+        print(f"Stopped following comparison {comparison_id}.", file=sys.stderr)
+        return EXIT_FAILED
+    results = results_of(client, final)
+    print_table(results)
+    if out:
+        from velora_core.bench.report import write_outputs
+
+        json_path, csv_path = write_outputs(results, out)
+        print(f"wrote {json_path} and {csv_path}")
+    return EXIT_OK if all(r.status in GOOD_STATUSES for r in results) else EXIT_FAILED
+
+
+def run_submit(
+    args: argparse.Namespace,
+    api_url: str,
+    token: str | None,
+    *,
+    wait: bool,
+    dashboard_url: str | None,
+    should_stop: Callable[[], bool] = lambda: False,
+) -> int:
+    """Build the request from ``args``, submit it and report; errors are one line on stderr."""
+    client = None
+    try:
+        body = request_body(args)
+        client = ApiClient(api_url, token)
+        return submit_and_follow(
+            client,
+            body,
+            wait=wait,
+            out=getattr(args, "out", None),
+            dashboard_url=dashboard_url,
+            should_stop=should_stop,
+        )
+    except SubmitError as exc:
+        print(f"velora-bench: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    finally:
+        if client is not None:
+            client.close()
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    if args.out and not args.wait:
+        print("velora-bench: error: --out needs --wait", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    return run_submit(args, args.api, args.token, wait=args.wait, dashboard_url=args.dashboard)

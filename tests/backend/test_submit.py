@@ -1,0 +1,99 @@
+"""``velora-bench submit`` and ``velora-bench up --submit`` (real processes: API, worker, CLI)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+from pathlib import Path
+
+import httpx
+
+from tests.backend.harness import REPO_ROOT, free_port, service_env, start_api
+from tests.backend.test_cli import cli
+
+
+def run_cli(*argv: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*cli(), *argv], env=service_env(), capture_output=True, text=True, timeout=timeout, cwd=REPO_ROOT
+    )
+
+
+def test_up_submit_runs_a_preset_prints_the_table_and_exits(tmp_path: Path) -> None:
+    port = free_port()
+    done = run_cli(
+        "up",
+        "--submit",
+        "cpu-smoke",
+        "--set",
+        "steps=2",
+        "--set",
+        "pretrain.steps=3",
+        "--set",
+        "eval.max_examples=4",
+        "--methods",
+        "full",
+        "velora+lora",
+        "--no-dashboard",
+        "--exit-when-done",
+        "--data-dir",
+        str(tmp_path / "data"),
+        "--api-port",
+        str(port),
+        "--out",
+        str(tmp_path / "out"),
+        timeout=600,
+    )
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output
+    assert "Comparison 1 (cpu-smoke) queued: 2 run(s)" in done.stdout
+    assert f"http://127.0.0.1:{port}/api/v1/comparisons/1" in done.stdout
+    table = done.stdout[done.stdout.index("VeLoRA Bench comparison") :]
+    assert "│ full " in table and "│ velora+lora " in table
+    assert table.count("completed") == 2
+    assert "Stopped." in done.stderr
+    results = json.loads((tmp_path / "out" / "comparison.json").read_text())
+    assert [r["method"] for r in results] == ["full", "velora+lora"]
+    assert all(r["status"] == "completed" and r["steps_done"] == 2 for r in results)
+    with (tmp_path / "out" / "comparison.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert [r["method"] for r in rows] == ["full", "velora+lora"]
+    assert rows[0]["delta_vs_full"] == "0.0"
+    # Everything was stopped: the API no longer answers.
+    try:
+        httpx.get(f"http://127.0.0.1:{port}/api/v1/health", timeout=2)
+    except httpx.ConnectError:
+        pass
+    else:
+        raise AssertionError("the API still answers after --exit-when-done")
+
+
+def test_submit_queues_and_rejects_bad_input(tmp_path: Path) -> None:
+    port = free_port()
+    api = start_api(service_env(VELORA_DATA_DIR=str(tmp_path / "data")), port, tmp_path)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        bad = run_cli("submit", "--preset", "no-such-preset", "--api", url)
+        assert bad.returncode == 2
+        message = bad.stderr.strip()
+        assert "\n" not in message
+        assert message.startswith("velora-bench: error: API 422: preset: unknown preset 'no-such-preset'")
+
+        too_big = run_cli("submit", "--preset", "cpu-smoke", "--set", "steps=-1", "--api", url)
+        assert too_big.returncode == 2 and "steps" in too_big.stderr and "\n" not in too_big.stderr.strip()
+
+        ok = run_cli("submit", "--preset", "cpu-smoke", "--methods", "full", "--api", url)
+        assert ok.returncode == 0, ok.stderr
+        assert "Comparison 1 (cpu-smoke) queued: 1 run(s)" in ok.stdout
+        assert "/compare?comparison=1" in ok.stdout
+        body = httpx.get(f"{url}/api/v1/comparisons/1", timeout=5).json()
+        assert [r["method"] for r in body["runs"]] == ["full"] and body["status"] == "queued"
+    finally:
+        api.stop()
+
+    spec = tmp_path / "bad.yaml"
+    spec.write_text("base: {steps: 0}\nmethods: [full]\n")
+    no_api = run_cli("submit", "--spec", str(spec), "--api", "http://127.0.0.1:1")
+    assert no_api.returncode == 2 and "invalid ComparisonSpec" in no_api.stderr
+    malformed = run_cli("submit", "--preset", "cpu-smoke", "--set", "steps", "--api", "http://127.0.0.1:1")
+    assert malformed.returncode == 2 and "--set expects key=value" in malformed.stderr
