@@ -89,6 +89,7 @@ class SummaryRow(BaseModel):
     steps_done: int
     eval_metric: str | None = None
     eval_value: float | None = None
+    eval_chance: float | None = Field(default=None, description="Chance level of an accuracy metric.")
     tokens_per_s: float | None = None
     train_time_s: float | None = None
     weight_bytes: int | None = None
@@ -98,6 +99,13 @@ class SummaryRow(BaseModel):
     activation_bytes: int | None = None
     total_bytes: int | None = None
     peak_bytes: int | None = None
+    predicted_activation_bytes: int | None = Field(
+        default=None, description="Analytic bytes the VeLoRA-wrapped layers save for backward."
+    )
+    velora_measured_bytes: int | None = Field(
+        default=None, description="Measured bytes those layers saved (compare with the prediction)."
+    )
+    trainable_params: int | None = None
     memory_vs_full: float | None = Field(
         default=None, description="total_bytes / that of 'full' (same seed)."
     )

@@ -93,8 +93,10 @@ def test_read_comparison_has_runs_and_summary(client: TestClient, auth: dict, db
                 method="x",
                 status=RunStatus.COMPLETED,
                 steps_done=3,
-                memory=mem,
-                eval={"metric": "perplexity", "value": 12.5},
+                memory=dict(
+                    mem, predicted_activation_bytes=64, velora_measured_bytes=72, trainable_params=50
+                ),
+                eval={"metric": "perplexity", "value": 12.5, "chance": 0.25},
                 throughput={"tokens_per_s": 1000.0, "train_time_s": 1.5},
             )
             assert store.finish_run(session, run_id=run_id, claim_id=claim, result=result)
@@ -110,6 +112,10 @@ def test_read_comparison_has_runs_and_summary(client: TestClient, auth: dict, db
     assert rows["lora"]["total_bytes"] == 1200
     assert rows["lora"]["memory_vs_full"] == 0.6
     assert rows["lora"]["eval_metric"] == "perplexity" and rows["lora"]["eval_value"] == 12.5
+    assert rows["lora"]["eval_chance"] == 0.25
+    assert rows["lora"]["predicted_activation_bytes"] == 64 and rows["lora"]["velora_measured_bytes"] == 72
+    assert rows["lora"]["trainable_params"] == 50
+    assert rows["velora+full"]["eval_chance"] is None and rows["velora+full"]["trainable_params"] is None
     assert rows["velora+full"]["status"] == "queued" and rows["velora+full"]["total_bytes"] is None
 
 

@@ -59,6 +59,13 @@ def test_presets_lists_what_forms_need(client: TestClient, auth: dict) -> None:
     velora_schema = body["methods"]["velora+lora"]["config_schema"]
     assert "velora" in velora_schema["properties"] and "lora" in velora_schema["properties"]
     assert {"cpu-smoke", "demo", "memory-7b"} <= set(body["comparisons"])
+    # Defaults as the engine builds them: velora+lora's VeLoRA scale is 0.1 (the schema alone says 1.0).
+    assert body["methods"]["velora+lora"]["defaults"]["velora"]["scale"] == 0.1
+    assert body["methods"]["velora+full"]["defaults"]["velora"]["scale"] == 1.0
+    from velora_core.bench.comparison_presets import comparison_preset
+
+    assert set(body["comparison_specs"]) == set(body["comparisons"])
+    assert body["comparison_specs"]["cpu-smoke"] == comparison_preset("cpu-smoke").model_dump(mode="json")
     assert body["limits"]["max_steps"] == 1_000_000
     assert "RunSpec" in body["schemas"] and "ComparisonSpec" in body["schemas"]
 

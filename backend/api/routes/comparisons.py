@@ -144,11 +144,15 @@ def _summary_row(run: Run, full_totals: dict[int, int]) -> SummaryRow:
             "steps_done": result.get("steps_done", run.step),
             "eval_metric": evaluation.get("metric"),
             "eval_value": evaluation.get("value"),
+            "eval_chance": evaluation.get("chance"),
             "tokens_per_s": throughput.get("tokens_per_s"),
             "train_time_s": throughput.get("train_time_s"),
             **{name: memory.get(name) for name in MEMORY_COMPONENTS},
             "total_bytes": total if memory else None,
             "peak_bytes": memory.get("peak_bytes"),
+            "predicted_activation_bytes": memory.get("predicted_activation_bytes"),
+            "velora_measured_bytes": memory.get("velora_measured_bytes"),
+            "trainable_params": memory.get("trainable_params"),
             "memory_vs_full": round(total / full_total, 4) if memory and full_total else None,
         }
     )

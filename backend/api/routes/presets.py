@@ -8,7 +8,7 @@ from typing import Any
 from fastapi import APIRouter
 
 from backend.api.deps import ReadAccess, SettingsDep
-from backend.presets import comparison_presets
+from backend.presets import build_comparison, comparison_presets
 from velora_core.method_configs import METHOD_CONFIGS
 from velora_core.presets import DATASETS, MODEL_PRESETS
 from velora_core.spec import ComparisonSpec, RunSpec
@@ -16,15 +16,33 @@ from velora_core.spec import ComparisonSpec, RunSpec
 router = APIRouter(prefix="/presets", tags=["presets"])
 
 
+def _comparison_specs(names: list[str]) -> dict[str, Any]:
+    """Each preset's ComparisonSpec as JSON, so a form can prefill from it; one that fails is left out."""
+    specs = {}
+    for name in names:
+        try:
+            specs[name] = build_comparison(name, None).model_dump(mode="json")
+        except Exception:  # a broken preset must not take the whole listing down
+            continue
+    return specs
+
+
 @router.get("")
 def read_presets(settings: SettingsDep, _: ReadAccess) -> dict[str, Any]:
     """Model shapes, built-in datasets, methods (with the JSON schema of each method's settings),
-    comparison presets, this server's limits, and the JSON schemas of RunSpec and ComparisonSpec."""
+    comparison presets (description and full ComparisonSpec), this server's limits, and the JSON
+    schemas of RunSpec and ComparisonSpec. A method's ``defaults`` are its settings as the engine
+    builds them (``default_factory`` values included, which the JSON schema cannot show)."""
+    comparisons = comparison_presets()
     return {
         "models": {name: asdict(preset) for name, preset in MODEL_PRESETS.items()},
         "datasets": {name: {"kind": kind, "description": text} for name, (kind, text) in DATASETS.items()},
-        "methods": {name: {"config_schema": cls.model_json_schema()} for name, cls in METHOD_CONFIGS.items()},
-        "comparisons": comparison_presets(),
+        "methods": {
+            name: {"config_schema": cls.model_json_schema(), "defaults": cls().model_dump(mode="json")}
+            for name, cls in METHOD_CONFIGS.items()
+        },
+        "comparisons": comparisons,
+        "comparison_specs": _comparison_specs(list(comparisons)),
         "limits": {
             "max_steps": settings.max_steps,
             "max_micro_batch": settings.max_micro_batch,
