@@ -367,6 +367,8 @@ def cmd_up(args: argparse.Namespace) -> int:
                         "true",
                         "--browser.gatherUsageStats",
                         "false",
+                        "--client.toolbarMode",
+                        "viewer",  # as docker-compose.yml: no "Deploy" button
                     ],
                     dash_env,
                     logs / "dashboard.log",

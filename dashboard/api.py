@@ -139,9 +139,11 @@ class ApiClient:
     def comparisons(self, *, offset: int = 0, limit: int = 50) -> dict[str, Any]:
         return self._live("/comparisons", {"offset": offset, "limit": limit})
 
-    def comparison(self, comparison_id: int) -> dict[str, Any]:
-        """A comparison with its runs and summary table."""
-        return self._live(f"/comparisons/{int(comparison_id)}")
+    def comparison(self, comparison_id: int, *, include_results: bool = False) -> dict[str, Any]:
+        """A comparison with its runs and summary table; with ``include_results`` also each finished
+        run's result (``results``: run id -> RunResult JSON; absent from an older server)."""
+        params = {"include": "results"} if include_results else None
+        return self._live(f"/comparisons/{int(comparison_id)}", params)
 
     def runs(
         self,

@@ -127,6 +127,11 @@ class ComparisonDetail(ComparisonPublic):
     spec: dict[str, Any]
     runs: list[RunPublic]
     summary: list[SummaryRow]
+    results: dict[str, dict[str, Any]] | None = Field(
+        default=None,
+        description="With ?include=results: each finished run's result (a RunResult) by run id, "
+        "so one request gives what GET /runs/{id} would give per run.",
+    )
 
 
 class ComparisonsPublic(BaseModel):

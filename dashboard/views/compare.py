@@ -60,7 +60,7 @@ view = {"comparison": str(comparison_id)} | ({"gpu_gib": f"{gpu_gib:g}"} if gpu_
 st.query_params.from_dict(view)  # the address bar always reopens this view
 
 try:
-    active = api.comparison(comparison_id)["status"] in ACTIVE_STATUSES
+    active = api.comparison(comparison_id, include_results=True)["status"] in ACTIVE_STATUSES
 except ApiError as exc:
     st.error(exc.message)
     st.stop()
@@ -70,12 +70,16 @@ except ApiError as exc:
 def comparison_view() -> None:
     """Everything below the chooser; re-rendered alone every few seconds while runs are active."""
     try:
-        comparison = api.comparison(comparison_id)
-        details = {
-            run["id"]: api.finished_run(run["id"])
-            for run in comparison["runs"]
-            if run["status"] in FINISHED_STATUSES
-        }
+        comparison = api.comparison(comparison_id, include_results=True)
+        inline = comparison.get("results")
+        if inline is not None:  # one request for every run's result
+            details = {int(run_id): {"result": result} for run_id, result in inline.items()}
+        else:  # an API without ?include=results: one GET per finished run
+            details = {
+                run["id"]: api.finished_run(run["id"])
+                for run in comparison["runs"]
+                if run["status"] in FINISHED_STATUSES
+            }
     except ApiError as exc:
         st.error(exc.message)
         return

@@ -116,6 +116,12 @@ def test_read_comparison_has_runs_and_summary(client: TestClient, auth: dict, db
     assert rows["lora"]["predicted_activation_bytes"] == 64 and rows["lora"]["velora_measured_bytes"] == 72
     assert rows["lora"]["trainable_params"] == 50
     assert rows["velora+full"]["eval_chance"] is None and rows["velora+full"]["trainable_params"] is None
+    assert body["results"] is None  # only on request
+    inline = client.get(f"/api/v1/comparisons/{created['id']}?include=results", headers=auth).json()
+    assert set(inline["results"]) == {str(full_id), str(lora_id)}
+    for run_id in (full_id, lora_id):
+        one = client.get(f"/api/v1/runs/{run_id}", headers=auth).json()
+        assert inline["results"][str(run_id)] == one["result"]
     assert rows["velora+full"]["status"] == "queued" and rows["velora+full"]["total_bytes"] is None
 
 

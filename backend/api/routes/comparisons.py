@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, HTTPException, Query, Response
 from pydantic import ValidationError
@@ -158,7 +158,7 @@ def _summary_row(run: Run, full_totals: dict[int, int]) -> SummaryRow:
     )
 
 
-def _detail(comparison: Comparison) -> ComparisonDetail:
+def _detail(comparison: Comparison, *, include_results: bool = False) -> ComparisonDetail:
     # Each method's memory relative to full fine-tuning with the same seed.
     full_totals = {
         run.seed: _total_bytes(run.result["memory"])
@@ -170,14 +170,17 @@ def _detail(comparison: Comparison) -> ComparisonDetail:
         spec=comparison.spec,
         runs=[RunPublic.model_validate(run) for run in comparison.runs],
         summary=[_summary_row(run, full_totals) for run in comparison.runs],
+        results={str(run.id): run.result for run in comparison.runs if run.result}
+        if include_results
+        else None,
     )
 
 
-def _load_detail(session: Session, comparison_id: int) -> ComparisonDetail:
+def _load_detail(session: Session, comparison_id: int, *, include_results: bool = False) -> ComparisonDetail:
     comparison = store.get_comparison(session, comparison_id=comparison_id)
     if comparison is None:
         raise HTTPException(status_code=404, detail="Comparison not found")
-    return _detail(comparison)
+    return _detail(comparison, include_results=include_results)
 
 
 @router.post(
@@ -249,9 +252,16 @@ def read_comparisons(
 
 
 @router.get("/{comparison_id}", response_model=ComparisonDetail)
-def read_comparison(comparison_id: int, session: SessionDep, _: ReadAccess) -> ComparisonDetail:
+def read_comparison(
+    comparison_id: int,
+    session: SessionDep,
+    _: ReadAccess,
+    include: Annotated[
+        Literal["results"] | None, Query(description="`results`: add each finished run's result")
+    ] = None,
+) -> ComparisonDetail:
     """A comparison with its runs and the summary table (memory, accuracy, speed per method)."""
-    return _load_detail(session, comparison_id)
+    return _load_detail(session, comparison_id, include_results=include == "results")
 
 
 @router.post("/{comparison_id}/cancel", response_model=ComparisonDetail)
