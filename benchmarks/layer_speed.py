@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -23,6 +22,7 @@ import torch.nn.functional as F
 from peft.tuners.lora.velora import VeloraFunction
 
 from velora_core import velora_linear
+from velora_core.bench.environment import cpu_name
 from velora_core.projection import normalise, sub_token_size
 
 CPU_CASES = [{"name": "cpu-1024", "tokens": (4, 512), "d": 1024, "m": 1024, "groups": 8, "dtype": "fp32"}]
@@ -88,7 +88,7 @@ def main() -> None:
     args = parser.parse_args()
 
     results = [time_case(c, torch.device("cpu"), args.repeats) for c in CPU_CASES]
-    device_name = platform.processor() or platform.machine()
+    device_name = f"{cpu_name()} ({torch.get_num_threads()} threads)"
     if torch.cuda.is_available():
         results += [time_case(c, torch.device("cuda"), args.repeats) for c in GPU_CASES]
         device_name = torch.cuda.get_device_name(0)

@@ -404,7 +404,9 @@ def execute(
 
         def emit(phase: str, message: str = "") -> None:
             # Phase events carry the training position, so a listener's progress never goes back to 0.
-            done, total_steps = (trainer.steps_done, trainer.total_steps) if trainer is not None else (0, 0)
+            done, total_steps = (
+                (trainer.steps_done, trainer.total_steps) if trainer is not None else (0, spec.steps or 0)
+            )
             event = ProgressEvent(phase=phase, message=message, step=done, total_steps=total_steps)
             if on_progress is not None and on_progress(event):
                 raise RunCancelled()

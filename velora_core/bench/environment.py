@@ -48,6 +48,18 @@ def nvidia_driver() -> str | None:
     return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else None
 
 
+@functools.cache
+def cpu_name() -> str:
+    """The processor's model name (``/proc/cpuinfo`` on Linux), else what ``platform`` knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def _version(package: str) -> str | None:
     try:
         return metadata.version(package)
@@ -66,7 +78,7 @@ def environment(spec: RunSpec, device: torch.device) -> dict[str, Any]:
         "cuda": torch.version.cuda,
         "driver": None,
         "device": str(device),
-        "device_name": platform.processor() or platform.machine(),
+        "device_name": cpu_name(),
         "cpu_threads": torch.get_num_threads(),
         "host": socket.gethostname(),
         "git_commit": git_commit(),
