@@ -179,15 +179,11 @@ def follow(
 ) -> dict[str, Any] | None:
     """Show a progress bar per run until every run has finished; the final comparison, or None if
     ``should_stop`` said so first."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import Progress
 
-    columns = (
-        TextColumn("{task.description:<28}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[info]}"),
-        TimeElapsedColumn(),
-    )
+    from velora_core.cli import progress_columns
+
+    columns = progress_columns()
     tasks: dict[int, Any] = {}
     loss: dict[int, tuple[float | None, int]] = {}
     with Progress(*columns, transient=False) as progress:

@@ -78,21 +78,28 @@ def parse_assignments(items: Sequence[str]) -> dict[str, Any]:
     return out
 
 
-def run_comparison(runs: list[RunSpec], artifacts: str, title: str) -> list:
-    """Execute the runs one after another with progress bars; returns their RunResults."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+def progress_columns() -> tuple:
+    """The columns of a run's progress bar (label, bar, step/total, info, elapsed): shared with the
+    service's ``submit`` command so both look alike."""
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 
-    from velora_core.bench import execute
-
-    results = []
-    columns = (
+    return (
         TextColumn("{task.description:<28}"),
         BarColumn(),
         MofNCompleteColumn(),
         TextColumn("{task.fields[info]}"),
         TimeElapsedColumn(),
     )
-    with Progress(*columns, transient=False) as progress:
+
+
+def run_comparison(runs: list[RunSpec], artifacts: str, title: str) -> list:
+    """Execute the runs one after another with progress bars; returns their RunResults."""
+    from rich.progress import Progress
+
+    from velora_core.bench import execute
+
+    results = []
+    with Progress(*progress_columns(), transient=False) as progress:
         progress.console.print(f"[bold]{title}[/]: {len(runs)} run(s)")
         for spec in runs:
             label = f"{spec.method} (seed {spec.seed})"

@@ -158,22 +158,27 @@ def test_epochs_set_the_number_of_steps(tmp_path):
     assert result.steps_done == 5  # 40 blocks × 0.5 epochs / micro-batch 4
 
 
-def test_hub_model_and_dataset_paths_load_from_local_fixtures(tmp_path, hf_tokenizer_dir, c4_dir):
-    """source='hub' goes through from_pretrained / load_dataset, here pointed at local folders."""
+def save_tiny_hf_model(directory, tokenizer_dir, max_positions: int):
+    """A one-layer LLaMA and its HF tokenizer, saved as a hub repository would hold them."""
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(hf_tokenizer_dir)
-    model_dir = tmp_path / "model"
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     config = LlamaConfig(
         hidden_size=32,
         intermediate_size=64,
         num_attention_heads=2,
         num_hidden_layers=1,
         vocab_size=len(tokenizer),
-        max_position_embeddings=128,
+        max_position_embeddings=max_positions,
     )
-    LlamaForCausalLM(config).save_pretrained(model_dir)
-    tokenizer.save_pretrained(model_dir)
+    LlamaForCausalLM(config).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+def test_hub_model_and_dataset_paths_load_from_local_fixtures(tmp_path, hf_tokenizer_dir, c4_dir):
+    """source='hub' goes through from_pretrained / load_dataset, here pointed at local folders."""
+    model_dir = save_tiny_hf_model(tmp_path / "model", hf_tokenizer_dir, max_positions=128)
     spec = RunSpec.model_validate(
         {
             "workload": "finetune",
@@ -205,19 +210,7 @@ def test_hub_model_and_dataset_paths_load_from_local_fixtures(tmp_path, hf_token
 
 
 def test_seq_len_beyond_a_loaded_models_limit_fails_clearly(tmp_path, hf_tokenizer_dir):
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(hf_tokenizer_dir)
-    config = LlamaConfig(
-        hidden_size=32,
-        intermediate_size=64,
-        num_attention_heads=2,
-        num_hidden_layers=1,
-        vocab_size=len(tokenizer),
-        max_position_embeddings=16,
-    )
-    LlamaForCausalLM(config).save_pretrained(tmp_path)
-    tokenizer.save_pretrained(tmp_path)
+    save_tiny_hf_model(tmp_path, hf_tokenizer_dir, max_positions=16)
     spec = small_pretrain(workload="finetune", model={"source": "local", "name": str(tmp_path)}, seq_len=64)
     result = execute(spec, None, tmp_path / "a")
     assert result.status == RunStatus.FAILED and "beyond the model's limit of 16" in result.error
