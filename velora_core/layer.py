@@ -52,6 +52,8 @@ class VeLoRALinear(nn.Module):
         # Running (unnormalised) mean of sub-tokens for ``ema``; float32.
         self.register_buffer("velora_mean", torch.zeros(size, device=weight.device))
         self.register_buffer("velora_initialised", torch.tensor(initialised, device=weight.device))
+        # A host-side copy of the flag: reading the buffer on every forward would sync a CUDA device.
+        self._v_ready = initialised
         self.ema_decay = float(init.removeprefix("ema:")) if init.startswith("ema:") else None
         # What the last training forward saw, for the analytic memory prediction.
         self.last_num_tokens = 0
@@ -81,14 +83,19 @@ class VeLoRALinear(nn.Module):
     def _update_projection(self, x: torch.Tensor) -> None:
         """Set ``v`` from this batch as the init mode says. ``v`` is replaced, never changed in place,
         so a graph that saved the previous ``v`` stays valid."""
-        if self.init == "random" or (self.init == "batch_average_once" and bool(self.velora_initialised)):
+        if self.init == "random" or (self.init == "batch_average_once" and self._v_ready):
             return
         mean = sub_token_mean(x.reshape(-1, x.shape[-1]), self.num_groups)  # (S,) fp32
-        if self.ema_decay is not None and bool(self.velora_initialised):
+        if self.ema_decay is not None and self._v_ready:
             mean = self.ema_decay * self.velora_mean + (1.0 - self.ema_decay) * mean
         self.velora_mean = mean
         self.velora_v = normalise(mean).to(self.velora_v.dtype)
         self.velora_initialised = torch.ones_like(self.velora_initialised)
+        self._v_ready = True
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self._v_ready = bool(self.velora_initialised)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weight, bias = self.base_layer.weight, self.base_layer.bias

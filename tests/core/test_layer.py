@@ -169,3 +169,12 @@ def test_config_rejects_bad_values(settings, message):
 def test_too_many_groups_for_a_layer():
     with pytest.raises(ValueError, match="exceeds the layer's 64 input features"):
         apply_velora(LlamaForCausalLM(tiny_llama_config()), VeLoRAConfig(num_groups=65))
+
+
+def test_loaded_state_keeps_the_frozen_projection():
+    trained = VeLoRALinear(nn.Linear(8, 2), num_groups=2)
+    trained(torch.randn(4, 8) + 3).sum().backward()
+    fresh = VeLoRALinear(nn.Linear(8, 2), num_groups=2)
+    fresh.load_state_dict(trained.state_dict())
+    fresh(torch.randn(4, 8) - 5).sum().backward()  # must not re-initialise v from this batch
+    torch.testing.assert_close(fresh.velora_v, trained.velora_v)
