@@ -144,33 +144,33 @@ class QLoRAMethodSettings(LoRAMethodSettings):
     quant: QuantSettings = Field(default_factory=QuantSettings)
 
 
-def _check_velora(velora: VeLoRAConfig, input_features: dict[str, int], lora_r: int | None) -> None:
+def _check_velora(velora: VeLoRAConfig, input_features: dict[str, int]) -> None:
+    """Every targeted layer must have at least as many input features as groups. With LoRA the
+    compressed input is that of ``lora_A``, whose width is the base layer's input."""
     for suffix, width in input_features.items():
         if any(re.fullmatch(p, suffix) or suffix.endswith(p) for p in velora.target_modules):
-            # With LoRA the compressed input is that of lora_A, whose width is the base layer's input.
             velora.groups_for(width)
-    del lora_r
 
 
 class VeLoRAFullSettings(MethodSettings):
     velora: VeLoRAConfig = Field(default_factory=lambda: VeLoRAConfig(scale=1.0))
 
     def check_against_model(self, input_features: dict[str, int]) -> None:
-        _check_velora(self.velora, input_features, None)
+        _check_velora(self.velora, input_features)
 
 
 class VeLoRALoRASettings(LoRAMethodSettings):
     velora: VeLoRAConfig = Field(default_factory=lambda: VeLoRAConfig(scale=0.1))
 
     def check_against_model(self, input_features: dict[str, int]) -> None:
-        _check_velora(self.velora, input_features, self.lora.r)
+        _check_velora(self.velora, input_features)
 
 
 class VeLoRAQLoRASettings(QLoRAMethodSettings):
     velora: VeLoRAConfig = Field(default_factory=lambda: VeLoRAConfig(scale=0.1))
 
     def check_against_model(self, input_features: dict[str, int]) -> None:
-        _check_velora(self.velora, input_features, self.lora.r)
+        _check_velora(self.velora, input_features)
 
 
 METHOD_CONFIGS: dict[str, type[MethodSettings]] = {
