@@ -7,7 +7,6 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, HTTPException, Query, Response
 from pydantic import ValidationError
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from backend import store
@@ -20,7 +19,7 @@ from backend.api.deps import (
     WriteSessionDep,
     committed,
 )
-from backend.api.routes.runs import IdempotencyKeyHeader, replay_or_conflict
+from backend.api.idempotency import IdempotencyKeyHeader, create_once
 from backend.api.schemas import (
     ComparisonDetail,
     ComparisonFromPreset,
@@ -207,34 +206,18 @@ def create_comparison(
     spec, preset = parse_comparison(body, settings)  # before the database: bad input takes no lock
     scope = f"POST /comparisons {principal.scope}"
     payload_hash = store.request_hash(body)
-    if idempotency_key:
-        existing = replay_or_conflict(session, scope=scope, key=idempotency_key, payload_hash=payload_hash)
-        if existing is not None:
-            response.headers["Idempotent-Replayed"] = "true"
-            return committed(session, _load_detail(session, existing))
-    comparison = store.create_comparison(
-        session, spec=spec, preset=preset, queue=settings.queue_for_device(spec.base.device)
+    comparison_id, comparison = create_once(
+        session,
+        response,
+        scope=scope,
+        key=idempotency_key,
+        payload_hash=payload_hash,
+        create=lambda: store.create_comparison(
+            session, spec=spec, preset=preset, queue=settings.queue_for_device(spec.base.device)
+        ),
     )
-    try:
-        if idempotency_key:
-            store.add_idempotency_key(
-                session,
-                scope=scope,
-                key=idempotency_key,
-                payload_hash=payload_hash,
-                resource_id=comparison.id,
-            )
-        session.commit()
-    except IntegrityError:
-        # A concurrent twin of this request committed first: answer with its comparison.
-        session.rollback()
-        existing = replay_or_conflict(
-            session, scope=scope, key=idempotency_key or "", payload_hash=payload_hash
-        )
-        if existing is None:
-            raise
-        response.headers["Idempotent-Replayed"] = "true"
-        return committed(session, _load_detail(session, existing))
+    if comparison is None:
+        return committed(session, _load_detail(session, comparison_id))
     sent = dispatcher.dispatch([(run.id, run.queue) for run in comparison.runs])
     store.mark_dispatched(session, run_ids=sent)
     return committed(session, _load_detail(session, comparison.id))

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Header, HTTPException, Query, Response
+from fastapi import APIRouter, HTTPException, Query, Response
 from pydantic import BaseModel
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from backend import store
@@ -19,39 +18,13 @@ from backend.api.deps import (
     WriteSessionDep,
     committed,
 )
+from backend.api.idempotency import IdempotencyKeyHeader, create_once
 from backend.api.schemas import MetricPublic, MetricsPublic, RunDetail, RunPublic, RunsPublic
-from backend.api.validation import check_limits, invalid
+from backend.api.validation import check_limits
 from velora_core.result import RunStatus
 from velora_core.spec import RunSpec
 
 router = APIRouter(prefix="/runs", tags=["runs"])
-
-IdempotencyKeyHeader = Annotated[
-    str | None,
-    Header(
-        alias="Idempotency-Key",
-        min_length=1,
-        max_length=255,
-        description="Any unique string; a retry with the same key and body is not queued twice.",
-    ),
-]
-
-
-def replay_or_conflict(session: Session, *, scope: str, key: str, payload_hash: str) -> int | None:
-    """The resource id a previous request with this key created, or None if the key is new.
-
-    Raises:
-        RequestValidationError: the key was used before with a different body.
-    """
-    existing = store.find_idempotency_key(session, scope=scope, key=key)
-    if existing is None:
-        return None
-    if existing.request_hash != payload_hash:
-        raise invalid(
-            ("header", "Idempotency-Key"),
-            "this Idempotency-Key was already used with a different request body; use a new key for a new request",
-        )
-    return existing.resource_id
 
 
 def _read_run(session: Session, run_id: int) -> RunDetail:
@@ -75,27 +48,16 @@ def create_run(
     check_limits([spec], settings, ("body",))
     scope = f"POST /runs {principal.scope}"
     payload_hash = store.request_hash(spec.model_dump(mode="json"))
-    if idempotency_key:
-        existing = replay_or_conflict(session, scope=scope, key=idempotency_key, payload_hash=payload_hash)
-        if existing is not None:
-            response.headers["Idempotent-Replayed"] = "true"
-            return committed(session, _read_run(session, existing))
-    run = store.create_run(session, spec=spec, queue=settings.queue_for_device(spec.device))
-    try:
-        if idempotency_key:
-            store.add_idempotency_key(
-                session, scope=scope, key=idempotency_key, payload_hash=payload_hash, resource_id=run.id
-            )
-        session.commit()
-    except IntegrityError:
-        session.rollback()
-        existing = replay_or_conflict(
-            session, scope=scope, key=idempotency_key or "", payload_hash=payload_hash
-        )
-        if existing is None:
-            raise
-        response.headers["Idempotent-Replayed"] = "true"
-        return committed(session, _read_run(session, existing))
+    run_id, run = create_once(
+        session,
+        response,
+        scope=scope,
+        key=idempotency_key,
+        payload_hash=payload_hash,
+        create=lambda: store.create_run(session, spec=spec, queue=settings.queue_for_device(spec.device)),
+    )
+    if run is None:
+        return committed(session, _read_run(session, run_id))
     store.mark_dispatched(session, run_ids=dispatcher.dispatch([(run.id, run.queue)]))
     return committed(session, _read_run(session, run.id))
 
