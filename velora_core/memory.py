@@ -142,6 +142,35 @@ def optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:
     return total
 
 
+def gradient_bytes(model: nn.Module) -> int:
+    """Bytes of the gradients the parameters hold now (call after backward, before zero_grad)."""
+    return sum(_nbytes(p.grad) for p in model.parameters() if p.grad is not None)
+
+
+def step_report(
+    model: nn.Module,
+    meter: SavedTensorMeter,
+    grad_bytes: int,
+    optimizer: torch.optim.Optimizer,
+    device: torch.device,
+) -> MemoryReport:
+    """The :class:`MemoryReport` of a step just taken: ``meter`` watched its forward,
+    ``grad_bytes`` was read after its backward, ``optimizer`` has stepped."""
+    peak = None
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        peak = int(torch.cuda.max_memory_allocated(device))
+    return MemoryReport(
+        **parameter_bytes(model),
+        gradient_bytes=grad_bytes,
+        optimizer_bytes=optimizer_state_bytes(optimizer),
+        activation_bytes=meter.activation_bytes,
+        predicted_activation_bytes=predicted_velora_bytes(model),
+        velora_measured_bytes=meter.velora_bytes,
+        peak_bytes=peak,
+    )
+
+
 def measure_training_step(
     model: nn.Module,
     batch: dict[str, torch.Tensor],
@@ -159,29 +188,15 @@ def measure_training_step(
         The loss (detached) and the :class:`MemoryReport`. Gradients are cleared afterwards.
     """
     device = next(model.parameters()).device
-    on_cuda = device.type == "cuda"
-    if on_cuda:
+    if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
     meter = SavedTensorMeter(model)
     with meter.measuring():
         loss = loss_fn(model, batch) if loss_fn is not None else model(**batch).loss
     loss.backward()
-    gradient_bytes = sum(_nbytes(p.grad) for p in model.parameters() if p.grad is not None)
+    grad_bytes = gradient_bytes(model)
     optimizer.step()
-    optimizer_bytes = optimizer_state_bytes(optimizer)
+    report = step_report(model, meter, grad_bytes, optimizer, device)
     optimizer.zero_grad(set_to_none=True)
-    peak = None
-    if on_cuda:
-        torch.cuda.synchronize(device)
-        peak = int(torch.cuda.max_memory_allocated(device))
-    report = MemoryReport(
-        **parameter_bytes(model),
-        gradient_bytes=gradient_bytes,
-        optimizer_bytes=optimizer_bytes,
-        activation_bytes=meter.activation_bytes,
-        predicted_activation_bytes=predicted_velora_bytes(model),
-        velora_measured_bytes=meter.velora_bytes,
-        peak_bytes=peak,
-    )
     return loss.detach(), report

@@ -25,12 +25,7 @@ from velora_core.bench.environment import environment
 from velora_core.bench.evaluate import mc_accuracy, perplexity
 from velora_core.bench.tokenizer import Tokenizer, load_tokenizer
 from velora_core.layer import remove_velora
-from velora_core.memory import (
-    SavedTensorMeter,
-    optimizer_state_bytes,
-    parameter_bytes,
-    predicted_velora_bytes,
-)
+from velora_core.memory import SavedTensorMeter, gradient_bytes, step_report
 from velora_core.method_configs import method_config_for
 from velora_core.methods import METHODS, PreparedModel, prepare_model
 from velora_core.models import DTYPES, ModelSource, llama_config
@@ -244,9 +239,7 @@ class Trainer:
                     if "attention_mask" in batch
                     else batch["input_ids"].numel()
                 )
-            gradient_bytes = sum(
-                p.grad.numel() * p.grad.element_size() for p in self.params if p.grad is not None
-            )
+            grad_bytes = gradient_bytes(self.model) if measure else 0
             if spec.optimizer.max_grad_norm is not None:
                 torch.nn.utils.clip_grad_norm_(self.params, spec.optimizer.max_grad_norm)
             try:
@@ -259,17 +252,7 @@ class Trainer:
             self._sync()
             elapsed = time.perf_counter() - start
             if measure:
-                self.memory = MemoryReport(
-                    **parameter_bytes(self.model),
-                    gradient_bytes=gradient_bytes,
-                    optimizer_bytes=optimizer_state_bytes(self.optimizer),
-                    activation_bytes=meter.activation_bytes,
-                    predicted_activation_bytes=predicted_velora_bytes(self.model),
-                    velora_measured_bytes=meter.velora_bytes,
-                    peak_bytes=int(torch.cuda.max_memory_allocated(self.device))
-                    if self.device.type == "cuda"
-                    else None,
-                )
+                self.memory = step_report(self.model, meter, grad_bytes, self.optimizer, self.device)
             self.train_time += elapsed
             self.tokens += step_tokens
             self.steps_done = step
