@@ -18,6 +18,14 @@ import torch.nn.functional as F
 #: Attribute set on the tensors VeLoRA saves, so memory accounting can attribute them.
 VELORA_SAVED_ATTR = "_velora_saved"
 
+_HALF_TYPES = (torch.float16, torch.bfloat16)
+
+
+def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The precision to accumulate in for inputs of ``dtype``: fp32 for half types and fp32, else the
+    input's own (fp64 stays fp64, so float64 gradients match a float64 oracle to rounding)."""
+    return torch.float32 if dtype in _HALF_TYPES else torch.promote_types(dtype, torch.float32)
+
 
 def sub_token_size(in_features: int, num_groups: int) -> int:
     """Features per sub-token, ``S = ceil(D / G)``.
@@ -56,18 +64,19 @@ def reconstruct(z: torch.Tensor, v: torch.Tensor, in_features: int) -> torch.Ten
 
 
 def sub_token_mean(x2d: torch.Tensor, num_groups: int) -> torch.Tensor:
-    """Mean of all sub-tokens of (T, D) in float32: (S,). Used to initialise ``v``."""
-    return group_sub_tokens(x2d.detach(), num_groups).float().mean(dim=(0, 1))
+    """Mean of all sub-tokens of (T, D): (S,), in :func:`accumulation_dtype` of x (at least fp32).
+    Used to initialise ``v``."""
+    grouped = group_sub_tokens(x2d.detach(), num_groups)
+    return grouped.to(accumulation_dtype(x2d.dtype)).mean(dim=(0, 1))
 
 
 def normalise(v: torch.Tensor) -> torch.Tensor:
-    """``v / ‖v‖`` in float32; an all-zero vector becomes the normalised all-ones vector."""
-    v = v.float()
+    """``v / ‖v‖`` in at least float32 (fp64 stays fp64); an all-zero vector becomes the normalised
+    all-ones vector. Branch-free (no data-dependent ``if``), so it also runs on fake and meta tensors."""
+    v = v.to(accumulation_dtype(v.dtype))
     norm = torch.linalg.vector_norm(v)
-    if norm == 0:
-        v = torch.ones_like(v)
-        norm = torch.linalg.vector_norm(v)
-    return v / norm
+    ones = torch.full_like(v, v.numel() ** -0.5)
+    return torch.where(norm > 0, v / torch.where(norm > 0, norm, 1.0), ones)
 
 
 def weight_grad_from_projections(
@@ -87,12 +96,13 @@ def weight_grad_from_projections(
     out_features = grad_out2d.shape[1]
     groups, size = z.shape[1], v.numel()
     gz = torch.matmul(grad_out2d.t(), z.to(grad_out2d.dtype))  # (M, G); fp32 accumulation inside the GEMM
-    scaled_v = v.float() * scale  # (S,)
-    if gz.dtype in (torch.float16, torch.bfloat16):
+    acc = accumulation_dtype(gz.dtype)
+    scaled_v = v.to(acc) * scale  # (S,)
+    if gz.dtype in _HALF_TYPES:
         # The outer product is cheap (M·D); do it in fp32 and round once.
-        grad = (gz.float().unsqueeze(-1) * scaled_v).to(gz.dtype)
+        grad = (gz.to(acc).unsqueeze(-1) * scaled_v).to(gz.dtype)
     else:
-        grad = gz.unsqueeze(-1) * scaled_v.to(gz.dtype)  # (M, G, S)
+        grad = gz.unsqueeze(-1) * scaled_v  # (M, G, S)
     grad = grad.reshape(out_features, groups * size)
     return grad if groups * size == in_features else grad[:, :in_features].contiguous()
 
@@ -128,7 +138,8 @@ class VeLoRAFunction(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             grad_w = weight_grad_from_projections(g2, z, v, in_features, ctx.scale).to(ctx.weight_dtype)
         if ctx.needs_input_grad[2]:
-            grad_b = g2.sum(dim=0, dtype=torch.float32).to(ctx.bias_dtype)  # exact, fp32 accumulation
+            # Exact; accumulated in fp32 for half types, in the gradient's own precision otherwise.
+            grad_b = g2.sum(dim=0, dtype=accumulation_dtype(g2.dtype)).to(ctx.bias_dtype)
         return grad_x, grad_w, grad_b, None, None, None
 
 
@@ -143,7 +154,7 @@ def velora_linear(
     """A linear layer whose backward pass keeps only VeLoRA's sub-token projections of ``x``.
 
     Args:
-        x: (..., D) input; any number of leading dims (T = their product). fp32, fp16 or bf16.
+        x: (..., D) input; any number of leading dims (T = their product). fp64, fp32, fp16 or bf16.
         weight: (M, D) weight.
         bias: (M,) bias or None.
         v: (S,) unit projection vector, ``S = ceil(D / num_groups)``.

@@ -57,6 +57,40 @@ def test_gradients_match_float64_reference(lead, d, m, g, with_bias):
     assert weight.grad.shape == weight.shape and x.grad.shape == x.shape
 
 
+@pytest.mark.parametrize(("lead", "d", "m", "g", "with_bias"), CASES)
+def test_float64_gradients_match_float64_reference_to_rounding(lead, d, m, g, with_bias):
+    # Float64 in, float64 out: every accumulation (bias sum, v's outer product) keeps fp64.
+    gen = torch.Generator().manual_seed(d * 17 + m)
+    x = torch.randn(*lead, d, generator=gen, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(m, d, generator=gen, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(m, generator=gen, dtype=torch.float64, requires_grad=True) if with_bias else None
+    v = normalise(torch.randn(sub_token_size(d, g), generator=gen, dtype=torch.float64))
+    assert v.dtype == torch.float64
+    grad_out = torch.randn(*lead, m, generator=gen, dtype=torch.float64)
+
+    y = velora_linear(x, weight, bias, v, g, 0.37)
+    y.backward(grad_out)
+    ref_y, ref_gx, ref_gw, ref_gb = reference_grads(x, weight, bias, v, g, 0.37, grad_out)
+
+    tight = {"rtol": 1e-10, "atol": 1e-10}
+    assert y.dtype == x.grad.dtype == weight.grad.dtype == torch.float64
+    torch.testing.assert_close(y, ref_y, **tight)
+    torch.testing.assert_close(x.grad, ref_gx, **tight)
+    torch.testing.assert_close(weight.grad, ref_gw, **tight)
+    if with_bias:
+        assert bias.grad.dtype == torch.float64
+        torch.testing.assert_close(bias.grad, ref_gb, **tight)
+
+
+def test_normalise_keeps_float64_and_maps_zero_to_unit_ones():
+    v = normalise(torch.tensor([3.0, 4.0], dtype=torch.float64))
+    assert v.dtype == torch.float64
+    torch.testing.assert_close(v, torch.tensor([0.6, 0.8], dtype=torch.float64), rtol=0, atol=1e-15)
+    zero = normalise(torch.zeros(4))
+    torch.testing.assert_close(zero, torch.full((4,), 0.5))
+    assert normalise(torch.ones(3, dtype=torch.bfloat16)).dtype == torch.float32
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_precision_close_to_reference_and_keeps_dtypes(dtype):
     gen = torch.Generator().manual_seed(3)
