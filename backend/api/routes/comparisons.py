@@ -25,6 +25,8 @@ from backend.api.schemas import (
     ComparisonFromPreset,
     ComparisonPublic,
     ComparisonsPublic,
+    IdPath,
+    OffsetQuery,
     RunPublic,
     SummaryRow,
 )
@@ -227,7 +229,7 @@ def create_comparison(
 def read_comparisons(
     session: SessionDep,
     _: ReadAccess,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: OffsetQuery = 0,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
 ) -> ComparisonsPublic:
     rows, count = store.list_comparisons(session, offset=offset, limit=limit)
@@ -236,7 +238,7 @@ def read_comparisons(
 
 @router.get("/{comparison_id}", response_model=ComparisonDetail)
 def read_comparison(
-    comparison_id: int,
+    comparison_id: IdPath,
     session: SessionDep,
     _: ReadAccess,
     include: Annotated[
@@ -248,7 +250,7 @@ def read_comparison(
 
 
 @router.post("/{comparison_id}/cancel", response_model=ComparisonDetail)
-def cancel_comparison(comparison_id: int, session: WriteSessionDep, _: WriteAccess) -> ComparisonDetail:
+def cancel_comparison(comparison_id: IdPath, session: WriteSessionDep, _: WriteAccess) -> ComparisonDetail:
     """Cancel every run of the comparison that has not finished yet."""
     comparison = store.get_comparison(session, comparison_id=comparison_id)
     if comparison is None:
