@@ -30,7 +30,7 @@ from backend.api.schemas import (
     RunPublic,
     SummaryRow,
 )
-from backend.api.validation import check_limits, from_pydantic, invalid
+from backend.api.validation import JsonContent, check_limits, from_pydantic, invalid
 from backend.models import Comparison, Run
 from backend.presets import PresetsUnavailable, build_comparison, comparison_presets
 from backend.settings import Settings
@@ -192,6 +192,7 @@ def _load_detail(session: Session, comparison_id: int, *, include_results: bool 
     responses={401: {}, 413: {}, 422: {}},
 )
 def create_comparison(
+    _content_type: JsonContent,
     body: Annotated[dict[str, Any], Body()],
     session: WriteSessionDep,
     settings: SettingsDep,

@@ -30,7 +30,7 @@ from backend.api.schemas import (
     RunPublic,
     RunsPublic,
 )
-from backend.api.validation import check_limits
+from backend.api.validation import JsonContent, check_limits
 from velora_core.result import RunStatus
 from velora_core.spec import RunSpec
 
@@ -46,6 +46,7 @@ def _read_run(session: Session, run_id: int) -> RunDetail:
 
 @router.post("", status_code=201, response_model=RunDetail, responses={401: {}, 413: {}, 422: {}})
 def create_run(
+    _content_type: JsonContent,
     spec: RunSpec,
     session: WriteSessionDep,
     settings: SettingsDep,
