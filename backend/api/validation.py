@@ -10,6 +10,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import Depends, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
 from backend.settings import Settings
@@ -32,6 +33,14 @@ def from_pydantic(exc: ValidationError, prefix: Loc) -> RequestValidationError:
         for err in exc.errors(include_url=False, include_input=False, include_context=False)
     ]
     return RequestValidationError(errors)
+
+
+async def validation_error_response(_: Request, exc: Exception) -> JSONResponse:
+    """The 422 answer: each error's location, message and type. Inputs are not echoed back (they
+    may be large, secret, or not JSON at all: a NaN in the body cannot be written back as JSON)."""
+    assert isinstance(exc, RequestValidationError)
+    errors = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
+    return JSONResponse(status_code=422, content={"detail": errors})
 
 
 def require_json(request: Request) -> None:

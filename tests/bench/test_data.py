@@ -470,7 +470,10 @@ def test_local_text_file_paragraphs_and_local_alpaca(tmp_path: Path, alpaca_reco
 @pytest.mark.parametrize(
     ("make", "message"),
     [
-        (lambda d: Path("/etc/passwd"), r"/etc/passwd: line 1 is not JSON \(.*\); a local dataset is a JSON Lines"),
+        (
+            lambda d: Path("/etc/passwd"),
+            r"/etc/passwd: line 1 is not JSON \(.*\); a local dataset is a JSON Lines",
+        ),
         (lambda d: Path("/dev/zero"), "'/dev/zero' is not a regular file"),
         (lambda d: d / "missing.jsonl", "cannot be read: No such file or directory"),
         (lambda d: _fifo(d / "pipe.jsonl"), "is not a regular file"),
