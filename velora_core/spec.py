@@ -251,6 +251,16 @@ class RunSpec(StrictModel):
             parsed.check_against_model(layers)
         if self.model.memory_only:
             self.eval = self.eval.model_copy(update={"metric": "none"})
+        evaluated = self.eval.dataset or self.dataset
+        if (
+            self.eval.metric == "mc_accuracy"
+            and evaluated.source == "builtin"
+            and DATASETS[evaluated.name][0] != "mc"
+        ):
+            raise ValueError(
+                f"eval.metric='mc_accuracy' needs multiple-choice data; built-in dataset {evaluated.name!r} "
+                "holds text: set eval.dataset to stdlib-mc or mmlu, or use metric 'perplexity'"
+            )
         return self
 
     def spec_hash(self) -> str:

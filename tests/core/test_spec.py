@@ -62,6 +62,7 @@ def test_round_trips_through_json_with_a_stable_hash():
             {"method": "lora", "method_config": {"lora": {"alpha": float("nan")}}},
             "lora.alpha: Input should be a finite number",
         ),
+        ({"eval": {"metric": "mc_accuracy"}}, "needs multiple-choice data; built-in dataset 'stdlib-corpus'"),
         ({"model": {"source": "hub", "name": "../../etc"}}, "is not a hub id"),
         ({"dataset": {"source": "hub", "name": "/data/c4"}}, "is not a hub id"),
         ({"dataset": {"source": "local", "name": "a\x00b"}}, "must not contain a NUL"),
