@@ -7,12 +7,13 @@ an SQLite database and an SQLite-backed Celery broker under ``VELORA_DATA_DIR``.
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from velora_core.spec import MAX_MICRO_BATCH, MAX_SEQ_LEN, MAX_STEPS
 
@@ -85,6 +86,18 @@ class Settings(BaseSettings):
     )
     auto_migrate: bool = Field(default=True, description="Apply Alembic migrations when a process starts.")
 
+    # Local files named by specs submitted through the API (the in-process CLI reads any path).
+    local_roots: Annotated[list[Path], NoDecode] = Field(
+        default_factory=list,
+        description="Folders (separated by the OS path separator, ':') under which local models and "
+        "datasets of submitted specs must lie; default: <data_dir>/models and <data_dir>/datasets.",
+    )
+    max_dataset_bytes: int = Field(
+        default=2 * 1024**3,
+        ge=1,
+        description="Largest local dataset (a file, or a folder's files) a spec may name.",
+    )
+
     @field_validator("database_url", "redis_url")
     @classmethod
     def _blank_is_none(cls, value: str | None) -> str | None:
@@ -119,6 +132,19 @@ class Settings(BaseSettings):
         if device.startswith("cuda"):
             return "gpu"
         return self.default_queue
+
+    @field_validator("local_roots", mode="before")
+    @classmethod
+    def _split_roots(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part for part in value.split(os.pathsep) if part.strip()]
+        return value
+
+    @property
+    def resolved_local_roots(self) -> list[Path]:
+        """The folders local paths must lie under, with symlinks resolved."""
+        roots = self.local_roots or [self.resolved_data_dir / "models", self.resolved_data_dir / "datasets"]
+        return [root.expanduser().resolve() for root in roots]
 
 
 @lru_cache

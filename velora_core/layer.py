@@ -8,12 +8,10 @@ compresses the input of the LoRA down-projection (``velora+lora``, ``velora+qlor
 
 from __future__ import annotations
 
-import re
-
 import torch
 from torch import nn
 
-from velora_core.method_configs import VeLoRAConfig
+from velora_core.method_configs import VeLoRAConfig, target_matches
 from velora_core.projection import normalise, sub_token_mean, sub_token_size, velora_linear
 
 
@@ -107,11 +105,6 @@ class VeLoRALinear(nn.Module):
         return velora_linear(x, weight, bias, self.velora_v, self.num_groups, self.scale)
 
 
-def _matches(name: str, patterns: list[str]) -> bool:
-    """A pattern matches a module's full name (regex full match) or its last dotted component(s)."""
-    return any(name == p or name.endswith("." + p) or re.fullmatch(p, name) for p in patterns)
-
-
 def _lora_layer_type() -> type | None:
     try:
         from peft.tuners.lora import LoraLayer
@@ -143,7 +136,7 @@ def apply_velora(model: nn.Module, config: VeLoRAConfig) -> list[str]:
     wrapped: list[str] = []
     targets: list[tuple[str, nn.Module]] = []
     for name, module in model.named_modules():
-        if not name or not _matches(name, config.target_modules):
+        if not name or not target_matches(name, config.target_modules):
             continue
         if isinstance(module, VeLoRALinear):
             raise ValueError(f"module {name!r} is already wrapped with VeLoRA")

@@ -8,13 +8,79 @@ importing torch.
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from collections.abc import Sequence
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+try:  # the regular-expression parser (public as sre_parse before Python 3.11)
+    import re._parser as _sre_parse
+except ImportError:  # pragma: no cover - Python < 3.11
+    import sre_parse as _sre_parse
 
 #: The paper's placement for LLaMA: value projection and MLP down projection.
 PAPER_TARGETS = ("v_proj", "down_proj")
 LORA_ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+#: Where peft puts the original model inside a ``PeftModelForCausalLM`` (module names gain it).
+PEFT_PREFIX = "base_model.model."
+
+#: One target pattern: a module-name suffix or a regular expression.
+TargetPattern = Annotated[str, Field(min_length=1, max_length=200)]
+TargetList = Annotated[list[TargetPattern], Field(min_length=1, max_length=64)]
+
+
+def target_matches(name: str, patterns: Sequence[str]) -> bool:
+    """VeLoRA's target matcher: a pattern matches a module's full name (regex full match) or its
+    last dotted component(s). The one definition, used by the injection and by the spec checks."""
+    return any(name == p or name.endswith("." + p) or re.fullmatch(p, name) for p in patterns)
+
+
+def lora_target_matches(name: str, patterns: Sequence[str]) -> bool:
+    """peft's matcher for a list of ``target_modules``: the full name or its last component(s)."""
+    return any(name == p or name.endswith("." + p) for p in patterns)
+
+
+_REPEATS = {_sre_parse.MAX_REPEAT, _sre_parse.MIN_REPEAT, _sre_parse.POSSESSIVE_REPEAT}
+
+
+def _nested_repeat(items: Any, inside_repeat: bool = False) -> bool:
+    """Whether a parsed pattern repeats, without bound, something that itself repeats or branches:
+    the shapes (``(a+)+``, ``(a|a)*``) whose backtracking takes exponential time."""
+    for op, arg in items:
+        if op in _REPEATS:
+            _, high, body = arg
+            unbounded = high == _sre_parse.MAXREPEAT or high > 100
+            if inside_repeat or _nested_repeat(body, unbounded):
+                return True
+        elif op == _sre_parse.BRANCH:
+            if inside_repeat or any(_nested_repeat(branch) for branch in arg[1]):
+                return True
+        elif op == _sre_parse.SUBPATTERN:
+            if _nested_repeat(arg[-1], inside_repeat):
+                return True
+        elif op in (_sre_parse.ASSERT, _sre_parse.ASSERT_NOT) and _nested_repeat(arg[1], inside_repeat):
+            return True
+    return False
+
+
+def check_target_patterns(patterns: list[str]) -> list[str]:
+    """Each pattern must compile and be free of nested repetition (a catastrophic-backtracking risk
+    for whoever matches it: the API checks targets against the model before queueing).
+
+    Raises:
+        ValueError: naming the offending entry.
+    """
+    for p in patterns:
+        try:
+            parsed = _sre_parse.parse(p)
+        except re.error as exc:
+            raise ValueError(f"target_modules entry {p!r} is not a valid regular expression: {exc}") from None
+        if _nested_repeat(parsed):
+            raise ValueError(
+                f"target_modules entry {p!r} repeats a group that itself repeats or alternates, which "
+                "can take exponential time to match; write it without nested repetition"
+            )
+    return patterns
 
 
 class VeLoRAConfig(BaseModel):
@@ -33,12 +99,12 @@ class VeLoRAConfig(BaseModel):
         scale: multiplies the weight gradient (``velora_scale``; 0.1 for fine-tuning in the paper).
     """
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     num_groups: int | None = Field(default=32, ge=1, le=65536)
     sub_token_size: int | None = Field(default=None, ge=1, le=65536)
-    target_modules: list[str] = Field(default_factory=lambda: list(PAPER_TARGETS), min_length=1)
-    init: str = "batch_average_once"
+    target_modules: TargetList = Field(default_factory=lambda: list(PAPER_TARGETS))
+    init: str = Field(default="batch_average_once", max_length=50)
     scale: float = Field(default=1.0, gt=0, le=1000)
 
     @field_validator("init")
@@ -63,14 +129,7 @@ class VeLoRAConfig(BaseModel):
     @field_validator("target_modules")
     @classmethod
     def _check_patterns(cls, patterns: list[str]) -> list[str]:
-        for p in patterns:
-            try:
-                re.compile(p)
-            except re.error as exc:
-                raise ValueError(
-                    f"target_modules entry {p!r} is not a valid regular expression: {exc}"
-                ) from None
-        return patterns
+        return check_target_patterns(patterns)
 
     @model_validator(mode="before")
     @classmethod
@@ -104,12 +163,12 @@ class VeLoRAConfig(BaseModel):
 class LoRASettings(BaseModel):
     """LoRA adapter settings, passed to peft's ``LoraConfig``."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     r: int = Field(default=8, ge=1, le=4096)
-    alpha: float = Field(default=16, gt=0)
+    alpha: float = Field(default=16, gt=0, le=1e6)
     dropout: float = Field(default=0.0, ge=0, lt=1)
-    target_modules: list[str] = Field(default_factory=lambda: list(LORA_ALL_LINEAR), min_length=1)
+    target_modules: TargetList = Field(default_factory=lambda: list(LORA_ALL_LINEAR))
 
 
 class QuantSettings(BaseModel):
@@ -125,52 +184,120 @@ class QuantSettings(BaseModel):
 class MethodSettings(BaseModel):
     """Base of every method's settings."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    def check_against_model(self, input_features: dict[str, int]) -> None:
-        """Check settings that depend on the model's shape; ``input_features`` maps a module suffix
-        (``v_proj``, ``down_proj``, …) to its input width. Raises ValueError."""
+    def check_against_model(self, linear_layers: dict[str, int]) -> None:
+        """Check, before anything is loaded, the settings that depend on the model's layers;
+        ``linear_layers`` maps each ``nn.Linear``'s full name (``model.layers.0.self_attn.v_proj``,
+        ``lm_head``) to its input width. Raises ValueError with what the worker would report."""
 
 
 class FullSettings(MethodSettings):
     pass
 
 
+def _short_names(names: Sequence[str]) -> list[str]:
+    return sorted({n.rsplit(".", 1)[-1] for n in names})
+
+
 class LoRAMethodSettings(MethodSettings):
     lora: LoRASettings = Field(default_factory=LoRASettings)
+
+    def lora_layers(self, linear_layers: dict[str, int]) -> dict[str, int]:
+        """The linear layers peft gives an adapter."""
+        return {n: w for n, w in linear_layers.items() if lora_target_matches(n, self.lora.target_modules)}
+
+    def check_against_model(self, linear_layers: dict[str, int]) -> None:
+        # peft refuses a LoraConfig whose targets match nothing (the embedding is a target too).
+        names = [*linear_layers, "model.embed_tokens"]
+        if not any(lora_target_matches(n, self.lora.target_modules) for n in names):
+            raise ValueError(
+                f"lora.target_modules {self.lora.target_modules} match no layer of this model; its "
+                f"linear layers: {_short_names(linear_layers)}"
+            )
 
 
 class QLoRAMethodSettings(LoRAMethodSettings):
     quant: QuantSettings = Field(default_factory=QuantSettings)
 
 
-def _check_velora(velora: VeLoRAConfig, input_features: dict[str, int]) -> None:
-    """Every targeted layer must have at least as many input features as groups. With LoRA the
-    compressed input is that of ``lora_A``, whose width is the base layer's input."""
-    for suffix, width in input_features.items():
-        if any(re.fullmatch(p, suffix) or suffix.endswith(p) for p in velora.target_modules):
+def _velora_candidates(
+    linear_layers: dict[str, int], lora: LoRAMethodSettings | None, quantised: bool
+) -> dict[str, tuple[int, str | None]]:
+    """The modules ``apply_velora`` sees, by full name: (input width, why it cannot take VeLoRA or None).
+
+    Without LoRA they are the model's linear layers. With LoRA (names under peft's prefix), a layer
+    with an adapter has its ``lora_A``/``lora_B`` (trainable) and its frozen ``base_layer`` (4-bit
+    with QLoRA, which VeLoRA skips); a layer without an adapter is frozen.
+    """
+    if lora is None:
+        return {name: (width, None) for name, width in linear_layers.items()}
+    frozen = (
+        "a frozen nn.Linear without a LoRA adapter: VeLoRA only saves memory for a layer whose weight trains"
+    )
+    adapted = lora.lora_layers(linear_layers)
+    out: dict[str, tuple[int, str | None]] = {}
+    for name, width in linear_layers.items():
+        full = PEFT_PREFIX + name
+        if name not in adapted:
+            out[full] = (width, frozen if not quantised or name == "lm_head" else "a 4-bit layer")
+            continue
+        out[full] = (width, None)
+        if not quantised:
+            out[f"{full}.base_layer"] = (width, frozen)
+        out[f"{full}.lora_A.default"] = (width, None)
+        out[f"{full}.lora_B.default"] = (lora.lora.r, None)
+    return out
+
+
+def _check_velora(
+    velora: VeLoRAConfig,
+    linear_layers: dict[str, int],
+    lora: LoRAMethodSettings | None = None,
+    quantised: bool = False,
+) -> None:
+    """What ``apply_velora`` would refuse, checked on the known layers: a targeted layer with fewer
+    input features than groups (with LoRA the compressed input is ``lora_A``'s, the base layer's
+    width), a targeted layer that cannot take VeLoRA, or targets that match nothing."""
+    matched = False
+    for name, (width, refusal) in _velora_candidates(linear_layers, lora, quantised).items():
+        if not target_matches(name, velora.target_modules):
+            continue
+        if refusal is not None:
+            raise ValueError(f"VeLoRA target {name!r} is {refusal}")
+        try:
             velora.groups_for(width)
+        except ValueError as exc:
+            raise ValueError(f"VeLoRA target {name!r}: {exc}") from None
+        matched = True
+    if not matched:
+        raise ValueError(
+            f"VeLoRA target_modules {velora.target_modules} match no module; linear layers in this "
+            f"model: {_short_names(linear_layers)}"
+        )
 
 
 class VeLoRAFullSettings(MethodSettings):
     velora: VeLoRAConfig = Field(default_factory=lambda: VeLoRAConfig(scale=1.0))
 
-    def check_against_model(self, input_features: dict[str, int]) -> None:
-        _check_velora(self.velora, input_features)
+    def check_against_model(self, linear_layers: dict[str, int]) -> None:
+        _check_velora(self.velora, linear_layers)
 
 
 class VeLoRALoRASettings(LoRAMethodSettings):
     velora: VeLoRAConfig = Field(default_factory=lambda: VeLoRAConfig(scale=0.1))
 
-    def check_against_model(self, input_features: dict[str, int]) -> None:
-        _check_velora(self.velora, input_features)
+    def check_against_model(self, linear_layers: dict[str, int]) -> None:
+        super().check_against_model(linear_layers)
+        _check_velora(self.velora, linear_layers, self)
 
 
 class VeLoRAQLoRASettings(QLoRAMethodSettings):
     velora: VeLoRAConfig = Field(default_factory=lambda: VeLoRAConfig(scale=0.1))
 
-    def check_against_model(self, input_features: dict[str, int]) -> None:
-        _check_velora(self.velora, input_features)
+    def check_against_model(self, linear_layers: dict[str, int]) -> None:
+        super().check_against_model(linear_layers)
+        _check_velora(self.velora, linear_layers, self, quantised=True)
 
 
 METHOD_CONFIGS: dict[str, type[MethodSettings]] = {

@@ -36,6 +36,17 @@ class ModelPreset:
             "down_proj": i,
         }
 
+    def linear_layers(self) -> dict[str, int]:
+        """Every ``nn.Linear`` of the model as transformers' LLaMA names it, with its input width."""
+        features = self.input_features()
+        layers = {}
+        for index in range(self.num_hidden_layers):
+            for suffix, width in features.items():
+                block = "mlp" if suffix in ("gate_proj", "up_proj", "down_proj") else "self_attn"
+                layers[f"model.layers.{index}.{block}.{suffix}"] = width
+        layers["lm_head"] = self.hidden_size
+        return layers
+
 
 MODEL_PRESETS: dict[str, ModelPreset] = {
     "tiny": ModelPreset(

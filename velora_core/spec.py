@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -25,12 +26,39 @@ MAX_STEPS = 1_000_000
 MAX_MICRO_BATCH = 4096
 MAX_SEQ_LEN = 131_072
 MAX_SEEDS = 16
+#: The longest local path or hub id a spec may name.
+MAX_NAME_LENGTH = 4096
+
+#: The Hugging Face hub's repository id form (``huggingface_hub.utils.validate_repo_id``):
+#: ``name`` or ``owner/name``, each 1-96 of ``[A-Za-z0-9_.-]``, not starting or ending with ``.``/``-``.
+_HUB_ID = re.compile(r"(\b[\w\-.]{1,96}\b/)?\b[\w\-.]{1,96}\b", flags=re.ASCII)
+
+
+def check_hub_id(name: str, field: str) -> str:
+    """``name`` if it has the hub's repository id form, else a ValueError naming ``field``.
+
+    A hub id must never be a path: ``from_pretrained`` and ``load_dataset`` would read a local
+    folder of that name (``../../etc``) instead of the hub repository.
+    """
+    if not _HUB_ID.fullmatch(name) or "--" in name or ".." in name or name.endswith(".git"):
+        raise ValueError(
+            f"{field} {name[:200]!r} is not a hub id: use 'name' or 'owner/name' (letters, digits, "
+            "'-', '_', '.', at most 96 each, no '..' or '--'); for a folder on disk use source='local'"
+        )
+    return name
+
+
+def _check_local_path(name: str, field: str) -> str:
+    if "\x00" in name:
+        raise ValueError(f"{field} must not contain a NUL character")
+    return name
 
 
 class StrictModel(BaseModel):
-    """Base for spec models: unknown fields are an error, not silently dropped."""
+    """Base for spec models: unknown fields are an error, not silently dropped; NaN and infinity
+    are refused ("Input should be a finite number") rather than compared against a bound."""
 
-    model_config = ConfigDict(extra="forbid", frozen=False)
+    model_config = ConfigDict(extra="forbid", frozen=False, allow_inf_nan=False)
 
 
 class ModelSpec(StrictModel):
@@ -40,12 +68,20 @@ class ModelSpec(StrictModel):
     - ``hub``: a Hugging Face hub id (``trust_remote_code`` is never enabled).
     - ``local``: a directory written by ``save_pretrained``.
     - ``artifact``: the saved model of an earlier run, named by that run's spec (``pretrain``); the
-      engine runs it first if its artifact is not in the artifact directory yet.
+      engine runs it first if its artifact is not in the artifact directory yet. One level only:
+      the pre-training run's own model is a preset, a hub id or a local directory.
     """
 
     source: Literal["preset", "hub", "local", "artifact"] = "preset"
-    name: str | None = Field(default=None, description="Preset name, hub id or local directory.")
-    revision: str | None = Field(default=None, description="Hub revision (branch, tag or commit).")
+    name: str | None = Field(
+        default=None, max_length=MAX_NAME_LENGTH, description="Preset name, hub id or local directory."
+    )
+    revision: str | None = Field(
+        default=None,
+        max_length=255,
+        pattern=r"^[\w.\-/]+$",
+        description="Hub revision (branch, tag or commit).",
+    )
     pretrain: RunSpec | None = Field(
         default=None, description="For source='artifact': the run that makes it."
     )
@@ -66,13 +102,24 @@ class ModelSpec(StrictModel):
                     "model.pretrain must train all weights (method 'full' or 'velora+full') so that its "
                     f"artifact is a whole model, got {self.pretrain.method!r}"
                 )
+            if self.pretrain.model.source == "artifact":
+                raise ValueError(
+                    "model.pretrain.model.source='artifact' is not supported: a pre-training run starts "
+                    "from a preset, a hub id or a local directory (one level of pre-training)"
+                )
         else:
             if not self.name:
                 raise ValueError(f"model.source={self.source!r} needs model.name")
             if self.pretrain is not None:
                 raise ValueError("model.pretrain is only allowed with model.source='artifact'")
         if self.source == "preset" and self.name not in MODEL_PRESETS:
-            raise ValueError(f"unknown model preset {self.name!r}; choose one of {sorted(MODEL_PRESETS)}")
+            raise ValueError(
+                f"unknown model preset {self.name[:200]!r}; choose one of {sorted(MODEL_PRESETS)}"
+            )
+        if self.source == "hub":
+            check_hub_id(self.name, "model.name")
+        if self.source == "local":
+            _check_local_path(self.name, "model.name")
         return self
 
     def max_positions(self) -> int | None:
@@ -83,12 +130,12 @@ class ModelSpec(StrictModel):
             return self.pretrain.model.max_positions()
         return None
 
-    def hidden_sizes(self) -> dict[str, int] | None:
-        """Input features of the standard LLaMA projections, where known without loading."""
+    def linear_layers(self) -> dict[str, int] | None:
+        """Full name -> input width of the model's linear layers, where known without loading."""
         if self.source == "preset":
-            return MODEL_PRESETS[self.name].input_features()
+            return MODEL_PRESETS[self.name].linear_layers()
         if self.source == "artifact" and self.pretrain is not None:
-            return self.pretrain.model.hidden_sizes()
+            return self.pretrain.model.linear_layers()
         return None
 
 
@@ -98,21 +145,31 @@ class DatasetSpec(StrictModel):
     - ``builtin``: ``stdlib-corpus`` (language modelling on the running Python's standard-library
       sources), ``stdlib-mc`` (multiple choice built from the same sources), ``c4``, ``alpaca`` (hub).
     - ``hub``: a dataset id with ``config`` and ``split``; ``text_field`` names the text column.
-    - ``local``: a JSONL file (``text_field`` or Alpaca's instruction/input/output) or a text file.
+    - ``local``: a JSON Lines file (``text_field``, Alpaca's instruction/input/output, or multiple
+      choice question/choices/answer), a JSON array or a text file, with ``eval_split`` the path of
+      an evaluation file; or a folder laid out like a hub dataset repository, read like ``hub``.
     """
 
     source: Literal["builtin", "hub", "local"] = "builtin"
-    name: str
-    config: str | None = None
-    split: str = "train"
-    eval_split: str | None = None
-    text_field: str = "text"
+    name: str = Field(max_length=MAX_NAME_LENGTH)
+    config: str | None = Field(default=None, max_length=200)
+    split: str = Field(default="train", min_length=1, max_length=200)
+    eval_split: str | None = Field(default=None, min_length=1, max_length=MAX_NAME_LENGTH)
+    text_field: str = Field(default="text", min_length=1, max_length=200)
     max_examples: int | None = Field(default=None, ge=1, le=100_000_000)
 
     @model_validator(mode="after")
     def _check_name(self) -> DatasetSpec:
         if self.source == "builtin" and self.name not in DATASETS:
-            raise ValueError(f"unknown built-in dataset {self.name!r}; choose one of {sorted(DATASETS)}")
+            raise ValueError(
+                f"unknown built-in dataset {self.name[:200]!r}; choose one of {sorted(DATASETS)}"
+            )
+        if self.source == "hub":
+            check_hub_id(self.name, "dataset.name")
+        if self.source == "local":
+            _check_local_path(self.name, "dataset.name")
+            if self.eval_split is not None:
+                _check_local_path(self.eval_split, "dataset.eval_split")
         return self
 
 
@@ -125,7 +182,7 @@ class OptimizerSpec(StrictModel):
     betas: tuple[float, float] = (0.9, 0.999)
     warmup_steps: int = Field(default=0, ge=0, le=MAX_STEPS)
     min_lr_ratio: float = Field(default=0.1, ge=0, le=1)
-    max_grad_norm: float | None = Field(default=1.0, gt=0)
+    max_grad_norm: float | None = Field(default=1.0, gt=0, le=1e6)
 
     @field_validator("betas")
     @classmethod
@@ -156,7 +213,7 @@ class RunSpec(StrictModel):
     workload: Literal["pretrain", "finetune"]
     model: ModelSpec
     dataset: DatasetSpec
-    method: str = "full"
+    method: str = Field(default="full", max_length=50)
     method_config: dict[str, Any] = Field(default_factory=dict)
     seq_len: int = Field(default=256, ge=8, le=MAX_SEQ_LEN)
     micro_batch: int = Field(default=8, ge=1, le=MAX_MICRO_BATCH)
@@ -189,11 +246,21 @@ class RunSpec(StrictModel):
                 "a finetune from a preset has no trained weights: use model.source='artifact' (with a "
                 "pretrain spec), 'hub' or 'local', or set model.memory_only=true to measure memory only"
             )
-        sizes = self.model.hidden_sizes()
-        if sizes is not None:
-            parsed.check_against_model(sizes)
+        layers = self.model.linear_layers()
+        if layers is not None:
+            parsed.check_against_model(layers)
         if self.model.memory_only:
             self.eval = self.eval.model_copy(update={"metric": "none"})
+        evaluated = self.eval.dataset or self.dataset
+        if (
+            self.eval.metric == "mc_accuracy"
+            and evaluated.source == "builtin"
+            and DATASETS[evaluated.name][0] != "mc"
+        ):
+            raise ValueError(
+                f"eval.metric='mc_accuracy' needs multiple-choice data; built-in dataset {evaluated.name!r} "
+                "holds text: set eval.dataset to stdlib-mc or mmlu, or use metric 'perplexity'"
+            )
         return self
 
     def spec_hash(self) -> str:
@@ -207,7 +274,7 @@ class ComparisonSpec(StrictModel):
 
     name: str = Field(default="comparison", min_length=1, max_length=200)
     base: RunSpec
-    methods: list[str] = Field(min_length=1, max_length=16)
+    methods: list[Annotated[str, Field(max_length=50)]] = Field(min_length=1, max_length=16)
     method_configs: dict[str, dict[str, Any]] = Field(default_factory=dict)
     seeds: list[Annotated[int, Field(ge=0, le=2**31 - 1)]] = Field(
         default_factory=lambda: [0], max_length=MAX_SEEDS

@@ -12,12 +12,14 @@ from contextlib import asynccontextmanager
 
 from anyio import to_thread
 from fastapi import APIRouter, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse
 from sqlalchemy.exc import OperationalError
 
 from backend import store
 from backend.api.limits import BodySizeLimitMiddleware
 from backend.api.routes import comparisons, health, presets, runs
+from backend.api.validation import validation_error_response
 from backend.broker import Dispatcher
 from backend.db import Database
 from backend.migrate import upgrade
@@ -86,6 +88,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_bytes)
     app.include_router(api_router, prefix=API_V1_STR)
+    app.add_exception_handler(RequestValidationError, validation_error_response)
 
     @app.exception_handler(OperationalError)
     async def _database_unavailable(_: Request, exc: OperationalError) -> JSONResponse:

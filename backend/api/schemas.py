@@ -3,11 +3,27 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
+from fastapi import Path, Query
 from pydantic import BaseModel, ConfigDict, Field
 
 from velora_core.result import RunStatus
+
+#: The largest id, step or offset the API accepts: ids and steps are 32-bit INTEGER columns (in
+#: PostgreSQL; SQLite overflows at 64 bits), so anything larger cannot name a row and is a 422.
+MAX_DB_INT = 2**31 - 1
+
+#: A run or comparison id in a path.
+IdPath = Annotated[int, Path(ge=1, le=MAX_DB_INT, description="The id (1 or more).")]
+#: A run or comparison id as a filter.
+IdQuery = Annotated[int | None, Query(ge=1, le=MAX_DB_INT)]
+#: Rows to skip (pagination).
+OffsetQuery = Annotated[int, Query(ge=0, le=MAX_DB_INT, description="Rows to skip.")]
+#: Only metric points after this step (-1: all of them).
+AfterStepQuery = Annotated[
+    int, Query(ge=-1, le=MAX_DB_INT, description="Only points after this step (incremental polling).")
+]
 
 
 class ComparisonFromPreset(BaseModel):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from fastapi.testclient import TestClient
 
@@ -145,3 +147,157 @@ def test_bad_query_parameters(client: TestClient, auth: dict) -> None:
     assert response.status_code == 422 and "queued" in response.text
     assert client.get("/api/v1/runs/abc", headers=auth).status_code == 422
     assert client.get("/api/v1/runs/1/metrics", params={"after_step": "x"}, headers=auth).status_code == 422
+
+
+# ---------------------------------------------------------------------------------------------------
+# Integers beyond what a column holds, NaN, content types
+
+
+HUGE = 2**70
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "params"),
+    [
+        ("GET", f"/api/v1/runs/{HUGE}", {}),
+        ("GET", f"/api/v1/runs/{2**31}", {}),
+        ("GET", f"/api/v1/runs/{HUGE}/metrics", {}),
+        ("GET", "/api/v1/runs/1/metrics", {"after_step": HUGE}),
+        ("GET", "/api/v1/runs/1/metrics", {"limit": HUGE}),
+        ("GET", f"/api/v1/comparisons/{HUGE}", {}),
+        ("GET", "/api/v1/runs", {"comparison_id": HUGE}),
+        ("GET", "/api/v1/runs", {"offset": HUGE}),
+        ("GET", "/api/v1/runs", {"limit": HUGE}),
+        ("GET", "/api/v1/comparisons", {"offset": HUGE}),
+        ("GET", "/api/v1/runs/0", {}),
+        ("POST", f"/api/v1/runs/{HUGE}/cancel", {}),
+        ("POST", f"/api/v1/comparisons/{HUGE}/cancel", {}),
+    ],
+)
+def test_integers_beyond_the_columns_are_422(client: TestClient, auth: dict, method, path, params) -> None:
+    response = client.request(method, path, params=params, headers=auth)
+    assert response.status_code == 422, response.text
+    assert "less than or equal to" in messages(response) or "greater than or equal to 1" in messages(response)
+
+
+def test_openapi_shows_the_integer_bounds(client: TestClient) -> None:
+    paths = client.get("/api/v1/openapi.json").json()["paths"]
+    run_id = next(p for p in paths["/api/v1/runs/{run_id}"]["get"]["parameters"] if p["name"] == "run_id")
+    assert (run_id["schema"]["minimum"], run_id["schema"]["maximum"]) == (1, 2**31 - 1)
+    listing = {p["name"]: p["schema"] for p in paths["/api/v1/runs"]["get"]["parameters"]}
+    assert listing["offset"]["maximum"] == 2**31 - 1 and listing["limit"]["maximum"] == 500
+    assert listing["comparison_id"]["anyOf"][0]["maximum"] == 2**31 - 1
+    metrics = {p["name"]: p["schema"] for p in paths["/api/v1/runs/{run_id}/metrics"]["get"]["parameters"]}
+    assert metrics["after_step"]["maximum"] == 2**31 - 1
+
+
+@pytest.mark.parametrize("raw", [b"NaN", b"Infinity", b"-Infinity"])
+def test_non_finite_numbers_say_finite(client: TestClient, auth: dict, db: Database, raw: bytes) -> None:
+    body = json.dumps(tiny_run(optimizer={"lr": 0.001})).replace("0.001", raw.decode()).encode()
+    response = client.post("/api/v1/runs", content=body, headers={**auth, "Content-Type": "application/json"})
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["loc"] == ["body", "optimizer", "lr"]
+    assert messages(response) == "Input should be a finite number"
+    assert nothing_stored(db)
+
+
+@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded", "text/json"])
+def test_json_sent_with_another_content_type_is_415(
+    client: TestClient, auth: dict, db: Database, content_type: str
+) -> None:
+    for path, body in (("/api/v1/runs", tiny_run()), ("/api/v1/comparisons", tiny_comparison())):
+        response = client.post(path, content=json.dumps(body), headers={**auth, "Content-Type": content_type})
+        assert response.status_code == 415, response.text
+        assert "application/json" in response.json()["detail"]
+    assert nothing_stored(db)
+    response = client.post(
+        "/api/v1/runs",
+        content=json.dumps(tiny_run()),
+        headers={**auth, "Content-Type": "application/json; charset=utf-8"},
+    )
+    assert response.status_code == 201
+
+
+# ---------------------------------------------------------------------------------------------------
+# Preset overrides of the wrong shape
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"base": "x"}, "overrides.base must be an object"),
+        ({"base": [1]}, "overrides.base must be an object"),
+        ({"pretrain": 5}, "overrides.pretrain must be an object"),
+        ({"methods": 5}, "overrides.methods: Input should be a valid list"),
+        ({"methods": [5]}, "overrides.methods.0: Input should be a valid string"),
+        ({"seeds": "x"}, "overrides.seeds: Input should be a valid list"),
+        ({"model": "x"}, "overrides.base.model: Input should be a valid dictionary"),
+        ({"optimizer": {"lr": "fast"}}, "overrides.base.optimizer.lr: Input should be a valid number"),
+    ],
+)
+def test_malformed_overrides_are_422_naming_the_field(
+    client: TestClient, auth: dict, db: Database, overrides: dict, message: str
+) -> None:
+    response = client.post(
+        "/api/v1/comparisons", json={"preset": "cpu-smoke", "overrides": overrides}, headers=auth
+    )
+    assert response.status_code == 422, response.text
+    assert response.json()["detail"][0]["loc"] == ["body", "overrides"]
+    assert message in messages(response)
+    assert "not iterable" not in messages(response)
+    assert nothing_stored(db)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Pre-training chains and checks that need the model's layers
+
+
+def _pretrain(model: dict, **changes: object) -> dict:
+    return dict(tiny_run(model=model), **changes)
+
+
+def test_pretraining_is_one_level(client: TestClient, auth: dict, db: Database) -> None:
+    model: dict = {"source": "preset", "name": "tiny"}
+    for _ in range(50):
+        model = {"source": "artifact", "pretrain": _pretrain(model)}
+    response = client.post("/api/v1/runs", json=tiny_run(workload="finetune", model=model), headers=auth)
+    assert response.status_code == 422
+    assert "one level of pre-training" in messages(response)
+    one_level = {"source": "artifact", "pretrain": _pretrain({"source": "preset", "name": "tiny"})}
+    response = client.post("/api/v1/runs", json=tiny_run(workload="finetune", model=one_level), headers=auth)
+    assert response.status_code == 201, response.text
+
+
+def test_server_limits_apply_to_the_pretraining_run(settings, db: Database, auth: dict) -> None:  # type: ignore[no-untyped-def]
+    from backend.api.main import create_app
+
+    strict = settings.model_copy(update={"max_steps": 50, "max_micro_batch": 4, "max_seq_len": 64})
+    pretrain = _pretrain({"source": "preset", "name": "tiny"}, steps=51, micro_batch=8, seq_len=128)
+    body = tiny_comparison()
+    body["base"].update(workload="finetune", model={"source": "artifact", "pretrain": pretrain})
+    with TestClient(create_app(strict)) as client:
+        response = client.post("/api/v1/comparisons", json=body, headers=auth)
+        assert response.status_code == 422
+        detail = response.json()["detail"]
+        by_field = {tuple(e["loc"][-1:]): e for e in detail}
+        assert by_field[("steps",)]["loc"] == ["body", "base", "model", "pretrain", "steps"]
+        text = messages(response)
+        assert "steps=51 exceeds this server's limit of 50 (VELORA_MAX_STEPS)" in text
+        assert "micro_batch=8 exceeds this server's limit of 4 (VELORA_MAX_MICRO_BATCH)" in text
+        assert "seq_len=128 exceeds this server's limit of 64 (VELORA_MAX_SEQ_LEN)" in text
+        assert len(detail) == 3  # once, not once per method
+    assert nothing_stored(db)
+
+
+def test_regex_targets_are_checked_against_the_layers(client: TestClient, auth: dict, db: Database) -> None:
+    configs = {"velora+full": {"velora": {"num_groups": 4000, "target_modules": [r".*\.down_proj"]}}}
+    response = client.post("/api/v1/comparisons", json=tiny_comparison(method_configs=configs), headers=auth)
+    assert response.status_code == 422
+    assert (
+        "'model.layers.0.mlp.down_proj': num_groups=4000 exceeds the layer's 352 input features"
+        in messages(response)
+    )
+    configs = {"velora+full": {"velora": {"target_modules": [r"model\.layers\.\d+\.attn\.v_proj"]}}}
+    response = client.post("/api/v1/comparisons", json=tiny_comparison(method_configs=configs), headers=auth)
+    assert response.status_code == 422 and "match no module" in messages(response)
+    assert nothing_stored(db)

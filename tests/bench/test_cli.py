@@ -28,7 +28,16 @@ def test_presets_lists_comparisons_models_and_datasets():
     ("content", "message"),
     [
         (None, "not found"),
-        ("workload: [unclosed", "not valid YAML"),
+        ("workload: [unclosed", "spec.yaml:1:20: not valid YAML/JSON"),
+        (
+            "workload: pretrain\nmodel: {source: preset\n  name: [x\n",
+            "spec.yaml:3:7: not valid YAML/JSON: expected ','",
+        ),
+        ("", "the file is empty"),
+        (
+            "workload: pretrain\nmodel: {name: tiny}\ndataset: {name: stdlib-corpus}\noptimizer: {lr: .nan}\n",
+            "optimizer.lr: Input should be a finite number",
+        ),
         ("- a list", "must be a mapping"),
         (
             "workload: pretrain\nmodel: {source: preset, name: tiny}\ndataset: {name: stdlib-corpus}\nmethod: dora\n",
@@ -59,8 +68,21 @@ def test_bad_spec_files_give_one_line_and_exit_2(tmp_path, content, message):
 
 
 @pytest.mark.parametrize(
+    ("path", "message"),
+    [("/dev/null", "'/dev/null' is not a regular file"), (".", "'.' is a directory")],
+)
+def test_spec_paths_that_are_not_files_say_what_they_are(path, message):
+    out = cli("run", path)
+    assert out.returncode == 2 and message in out.stderr and "not found" not in out.stderr, out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
     ("args", "message"),
     [
+        (["--preset", "cpu-smoke", "--set", "base=x"], "overrides.base must be an object"),
+        (["--preset", "cpu-smoke", "--set", "methods=5"], "overrides.methods: Input should be a valid list"),
+        (["--preset", "cpu-smoke", "--set", "pretrain=[1]"], "overrides.pretrain must be an object"),
         (["--preset", "nope"], "unknown preset 'nope'"),
         (["--preset", "cpu-smoke", "--methods", "full", "magic"], "unknown method(s) ['magic']"),
         (["--preset", "cpu-smoke", "--set", "steps"], "--set expects key=value"),
@@ -70,6 +92,37 @@ def test_bad_spec_files_give_one_line_and_exit_2(tmp_path, content, message):
 def test_bad_compare_arguments_exit_2(args, message):
     out = cli("compare", *args)
     assert out.returncode == 2 and message in out.stderr, out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1 and "Traceback" not in out.stderr
+
+
+def test_run_reads_any_local_path_its_user_gives(tmp_path):
+    """The in-process CLI is not confined to VELORA_LOCAL_ROOTS; a file that is not a dataset fails
+    the run with a message that says so (not a bare JSONDecodeError)."""
+    corpus = tmp_path / "anywhere" / "notes.txt"
+    corpus.parent.mkdir()
+    corpus.write_text("\n\n".join(f"paragraph {i} " * 20 for i in range(40)))
+    base = {
+        "workload": "pretrain",
+        "model": {"source": "preset", "name": "tiny"},
+        "seq_len": 32,
+        "micro_batch": 2,
+        "steps": 2,
+        "eval": {"metric": "none"},
+        "save_artifact": False,
+    }
+    (tmp_path / "ok.yaml").write_text(
+        yaml.safe_dump({**base, "dataset": {"source": "local", "name": str(corpus)}})
+    )
+    out = cli("run", "ok.yaml", "--out", "out", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert json.loads((tmp_path / "out" / "comparison.json").read_text())[0]["status"] == "completed"
+
+    (tmp_path / "bad.yaml").write_text(
+        yaml.safe_dump({**base, "dataset": {"source": "local", "name": "/etc/passwd"}})
+    )
+    out = cli("run", "bad.yaml", cwd=tmp_path)
+    assert out.returncode == 1
+    assert "/etc/passwd: line 1 is not JSON" in out.stderr and "JSONDecodeError" not in out.stderr
 
 
 def test_run_writes_comparison_json_and_csv(tmp_path):

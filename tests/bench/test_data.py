@@ -365,10 +365,10 @@ def test_c4_train_and_validation_from_a_hub_like_folder(c4_folder: HubFolder) ->
     assert BYTE.decode(evaluation.blocks.flatten().tolist()).startswith(c4_text["validation"][0])
 
 
-def test_generic_hub_dataset_reads_config_and_splits(c4_folder: HubFolder) -> None:
+def test_local_folder_dataset_reads_config_and_splits_like_the_hub(c4_folder: HubFolder) -> None:
     c4_text = {split: [r["text"] for r in rows] for split, rows in c4_folder.records.items()}
     spec = DatasetSpec(
-        source="hub", name=str(c4_folder.path), config="en", split="validation", eval_split="train"
+        source="local", name=str(c4_folder.path), config="en", split="validation", eval_split="train"
     )
     train = load_train_data(spec, BYTE, seq_len=16, seed=0, max_examples=3)
     assert train.num_examples == 3
@@ -465,3 +465,37 @@ def test_local_text_file_paragraphs_and_local_alpaca(tmp_path: Path, alpaca_reco
     (tmp_path / "bad.jsonl").write_text(json.dumps({"x": 1}) + "\n")
     with pytest.raises(ValueError, match="fields"):
         load_train_data(DatasetSpec(source="local", name=str(tmp_path / "bad.jsonl")), BYTE, 8, 0)
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (
+            lambda d: Path("/etc/passwd"),
+            r"/etc/passwd: line 1 is not JSON \(.*\); a local dataset is a JSON Lines",
+        ),
+        (lambda d: Path("/dev/zero"), "'/dev/zero' is not a regular file"),
+        (lambda d: d / "missing.jsonl", "cannot be read: No such file or directory"),
+        (lambda d: _fifo(d / "pipe.jsonl"), "is not a regular file"),
+        (lambda d: _file(d / "list.jsonl", "[1, 2]\n"), "line 1 is a JSON list, not an object"),
+        (lambda d: _file(d / "array.json", "[1]"), "item 0 is a JSON int, not an object"),
+        (lambda d: _file(d / "binary.jsonl", b"\xff\xfe\x00"), "is not UTF-8 text"),
+        (lambda d: _file(d / "ok.jsonl", '{"text": "a"}\n{"text": '), "line 2 is not JSON"),
+    ],
+)
+def test_local_dataset_errors_name_the_file_and_the_problem(tmp_path: Path, make, message: str) -> None:
+    spec = DatasetSpec(source="local", name=str(make(tmp_path)))
+    with pytest.raises(ValueError, match=message):
+        load_train_data(spec, BYTE, 8, 0)
+
+
+def _file(path: Path, content: str | bytes) -> Path:
+    _write(path, content)
+    return path
+
+
+def _fifo(path: Path) -> Path:
+    import os
+
+    os.mkfifo(path)
+    return path

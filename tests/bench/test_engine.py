@@ -177,14 +177,14 @@ def save_tiny_hf_model(directory, tokenizer_dir, max_positions: int):
 
 
 def test_hub_model_and_dataset_paths_load_from_local_fixtures(tmp_path, hf_tokenizer_dir, c4_dir):
-    """source='hub' goes through from_pretrained / load_dataset, here pointed at local folders."""
+    """Local folders go through from_pretrained / load_dataset, as hub ids do."""
     model_dir = save_tiny_hf_model(tmp_path / "model", hf_tokenizer_dir, max_positions=128)
     spec = RunSpec.model_validate(
         {
             "workload": "finetune",
-            "model": {"source": "hub", "name": str(model_dir)},
+            "model": {"source": "local", "name": str(model_dir)},
             "dataset": {
-                "source": "hub",
+                "source": "local",
                 "name": str(c4_dir),
                 "config": "en",
                 "split": "train",

@@ -83,11 +83,10 @@ def _artifact_spec() -> ModelSpec:
 
 def test_load_tokenizer_by_model_source(hf_tokenizer_dir: Path, tmp_path: Path) -> None:
     assert isinstance(load_tokenizer(ModelSpec(source="preset", name="tiny")), ByteTokenizer)
-    # 'hub' goes through AutoTokenizer.from_pretrained, which also accepts a directory.
-    hub = load_tokenizer(ModelSpec(source="hub", name=str(hf_tokenizer_dir)))
-    assert isinstance(hub, HFTokenizer)
+    # A local folder goes through AutoTokenizer.from_pretrained, as a hub id does.
     local = load_tokenizer(ModelSpec(source="local", name=str(hf_tokenizer_dir)))
-    assert isinstance(local, HFTokenizer) and local.fingerprint == hub.fingerprint
+    assert isinstance(local, HFTokenizer)
+    assert local.fingerprint == HFTokenizer(hf_tokenizer_dir).fingerprint
     ByteTokenizer().save(tmp_path / "byte_model")
     byte_local = load_tokenizer(ModelSpec(source="local", name=str(tmp_path / "byte_model")))
     assert isinstance(byte_local, ByteTokenizer)

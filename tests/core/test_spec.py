@@ -55,6 +55,18 @@ def test_round_trips_through_json_with_a_stable_hash():
         ({"dataset": {"name": "imagenet"}}, "unknown built-in dataset 'imagenet'"),
         ({"workload": "finetune"}, "a finetune from a preset has no trained weights"),
         ({"typo_field": 1}, "Extra inputs are not permitted"),
+        ({"optimizer": {"lr": float("nan")}}, "Input should be a finite number"),
+        ({"optimizer": {"max_grad_norm": float("inf")}}, "Input should be a finite number"),
+        ({"epochs": float("inf"), "steps": None}, "Input should be a finite number"),
+        (
+            {"method": "lora", "method_config": {"lora": {"alpha": float("nan")}}},
+            "lora.alpha: Input should be a finite number",
+        ),
+        ({"eval": {"metric": "mc_accuracy"}}, "needs multiple-choice data; built-in dataset 'stdlib-corpus'"),
+        ({"model": {"source": "hub", "name": "../../etc"}}, "is not a hub id"),
+        ({"dataset": {"source": "hub", "name": "/data/c4"}}, "is not a hub id"),
+        ({"dataset": {"source": "local", "name": "a\x00b"}}, "must not contain a NUL"),
+        ({"model": {"source": "hub", "name": "o/m", "revision": "main; rm"}}, "pattern"),
     ],
 )
 def test_invalid_specs_say_what_is_wrong(overrides, message):
@@ -65,6 +77,33 @@ def test_invalid_specs_say_what_is_wrong(overrides, message):
 def test_artifact_base_must_train_all_weights():
     with pytest.raises(ValidationError, match="must train all weights"):
         spec(workload="finetune", model={"source": "artifact", "pretrain": {**BASE, "method": "lora"}})
+
+
+@pytest.mark.parametrize("name", ["gpt2", "huggyllama/llama-7b", "Org-1/model_v2.5"])
+def test_hub_ids_of_the_hub_form_are_accepted(name):
+    assert spec(workload="finetune", model={"source": "hub", "name": name}).model.name == name
+
+
+def test_pretraining_is_one_level():
+    pretrain = {**BASE, "method": "full"}
+    one = spec(workload="finetune", model={"source": "artifact", "pretrain": pretrain})
+    assert one.model.pretrain.model.source == "preset"
+    two = {**BASE, "workload": "finetune", "model": {"source": "artifact", "pretrain": pretrain}}
+    with pytest.raises(ValidationError, match="one level of pre-training"):
+        spec(workload="finetune", model={"source": "artifact", "pretrain": two})
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"base": "x"}, "overrides.base must be an object"),
+        ({"pretrain": [1]}, "overrides.pretrain must be an object"),
+        ({"methods": 5}, "overrides.methods: Input should be a valid list"),
+    ],
+)
+def test_malformed_preset_overrides_name_the_field(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        comparison_preset("cpu-smoke", overrides)
 
 
 def test_memory_only_turns_evaluation_off():

@@ -174,6 +174,14 @@ def deep_merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any
     return out
 
 
+def _require_mapping(value: Any, field: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ValueError(
+            f'{field} must be an object of field values (e.g. {{"steps": 5}}), got {type(value).__name__}'
+        )
+    return value
+
+
 def comparison_preset(name: str, overrides: dict[str, Any] | None = None) -> ComparisonSpec:
     """The preset's :class:`ComparisonSpec`, with ``overrides`` merged in.
 
@@ -183,28 +191,26 @@ def comparison_preset(name: str, overrides: dict[str, Any] | None = None) -> Com
 
     Raises:
         KeyError: unknown preset (the message lists the names).
-        ValueError: overrides that make an invalid spec (the message names the field).
+        ValueError: overrides of the wrong shape, or that make an invalid spec (the message names
+            the field, as ``overrides.<field>``).
     """
     if name not in PRESETS:
         raise KeyError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
     data = copy.deepcopy(PRESETS[name][1])
     data.setdefault("name", name)
-    overrides = dict(overrides or {})
+    overrides = dict(_require_mapping(overrides or {}, "overrides"))
     top = {k: overrides.pop(k) for k in list(overrides) if k in ComparisonSpec.model_fields}
     pretrain = overrides.pop("pretrain", None)
     if pretrain is not None:
-        if not isinstance(pretrain, dict) or data["base"]["model"].get("pretrain") is None:
-            raise ValueError(
-                f"preset {name!r} has no pre-training stage to override"
-                if isinstance(pretrain, dict)
-                else "'pretrain' overrides must be an object"
-            )
+        _require_mapping(pretrain, "overrides.pretrain")
+        if data["base"]["model"].get("pretrain") is None:
+            raise ValueError(f"preset {name!r} has no pre-training stage to override (overrides.pretrain)")
         data["base"]["model"]["pretrain"] = deep_merge(data["base"]["model"]["pretrain"], pretrain)
     data["base"] = deep_merge(data["base"], overrides)
     data = deep_merge(data, {k: v for k, v in top.items() if k != "base"})
     if "base" in top:
-        data["base"] = deep_merge(data["base"], top["base"])
-    if "methods" in top and "method_configs" not in top:
+        data["base"] = deep_merge(data["base"], _require_mapping(top["base"], "overrides.base"))
+    if "methods" in top and "method_configs" not in top and isinstance(data["methods"], list):
         data["method_configs"] = {
             m: c for m, c in data.get("method_configs", {}).items() if m in data["methods"]
         }
@@ -212,6 +218,7 @@ def comparison_preset(name: str, overrides: dict[str, Any] | None = None) -> Com
         return ComparisonSpec.model_validate(data)
     except ValidationError as exc:
         problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or '(spec)'}: {e['msg']}" for e in exc.errors()
+            f"overrides.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" if e["loc"] else e["msg"]
+            for e in exc.errors()
         )
         raise ValueError(f"preset {name!r} with these overrides is invalid: {problems}") from None

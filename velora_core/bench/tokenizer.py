@@ -189,5 +189,7 @@ def load_tokenizer(model_spec: ModelSpec, artifact_dir: str | Path | None = None
             )
         return load_tokenizer_directory(artifact_dir)
     if model_spec.source == "local":
+        if not Path(model_spec.name).is_dir():
+            raise ValueError(f"model.name {model_spec.name!r} is not a folder written by save_pretrained")
         return load_tokenizer_directory(model_spec.name)
     return HFTokenizer(model_spec.name, revision=model_spec.revision)

@@ -25,10 +25,12 @@ from backend.api.schemas import (
     ComparisonFromPreset,
     ComparisonPublic,
     ComparisonsPublic,
+    IdPath,
+    OffsetQuery,
     RunPublic,
     SummaryRow,
 )
-from backend.api.validation import check_limits, from_pydantic, invalid
+from backend.api.validation import JsonContent, check_limits, from_pydantic, invalid
 from backend.models import Comparison, Run
 from backend.presets import PresetsUnavailable, build_comparison, comparison_presets
 from backend.settings import Settings
@@ -190,6 +192,7 @@ def _load_detail(session: Session, comparison_id: int, *, include_results: bool 
     responses={401: {}, 413: {}, 422: {}},
 )
 def create_comparison(
+    _content_type: JsonContent,
     body: Annotated[dict[str, Any], Body()],
     session: WriteSessionDep,
     settings: SettingsDep,
@@ -227,7 +230,7 @@ def create_comparison(
 def read_comparisons(
     session: SessionDep,
     _: ReadAccess,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: OffsetQuery = 0,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
 ) -> ComparisonsPublic:
     rows, count = store.list_comparisons(session, offset=offset, limit=limit)
@@ -236,7 +239,7 @@ def read_comparisons(
 
 @router.get("/{comparison_id}", response_model=ComparisonDetail)
 def read_comparison(
-    comparison_id: int,
+    comparison_id: IdPath,
     session: SessionDep,
     _: ReadAccess,
     include: Annotated[
@@ -248,7 +251,7 @@ def read_comparison(
 
 
 @router.post("/{comparison_id}/cancel", response_model=ComparisonDetail)
-def cancel_comparison(comparison_id: int, session: WriteSessionDep, _: WriteAccess) -> ComparisonDetail:
+def cancel_comparison(comparison_id: IdPath, session: WriteSessionDep, _: WriteAccess) -> ComparisonDetail:
     """Cancel every run of the comparison that has not finished yet."""
     comparison = store.get_comparison(session, comparison_id=comparison_id)
     if comparison is None:

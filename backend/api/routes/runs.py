@@ -19,8 +19,18 @@ from backend.api.deps import (
     committed,
 )
 from backend.api.idempotency import IdempotencyKeyHeader, create_once
-from backend.api.schemas import MetricPublic, MetricsPublic, RunDetail, RunPublic, RunsPublic
-from backend.api.validation import check_limits
+from backend.api.schemas import (
+    AfterStepQuery,
+    IdPath,
+    IdQuery,
+    MetricPublic,
+    MetricsPublic,
+    OffsetQuery,
+    RunDetail,
+    RunPublic,
+    RunsPublic,
+)
+from backend.api.validation import JsonContent, check_limits
 from velora_core.result import RunStatus
 from velora_core.spec import RunSpec
 
@@ -36,6 +46,7 @@ def _read_run(session: Session, run_id: int) -> RunDetail:
 
 @router.post("", status_code=201, response_model=RunDetail, responses={401: {}, 413: {}, 422: {}})
 def create_run(
+    _content_type: JsonContent,
     spec: RunSpec,
     session: WriteSessionDep,
     settings: SettingsDep,
@@ -73,8 +84,8 @@ def read_runs(
     _: ReadAccess,
     status: Annotated[list[RunStatus] | None, Query(description="Repeat to match several.")] = None,
     method: Annotated[str | None, Query(max_length=50)] = None,
-    comparison_id: int | None = None,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    comparison_id: IdQuery = None,
+    offset: OffsetQuery = 0,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> Response:
     """Runs, newest first, filtered by status, method and comparison; paginated by offset/limit."""
@@ -98,18 +109,16 @@ def read_runs(
 
 
 @router.get("/{run_id}", response_model=RunDetail)
-def read_run(run_id: int, session: SessionDep, _: ReadAccess) -> Response:
+def read_run(run_id: IdPath, session: SessionDep, _: ReadAccess) -> Response:
     return _json(_read_run(session, run_id))
 
 
 @router.get("/{run_id}/metrics", response_model=MetricsPublic)
 def read_run_metrics(
-    run_id: int,
+    run_id: IdPath,
     session: SessionDep,
     _: ReadAccess,
-    after_step: Annotated[
-        int, Query(ge=-1, description="Only points after this step (incremental polling).")
-    ] = -1,
+    after_step: AfterStepQuery = -1,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
 ) -> Response:
     """The run's training curve, one point per recorded step, in step order."""
@@ -126,7 +135,7 @@ def read_run_metrics(
 
 
 @router.post("/{run_id}/cancel", response_model=RunPublic, responses={404: {}, 409: {}})
-def cancel_run(run_id: int, session: WriteSessionDep, _: WriteAccess) -> RunPublic:
+def cancel_run(run_id: IdPath, session: WriteSessionDep, _: WriteAccess) -> RunPublic:
     """Cancel a queued run at once, or ask a running one to stop (it does within a training step)."""
     try:
         run = store.request_cancel(session, run_id=run_id)

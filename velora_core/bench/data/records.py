@@ -1,4 +1,4 @@
-"""Dataset records from the hub (or a folder laid out like a hub repository) and local files.
+"""Dataset records from the hub, a local folder laid out like a hub repository, and local files.
 
 Also which records a dataset gives for training and which for evaluation, and what kind they are.
 """
@@ -8,6 +8,7 @@ from __future__ import annotations
 import itertools
 import json
 import re
+import stat
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -42,24 +43,74 @@ def hub_records(path_or_id: str, config: str | None, split: str) -> Iterator[dic
     yield from datasets.load_dataset(path_or_id, config, split=split, streaming=True)
 
 
+#: The longest line of a JSON Lines file read as one record.
+MAX_RECORD_BYTES = 64 * 1024**2
+
+_LOCAL_FORMATS = "a JSON Lines file (.jsonl), a JSON array (.json), a text file (.txt, .md) or a folder"
+
+
+def _local_file(path: Path) -> Path:
+    """``path`` if it is a regular file (symlinks followed), else a ValueError: a device such as
+    ``/dev/zero`` or a FIFO would be read without end."""
+    try:
+        mode = path.stat().st_mode
+    except OSError as exc:
+        raise ValueError(f"local dataset {str(path)!r} cannot be read: {exc.strerror}") from None
+    if not stat.S_ISREG(mode):
+        raise ValueError(f"local dataset {str(path)!r} is not a regular file; expected {_LOCAL_FORMATS}")
+    return path
+
+
+def _json_record(text: str, where: str) -> dict[str, Any]:
+    try:
+        record = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(
+            f"{where} is not JSON ({exc.msg} at column {exc.colno}); a local dataset is {_LOCAL_FORMATS}"
+        ) from None
+    if not isinstance(record, dict):
+        raise ValueError(f"{where} is a JSON {type(record).__name__}, not an object of fields")
+    return record
+
+
 def local_records(path: str | Path, text_field: str = "text") -> Iterator[dict[str, Any]]:
     """Records of a local file: JSON Lines (``.jsonl``/``.json``), a JSON array, or plain text.
 
     A text file yields one record ``{text_field: paragraph}`` per blank-line-separated paragraph.
+
+    Raises:
+        ValueError: the path is not a regular file, is not UTF-8, or holds a line that is not a
+            JSON object (the message gives the line); a line longer than :data:`MAX_RECORD_BYTES`.
     """
-    path = Path(path)
-    if path.suffix in (".txt", ".text", ".md"):
-        for paragraph in re.split(r"\n\s*\n", path.read_text(encoding="utf-8")):
-            if paragraph.strip():
-                yield {text_field: paragraph.strip()}
-        return
-    if path.suffix == ".json" and path.read_text(encoding="utf-8").lstrip().startswith("["):
-        yield from json.loads(path.read_text(encoding="utf-8"))
-        return
-    with path.open(encoding="utf-8") as lines:
-        for line in lines:
-            if line.strip():
-                yield json.loads(line)
+    path = _local_file(Path(path))
+    try:
+        if path.suffix in (".txt", ".text", ".md"):
+            for paragraph in re.split(r"\n\s*\n", path.read_text(encoding="utf-8")):
+                if paragraph.strip():
+                    yield {text_field: paragraph.strip()}
+            return
+        if path.suffix == ".json":
+            text = path.read_text(encoding="utf-8")
+            if text.lstrip().startswith("["):
+                try:
+                    records = json.loads(text)
+                except json.JSONDecodeError as exc:
+                    raise ValueError(f"{path}: line {exc.lineno} is not JSON ({exc.msg})") from None
+                for index, record in enumerate(records):
+                    if not isinstance(record, dict):
+                        raise ValueError(
+                            f"{path}: item {index} is a JSON {type(record).__name__}, not an object"
+                        )
+                    yield record
+                return
+        with path.open(encoding="utf-8") as lines:
+            for number, line in enumerate(iter(lambda: lines.readline(MAX_RECORD_BYTES + 1), ""), 1):
+                if len(line) > MAX_RECORD_BYTES:
+                    raise ValueError(f"{path}: line {number} is longer than {MAX_RECORD_BYTES} characters")
+                if line.strip():
+                    yield _json_record(line, f"{path}: line {number}")
+    except UnicodeDecodeError:
+        raise ValueError(f"{path} is not UTF-8 text; a local dataset is {_LOCAL_FORMATS}") from None
 
 
 def _held_out(record: Mapping[str, Any]) -> bool:
@@ -87,7 +138,7 @@ def dataset_records(
             holdout = spec.eval_split is None
             split = spec.split if role == "train" or holdout else spec.eval_split
         records, where = hub_records(path, config, split), f"{path} ({config or 'default'}, {split})"
-    elif spec.source == "hub":
+    elif spec.source == "hub" or Path(spec.name).is_dir():  # a local folder is read like a hub repository
         split = spec.split if role == "train" or spec.eval_split is None else spec.eval_split
         holdout = spec.eval_split is None
         records, where = hub_records(spec.name, spec.config, split), f"{spec.name} ({spec.config}, {split})"
