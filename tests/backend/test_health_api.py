@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
+from pathlib import Path
 
+import pytest
 from fastapi.testclient import TestClient
 
 from backend import store
@@ -13,9 +16,10 @@ from backend.broker import Dispatcher
 from backend.db import Database
 from backend.reaper import reap_once
 from backend.settings import Settings
-from tests.backend.conftest import tiny_comparison
+from tests.backend.conftest import tiny_comparison, tiny_run
 from tests.backend.harness import REPO_ROOT, free_port, service_env
 from tests.backend.test_comparisons_api import queued_messages
+from tests.worker.conftest import stack
 
 
 def test_health_reports_database_broker_and_workers(
@@ -29,6 +33,34 @@ def test_health_reports_database_broker_and_workers(
         store.upsert_worker(session, name="cpu0@h", host="h", pid=1, queues="cpu", device="cpu")
     response = client.get("/api/v1/health", headers=auth)
     assert response.status_code == 200 and response.json()["status"] == "ok"
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+def test_health_answers_fast_hundreds_of_times_between_submissions(kind: str, tmp_path: Path) -> None:
+    """Issue 8.1: each /health leaked a broker connection; call 15 waited 30 s and answered 503."""
+    with stack(kind, tmp_path) as services:
+        client, expected_cpu, slowest = services.client, 0, 0.0
+        for call in range(400):
+            started = time.monotonic()
+            health = client.get("/api/v1/health", timeout=10)
+            slowest = max(slowest, time.monotonic() - started)
+            assert health.status_code == 200, (call, health.text, services.logs())
+            assert health.json()["broker"]["queued_messages"] == {"gpu": 0, "cpu": expected_cpu}
+            if call % 20 == 0:  # a run and a comparison of three runs, alternately
+                if call % 40 == 0:
+                    created = client.post("/api/v1/runs", json=tiny_run(seed=call), timeout=10)
+                    expected_cpu += 1
+                else:
+                    created = client.post(
+                        "/api/v1/comparisons", json=tiny_comparison(seeds=[call]), timeout=10
+                    )
+                    expected_cpu += 3
+                assert created.status_code == 201, (call, created.text)
+        assert slowest < 2.0, f"slowest /health took {slowest:.2f} s"
+        # Every submitted run reached the broker, and none is left waiting to be re-sent.
+        assert queued_messages(services.settings) == {"gpu": 0, "cpu": expected_cpu} != {"gpu": 0, "cpu": 0}
+        with services.db.session() as session:
+            assert store.runs_to_dispatch(session, created_before=store.utcnow()) == []
 
 
 def test_broker_down_is_503_and_submissions_still_land(settings: Settings, db: Database, auth: dict) -> None:
