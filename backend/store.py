@@ -12,7 +12,7 @@ import hashlib
 import json
 import secrets
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -91,16 +91,6 @@ def list_comparisons(session: Session, *, offset: int, limit: int) -> tuple[Sequ
         .limit(limit)
     ).all()
     return rows, count
-
-
-def comparison_status(statuses: Iterable[str]) -> str:
-    """One word for a comparison: queued, running, completed (all finished) or cancelled."""
-    statuses = list(statuses)
-    if not statuses or all(s == QUEUED for s in statuses):
-        return QUEUED
-    if all(s in FINISHED_STATUSES for s in statuses):
-        return RunStatus.CANCELLED.value if all(s == "cancelled" for s in statuses) else "completed"
-    return RUNNING
 
 
 def get_run(session: Session, *, run_id: int) -> Run | None:

@@ -13,6 +13,8 @@ from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from velora_core.result import ComparisonStatus
+
 MIB = 1024**2
 GIB = 1024**3
 
@@ -35,6 +37,25 @@ STATUS_WORDS = {
     "out_of_memory": "Out of memory",
     "cancelled": "Cancelled",
 }
+
+COMPARISON_STATUS_WORDS = {
+    ComparisonStatus.QUEUED: "Waiting for a worker",
+    ComparisonStatus.RUNNING: "Running",
+    ComparisonStatus.COMPLETED: "Completed",
+    ComparisonStatus.PARTIAL: "Partly completed",
+    ComparisonStatus.FAILED: "Failed",
+    ComparisonStatus.CANCELLED: "Cancelled",
+}
+
+
+def comparison_status_words(comparison: dict[str, Any]) -> str:
+    """A comparison's state as a person would say it (``ComparisonStatus`` in velora_core.result)."""
+    status = comparison["status"]
+    words = COMPARISON_STATUS_WORDS.get(status, status)
+    if status in (ComparisonStatus.PARTIAL, ComparisonStatus.FAILED):
+        completed = comparison["status_counts"].get("completed", 0)
+        words += f": {completed} of {sum(comparison['status_counts'].values())} runs completed"
+    return words
 
 
 # --- runs: words, progress, ETA ---------------------------------------------------------------------

@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from velora_core.result import RunStatus
+from velora_core.result import ComparisonStatus, RunStatus
 
 
 class ComparisonFromPreset(BaseModel):
@@ -118,7 +118,11 @@ class ComparisonPublic(BaseModel):
     preset: str | None
     spec_hash: str
     created_at: datetime
-    status: str = Field(description="queued, running, completed or cancelled (all runs).")
+    status: ComparisonStatus = Field(
+        description="From its runs: queued (none started), running, completed (all completed), partial "
+        "(some completed, others failed, ran out of memory or were cancelled), failed (none completed) "
+        "or cancelled (all cancelled)."
+    )
     run_ids: list[int]
     status_counts: dict[str, int]
 

@@ -10,12 +10,14 @@ from dashboard.summary import (
     ACTIVE_STATUSES,
     GIB,
     comparison_json,
+    comparison_status_words,
     display_table,
     format_bytes,
     method_rows,
     rows_csv,
     run_record,
 )
+from velora_core.result import ComparisonStatus
 
 api: ApiClient = st.session_state.api
 
@@ -26,7 +28,8 @@ except ApiError as exc:
     st.error(exc.message)
     st.stop()
 labels = {
-    c["id"]: f"#{c['id']} {c['name']} ({len(c['run_ids'])} runs, {c['created_at'][:16].replace('T', ' ')})"
+    c["id"]: f"#{c['id']} {c['name']} ({c['status']}, {len(c['run_ids'])} runs, "
+    f"{c['created_at'][:16].replace('T', ' ')})"
     for c in recent
 }
 linked = st.query_params.get("comparison", "")
@@ -88,6 +91,11 @@ def comparison_view() -> None:
     runs = comparison["runs"]
     counts = ", ".join(f"{n} {status.replace('_', ' ')}" for status, n in comparison["status_counts"].items())
     st.subheader(comparison["name"])
+    words = comparison_status_words(comparison)
+    if comparison["status"] in (ComparisonStatus.PARTIAL, ComparisonStatus.FAILED):
+        st.warning(words)
+    else:
+        st.markdown(f"**{words}**")
     st.caption(
         f"Comparison #{comparison['id']} · {'preset ' + comparison['preset'] + ' · ' if comparison['preset'] else ''}"
         f"{len(runs)} runs: {counts} · created {comparison['created_at'][:19].replace('T', ' ')} UTC"

@@ -13,6 +13,8 @@ import pytest
 from dashboard.api import describe_error
 from dashboard.forms import parse_seeds
 from dashboard.summary import (
+    COMPARISON_STATUS_WORDS,
+    comparison_status_words,
     display_table,
     eta_seconds,
     method_rows,
@@ -22,6 +24,7 @@ from dashboard.summary import (
     run_record,
     status_words,
 )
+from velora_core.result import ComparisonStatus
 
 
 def run(run_id: int, method: str, seed: int, status: str = "completed", **fields: object) -> dict:
@@ -140,3 +143,13 @@ def test_parse_seeds() -> None:
     for bad, message in (("0, -1", "whole numbers"), ("1, 1", "repeat"), ("x", "whole numbers")):
         with pytest.raises(ValueError, match=message):
             parse_seeds(bad)
+
+
+def test_comparison_status_words_cover_every_status_and_count_partial_runs() -> None:
+    assert set(COMPARISON_STATUS_WORDS) == set(ComparisonStatus)
+    partial = {"status": "partial", "status_counts": {"completed": 2, "failed": 1}}
+    assert comparison_status_words(partial) == "Partly completed: 2 of 3 runs completed"
+    assert comparison_status_words({"status": "failed", "status_counts": {"failed": 2}}) == (
+        "Failed: 0 of 2 runs completed"
+    )
+    assert comparison_status_words({"status": "completed", "status_counts": {"completed": 2}}) == "Completed"

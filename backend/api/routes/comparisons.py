@@ -32,6 +32,7 @@ from backend.api.validation import check_limits, from_pydantic, invalid
 from backend.models import Comparison, Run
 from backend.presets import PresetsUnavailable, build_comparison, comparison_presets
 from backend.settings import Settings
+from velora_core.result import ComparisonStatus
 from velora_core.spec import ComparisonSpec
 
 router = APIRouter(prefix="/comparisons", tags=["comparisons"])
@@ -101,7 +102,7 @@ def _public(comparison: Comparison) -> ComparisonPublic:
         preset=comparison.preset,
         spec_hash=comparison.spec_hash,
         created_at=comparison.created_at,
-        status=store.comparison_status(statuses),
+        status=ComparisonStatus.of(statuses),
         run_ids=[run.id for run in comparison.runs],
         status_counts=dict(Counter(statuses)),
     )
