@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Select, delete, func, or_, select, update
+from sqlalchemy import Select, delete, func, or_, select, true, update
 from sqlalchemy.orm import Session, selectinload
 
 from backend.models import ApiToken, Comparison, IdempotencyKey, Run, RunMetric, Worker, utcnow
@@ -139,14 +139,29 @@ def list_runs(
     return rows, count
 
 
-def list_metrics(session: Session, *, run_id: int, after_step: int, limit: int) -> Sequence[Any]:
-    """A run's metrics after ``after_step``, in step order, as rows of :data:`METRIC_COLUMNS`."""
-    return session.execute(
+def list_metrics(
+    session: Session, *, run_id: int, after_step: int, limit: int
+) -> tuple[str | None, Sequence[Any]]:
+    """The run's status (None: no such run) and its metrics after ``after_step``, in step order, as
+    rows of :data:`METRIC_COLUMNS` (and ``run_status``): one query, the run outer-joined to the page
+    of its points."""
+    page = (
         select(*METRIC_COLUMNS)
         .where(RunMetric.run_id == run_id, RunMetric.step > after_step)
         .order_by(RunMetric.step)
         .limit(limit)
+        .subquery()
+    )
+    rows = session.execute(
+        select(Run.status.label("run_status"), *page.c)
+        .select_from(Run)
+        .outerjoin(page, true())
+        .where(Run.id == run_id)
+        .order_by(page.c.step)
     ).all()
+    if not rows:
+        return None, []
+    return rows[0].run_status, [row for row in rows if row.step is not None]
 
 
 def mark_dispatched(session: Session, *, run_ids: Sequence[int]) -> None:

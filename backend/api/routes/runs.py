@@ -113,10 +113,9 @@ def read_run_metrics(
     limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
 ) -> Response:
     """The run's training curve, one point per recorded step, in step order."""
-    status = store.get_run_status(session, run_id=run_id)
+    status, points = store.list_metrics(session, run_id=run_id, after_step=after_step, limit=limit)
     if status is None:
         raise HTTPException(status_code=404, detail="Run not found")
-    points = store.list_metrics(session, run_id=run_id, after_step=after_step, limit=limit)
     data = [MetricPublic.model_validate(p._asdict()) for p in points]
     return _json(
         MetricsPublic(
