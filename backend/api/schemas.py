@@ -159,3 +159,9 @@ class WorkerPublic(BaseModel):
 
 class Message(BaseModel):
     message: str
+
+
+class ErrorPublic(BaseModel):
+    """The body of every error answer but 422 (whose ``detail`` is FastAPI's list of field errors)."""
+
+    detail: str = Field(examples=["Run not found"])

@@ -102,12 +102,65 @@ def test_presets_lists_what_forms_need(client: TestClient, auth: dict) -> None:
     assert "RunSpec" in body["schemas"] and "ComparisonSpec" in body["schemas"]
 
 
-def test_openapi_docs_are_served(client: TestClient) -> None:
+def _refs(node: object) -> list[str]:
+    if isinstance(node, dict):
+        return [node["$ref"]] if "$ref" in node else [r for v in node.values() for r in _refs(v)]
+    if isinstance(node, list):
+        return [r for v in node for r in _refs(v)]
+    return []
+
+
+def test_openapi_every_ref_resolves_and_errors_are_documented(client: TestClient) -> None:
     schema = client.get("/api/v1/openapi.json").json()
     assert {"/api/v1/comparisons", "/api/v1/runs", "/api/v1/runs/{run_id}/metrics", "/api/v1/health"} <= set(
         schema["paths"]
     )
-    assert client.get("/docs").status_code == 200
+    refs = _refs(schema)
+    assert (
+        "#/components/schemas/ComparisonSpec" in refs and "#/components/schemas/ComparisonFromPreset" in refs
+    )
+    for ref in refs:
+        node = schema
+        for part in ref.removeprefix("#/").split("/"):
+            assert part in node, f"{ref} does not resolve"
+            node = node[part]
+    paths = schema["paths"]
+    documented = {(m.upper(), p): set(op["responses"]) for p, ops in paths.items() for m, op in ops.items()}
+    assert documented[("POST", "/api/v1/comparisons")] == {"201", "401", "413", "422", "503"}
+    assert documented[("POST", "/api/v1/runs/{run_id}/cancel")] == {"200", "401", "404", "409", "422", "503"}
+    assert documented[("GET", "/api/v1/comparisons/{comparison_id}")] == {"200", "401", "404", "422", "503"}
+    assert documented[("GET", "/api/v1/health")] == {"200", "503"}
+    error = paths["/api/v1/runs/{run_id}"]["get"]["responses"]["404"]["content"]["application/json"]["schema"]
+    assert error == {"$ref": "#/components/schemas/ErrorPublic"}
+    assert schema["components"]["schemas"]["ErrorPublic"]["required"] == ["detail"]
+
+
+def test_unsupported_methods_answer_405_naming_every_allowed_method(client: TestClient) -> None:
+    for method, path, allowed in [
+        ("OPTIONS", "/api/v1/runs", "GET, POST"),
+        ("DELETE", "/api/v1/runs", "GET, POST"),
+        ("PUT", "/api/v1/comparisons/1", "GET"),
+        ("GET", "/api/v1/runs/1/cancel", "POST"),
+    ]:
+        response = client.request(method, path)
+        assert (response.status_code, response.headers.get("allow")) == (405, allowed), (method, path)
+        assert response.json() == {"detail": "Method Not Allowed"}
+
+
+def test_docs_load_only_local_assets(client: TestClient) -> None:
+    import re
+
+    page = client.get("/docs")
+    assert page.status_code == 200
+    assets = re.findall(r'(?:src|href)="([^"]+)"', page.text)
+    assert len(assets) >= 3, page.text  # the script, the stylesheet, the icon
+    assert "url: '/api/v1/openapi.json'" in page.text
+    for asset in assets:
+        assert asset.startswith("/docs/assets/"), f"{asset} is not served by this API"
+        assert client.get(asset).status_code == 200, asset
+    script = client.get("/docs/assets/swagger-ui-bundle.js")
+    assert script.headers["content-type"].startswith(("application/javascript", "text/javascript"))
+    assert "SwaggerUIBundle" in script.text
 
 
 def test_api_never_imports_torch(tmp_path) -> None:  # type: ignore[no-untyped-def]

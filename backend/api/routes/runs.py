@@ -18,13 +18,14 @@ from backend.api.deps import (
     WriteSessionDep,
     committed,
 )
+from backend.api.docs import error_responses
 from backend.api.idempotency import IdempotencyKeyHeader, create_once
 from backend.api.schemas import MetricPublic, MetricsPublic, RunDetail, RunPublic, RunsPublic
 from backend.api.validation import check_limits
 from velora_core.result import RunStatus
 from velora_core.spec import RunSpec
 
-router = APIRouter(prefix="/runs", tags=["runs"])
+router = APIRouter(prefix="/runs", tags=["runs"], responses=error_responses(401, 503))
 
 
 def _read_run(session: Session, run_id: int) -> RunDetail:
@@ -34,7 +35,7 @@ def _read_run(session: Session, run_id: int) -> RunDetail:
     return RunDetail.model_validate(run)
 
 
-@router.post("", status_code=201, response_model=RunDetail, responses={401: {}, 413: {}, 422: {}})
+@router.post("", status_code=201, response_model=RunDetail, responses=error_responses(413))
 def create_run(
     spec: RunSpec,
     session: WriteSessionDep,
@@ -97,12 +98,12 @@ def read_runs(
     )
 
 
-@router.get("/{run_id}", response_model=RunDetail)
+@router.get("/{run_id}", response_model=RunDetail, responses=error_responses(404))
 def read_run(run_id: int, session: SessionDep, _: ReadAccess) -> Response:
     return _json(_read_run(session, run_id))
 
 
-@router.get("/{run_id}/metrics", response_model=MetricsPublic)
+@router.get("/{run_id}/metrics", response_model=MetricsPublic, responses=error_responses(404))
 def read_run_metrics(
     run_id: int,
     session: SessionDep,
@@ -124,7 +125,7 @@ def read_run_metrics(
     )
 
 
-@router.post("/{run_id}/cancel", response_model=RunPublic, responses={404: {}, 409: {}})
+@router.post("/{run_id}/cancel", response_model=RunPublic, responses=error_responses(404, 409))
 def cancel_run(run_id: int, session: WriteSessionDep, _: WriteAccess) -> RunPublic:
     """Cancel a queued run at once, or ask a running one to stop (it does within a training step)."""
     try:
