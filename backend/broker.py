@@ -43,6 +43,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "broker_connection_retry_on_startup": True,
         "broker_connection_max_retries": None,  # a worker waits out a broker restart
         "broker_connection_timeout": 5,
+        # The Dispatcher borrows from this pool. On the SQLAlchemy transport each pooled connection
+        # keeps one database connection, so this stays under that engine's 5 + 10 connections.
+        "broker_pool_limit": 10,
         "task_serializer": "json",
         "accept_content": ["json"],
         "task_ignore_result": True,  # status and results live in the database
@@ -75,7 +78,13 @@ def make_celery(settings: Settings, *, include: Sequence[str] = ()) -> Celery:
 
 
 class Dispatcher:
-    """Sends ``run_benchmark(run_id)`` messages; never raises (an unsent run is re-sent by the reaper)."""
+    """Sends ``run_benchmark(run_id)`` messages; never raises (an unsent run is re-sent by the reaper).
+
+    Every broker call borrows a connection from the Celery app's pool (``broker_pool_limit`` of them)
+    and gives it back: a connection per call was never closed by kombu's SQLAlchemy transport (its
+    channel's session kept a database connection checked out), so after 15 ``/health`` calls the
+    broker's SQLAlchemy pool was exhausted and every later call waited 30 s for it.
+    """
 
     def __init__(self, settings: Settings, celery: Celery | None = None) -> None:
         self.settings = settings
@@ -84,42 +93,50 @@ class Dispatcher:
     def dispatch(self, runs: Sequence[tuple[int, str]]) -> list[int]:
         """Send one message per (run id, queue); returns the ids that reached the broker."""
         sent: list[int] = []
-        for run_id, queue in runs:
-            try:
-                self.celery.send_task(
-                    TASK_RUN_BENCHMARK,
-                    args=[run_id],
-                    queue=queue,
-                    task_id=f"run-{run_id}-{uuid.uuid4().hex[:12]}",
-                )
-            except Exception as exc:  # broker down: the reaper re-sends once it is back
-                log.warning("could not enqueue run %s on %r (%s); it will be re-sent", run_id, queue, exc)
-                break
-            sent.append(run_id)
+        if not runs:
+            return sent
+        try:
+            with self.celery.producer_or_acquire() as producer:
+                for run_id, queue in runs:
+                    self.celery.send_task(
+                        TASK_RUN_BENCHMARK,
+                        args=[run_id],
+                        queue=queue,
+                        task_id=f"run-{run_id}-{uuid.uuid4().hex[:12]}",
+                        producer=producer,
+                    )
+                    sent.append(run_id)
+        except Exception as exc:  # broker down: the reaper re-sends once it is back
+            log.warning("could not enqueue runs %s (%s); they will be re-sent", [r for r, _ in runs], exc)
         return sent
 
     def check(self, timeout_s: float = 3.0) -> dict[str, Any]:
         """Whether the broker answers, and how many messages wait in each queue."""
+        url = _redact(self.settings.broker_url)
         try:
-            with self.celery.connection_for_write() as conn:
-                conn.ensure_connection(max_retries=1, timeout=timeout_s)
-                channel = conn.default_channel
-                depth = {}
-                for name in QUEUES:
-                    _, count, _ = channel.queue_declare(
-                        queue=name, passive=False, durable=True, auto_delete=False
-                    )
-                    depth[name] = count
-            return {"ok": True, "url": _redact(self.settings.broker_url), "queued_messages": depth}
+            with self.celery.pool.acquire(block=True, timeout=timeout_s) as conn:
+                try:
+                    conn.ensure_connection(max_retries=1, timeout=timeout_s)
+                    depth = {name: _queue_depth(conn.default_channel, name) for name in QUEUES}
+                except Exception:
+                    conn.close()  # a failed channel (socket, SQL session) is not handed out again
+                    raise
+            return {"ok": True, "url": url, "queued_messages": depth}
         except Exception as exc:
-            return {
-                "ok": False,
-                "url": _redact(self.settings.broker_url),
-                "error": f"{type(exc).__name__}: {exc}",
-            }
+            return {"ok": False, "url": url, "error": f"{type(exc).__name__}: {exc}"}
 
     def close(self) -> None:
         self.celery.close()
+
+
+def _queue_depth(channel: Any, queue: str) -> int:
+    """Messages waiting in ``queue``.
+
+    Not a passive declare: kombu's Redis transport answers NOT_FOUND for an empty queue, and for every
+    queue under a ``global_keyprefix`` (its ``EXISTS`` is not prefixed). Declaring one of the app's own
+    durable queues is idempotent (a no-op on Redis, the queue's row on the SQLAlchemy transport).
+    """
+    return channel.queue_declare(queue=queue, durable=True, auto_delete=False).message_count
 
 
 def _redact(url: str) -> str:

@@ -12,12 +12,12 @@ import hashlib
 import json
 import secrets
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Select, delete, func, or_, select, update
+from sqlalchemy import Select, delete, func, or_, select, true, update
 from sqlalchemy.orm import Session, selectinload
 
 from backend.models import ApiToken, Comparison, IdempotencyKey, Run, RunMetric, Worker, utcnow
@@ -93,16 +93,6 @@ def list_comparisons(session: Session, *, offset: int, limit: int) -> tuple[Sequ
     return rows, count
 
 
-def comparison_status(statuses: Iterable[str]) -> str:
-    """One word for a comparison: queued, running, completed (all finished) or cancelled."""
-    statuses = list(statuses)
-    if not statuses or all(s == QUEUED for s in statuses):
-        return QUEUED
-    if all(s in FINISHED_STATUSES for s in statuses):
-        return RunStatus.CANCELLED.value if all(s == "cancelled" for s in statuses) else "completed"
-    return RUNNING
-
-
 def get_run(session: Session, *, run_id: int) -> Run | None:
     return session.get(Run, run_id)
 
@@ -149,14 +139,29 @@ def list_runs(
     return rows, count
 
 
-def list_metrics(session: Session, *, run_id: int, after_step: int, limit: int) -> Sequence[Any]:
-    """A run's metrics after ``after_step``, in step order, as rows of :data:`METRIC_COLUMNS`."""
-    return session.execute(
+def list_metrics(
+    session: Session, *, run_id: int, after_step: int, limit: int
+) -> tuple[str | None, Sequence[Any]]:
+    """The run's status (None: no such run) and its metrics after ``after_step``, in step order, as
+    rows of :data:`METRIC_COLUMNS` (and ``run_status``): one query, the run outer-joined to the page
+    of its points."""
+    page = (
         select(*METRIC_COLUMNS)
         .where(RunMetric.run_id == run_id, RunMetric.step > after_step)
         .order_by(RunMetric.step)
         .limit(limit)
+        .subquery()
+    )
+    rows = session.execute(
+        select(Run.status.label("run_status"), *page.c)
+        .select_from(Run)
+        .outerjoin(page, true())
+        .where(Run.id == run_id)
+        .order_by(page.c.step)
     ).all()
+    if not rows:
+        return None, []
+    return rows[0].run_status, [row for row in rows if row.step is not None]
 
 
 def mark_dispatched(session: Session, *, run_ids: Sequence[int]) -> None:

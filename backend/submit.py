@@ -265,6 +265,8 @@ def submit_and_follow(
     if final is None:
         print(f"Stopped following comparison {comparison_id}.", file=sys.stderr)
         return EXIT_FAILED
+    counts = ", ".join(f"{n} {status}" for status, n in final["status_counts"].items())
+    print(f"Comparison {comparison_id}: {final['status']} ({counts})")
     results = results_of(client, final)
     print_table(results)
     if out:

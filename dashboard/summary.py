@@ -8,10 +8,13 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import statistics
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
+
+from velora_core.result import ComparisonStatus
 
 MIB = 1024**2
 GIB = 1024**3
@@ -35,6 +38,52 @@ STATUS_WORDS = {
     "out_of_memory": "Out of memory",
     "cancelled": "Cancelled",
 }
+
+COMPARISON_STATUS_WORDS = {
+    ComparisonStatus.QUEUED: "Waiting for a worker",
+    ComparisonStatus.RUNNING: "Running",
+    ComparisonStatus.COMPLETED: "Completed",
+    ComparisonStatus.PARTIAL: "Partly completed",
+    ComparisonStatus.FAILED: "Failed",
+    ComparisonStatus.CANCELLED: "Cancelled",
+}
+
+
+def comparison_status_words(comparison: dict[str, Any]) -> str:
+    """A comparison's state as a person would say it (``ComparisonStatus`` in velora_core.result)."""
+    status = comparison["status"]
+    words = COMPARISON_STATUS_WORDS.get(status, status)
+    if status in (ComparisonStatus.PARTIAL, ComparisonStatus.FAILED):
+        completed = comparison["status_counts"].get("completed", 0)
+        words += f": {completed} of {sum(comparison['status_counts'].values())} runs completed"
+    return words
+
+
+#: Largest id a page accepts from its address: the browser's number inputs hold no larger integer.
+MAX_QUERY_ID = 2**53 - 1
+
+
+def query_number(
+    params: Mapping[str, str],
+    name: str,
+    *,
+    minimum: float,
+    maximum: float,
+    integer: bool = False,
+    what: str,
+) -> tuple[float | int | None, str | None]:
+    """``?name=`` of the address as a number in [minimum, maximum]: ``(value, None)``, ``(None, None)``
+    when absent, or ``(None, message)`` when it is not such a number (the page then uses its default)."""
+    raw = params.get(name)
+    if raw is None or raw == "":
+        return None, None
+    try:
+        value: float | int = int(raw) if integer else float(raw)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or not minimum <= value <= maximum:
+        return None, f"Ignored {name}={raw!r} in the address: expected {what}. Showing the default instead."
+    return value, None
 
 
 # --- runs: words, progress, ETA ---------------------------------------------------------------------
@@ -376,6 +425,26 @@ def memory_table(memory: dict[str, Any]) -> list[dict[str, str]]:
     ]
 
 
+#: The metrics table's columns, in order, with the words it shows.
+METRIC_COLUMNS = {
+    "step": "Step",
+    "loss": "Loss",
+    "lr": "Learning rate",
+    "tokens_per_s": "Tokens/s",
+    "step_time_s": "Step time (s)",
+    "memory_allocated_bytes": "Memory allocated (bytes)",
+}
+
+
+def metric_rows(points: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A run's training curve as table rows with readable column names, leaving out a column that no
+    point has a value for (memory allocated is recorded on CUDA only, step time not by every engine)."""
+    shown = {
+        key: label for key, label in METRIC_COLUMNS.items() if any(p.get(key) is not None for p in points)
+    }
+    return [{label: point.get(key) for key, label in shown.items()} for point in points]
+
+
 def run_facts(run: dict[str, Any]) -> list[dict[str, str]]:
     """Where and when a run ran, and where its artifact is."""
     result = run.get("result") or {}
@@ -390,4 +459,4 @@ def run_facts(run: dict[str, Any]) -> list[dict[str, str]]:
         ("Started", run.get("started_at")),
         ("Finished", run.get("finished_at")),
     ]
-    return [{"": name, "Value": "–" if value is None else str(value)} for name, value in facts]
+    return [{"Fact": name, "Value": "–" if value is None else str(value)} for name, value in facts]

@@ -5,6 +5,7 @@ Plain pydantic models without torch, so the backend and dashboard can read resul
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from enum import StrEnum
 from typing import Any
 
@@ -22,6 +23,36 @@ class RunStatus(StrEnum):
     @property
     def finished(self) -> bool:
         return self not in (RunStatus.QUEUED, RunStatus.RUNNING)
+
+
+class ComparisonStatus(StrEnum):
+    """A comparison's state, derived from its runs' (:meth:`of`); never stored."""
+
+    QUEUED = "queued"  # no run has started
+    RUNNING = "running"  # some run is queued or running, and some has started or finished
+    COMPLETED = "completed"  # every run completed
+    PARTIAL = "partial"  # all finished, some completed, others failed, ran out of memory or were cancelled
+    FAILED = "failed"  # all finished, none completed (not all of them cancelled)
+    CANCELLED = "cancelled"  # every run was cancelled
+
+    @classmethod
+    def of(cls, statuses: Iterable[str]) -> ComparisonStatus:
+        """The status of a comparison whose runs have ``statuses`` (RunStatus values)."""
+        runs = [RunStatus(s) for s in statuses]
+        if all(s == RunStatus.QUEUED for s in runs):
+            return cls.QUEUED
+        if not all(s.finished for s in runs):
+            return cls.RUNNING
+        completed = sum(s == RunStatus.COMPLETED for s in runs)
+        if completed == len(runs):
+            return cls.COMPLETED
+        if completed:
+            return cls.PARTIAL
+        return cls.CANCELLED if all(s == RunStatus.CANCELLED for s in runs) else cls.FAILED
+
+    @property
+    def finished(self) -> bool:
+        return self not in (ComparisonStatus.QUEUED, ComparisonStatus.RUNNING)
 
 
 class MemoryReport(BaseModel):

@@ -17,6 +17,7 @@ from fastapi.responses import JSONResponse, RedirectResponse
 from sqlalchemy.exc import OperationalError
 
 from backend import store
+from backend.api.docs import add_schemas, serve_docs
 from backend.api.limits import BodySizeLimitMiddleware
 from backend.api.routes import comparisons, health, presets, runs
 from backend.api.validation import validation_error_response
@@ -81,14 +82,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         summary="Queue and compare VeLoRA, QLoRA, LoRA and full fine-tuning runs.",
         version="0.1.0",
         openapi_url=f"{API_V1_STR}/openapi.json",
-        docs_url="/docs",
-        redoc_url="/redoc",
+        docs_url=None,  # served by serve_docs, from an installed package
+        redoc_url=None,  # ReDoc loads from a CDN only: no page that is blank offline
         lifespan=lifespan,
     )
     app.state.settings = settings
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_bytes)
     app.include_router(api_router, prefix=API_V1_STR)
     app.add_exception_handler(RequestValidationError, validation_error_response)
+    add_schemas(app, comparisons.BODY_MODELS)
+    serve_docs(app, openapi_url=f"{API_V1_STR}/openapi.json")
 
     @app.exception_handler(OperationalError)
     async def _database_unavailable(_: Request, exc: OperationalError) -> JSONResponse:

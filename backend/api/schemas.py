@@ -8,7 +8,7 @@ from typing import Annotated, Any
 from fastapi import Path, Query
 from pydantic import BaseModel, ConfigDict, Field
 
-from velora_core.result import RunStatus
+from velora_core.result import ComparisonStatus, RunStatus
 
 #: The largest id, step or offset the API accepts: ids and steps are 32-bit INTEGER columns (in
 #: PostgreSQL; SQLite overflows at 64 bits), so anything larger cannot name a row and is a 422.
@@ -134,7 +134,11 @@ class ComparisonPublic(BaseModel):
     preset: str | None
     spec_hash: str
     created_at: datetime
-    status: str = Field(description="queued, running, completed or cancelled (all runs).")
+    status: ComparisonStatus = Field(
+        description="From its runs: queued (none started), running, completed (all completed), partial "
+        "(some completed, others failed, ran out of memory or were cancelled), failed (none completed) "
+        "or cancelled (all cancelled)."
+    )
     run_ids: list[int]
     status_counts: dict[str, int]
 
@@ -171,3 +175,9 @@ class WorkerPublic(BaseModel):
 
 class Message(BaseModel):
     message: str
+
+
+class ErrorPublic(BaseModel):
+    """The body of every error answer but 422 (whose ``detail`` is FastAPI's list of field errors)."""
+
+    detail: str = Field(examples=["Run not found"])

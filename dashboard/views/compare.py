@@ -9,15 +9,20 @@ from dashboard.charts import loss_figure, memory_figure, pareto_figure
 from dashboard.summary import (
     ACTIVE_STATUSES,
     GIB,
+    MAX_QUERY_ID,
     comparison_json,
+    comparison_status_words,
     display_table,
     format_bytes,
     method_rows,
+    query_number,
     rows_csv,
     run_record,
 )
+from velora_core.result import ComparisonStatus
 
 api: ApiClient = st.session_state.api
+MAX_GPU_GIB = 1_000_000.0
 
 st.title("Compare")
 try:
@@ -26,12 +31,21 @@ except ApiError as exc:
     st.error(exc.message)
     st.stop()
 labels = {
-    c["id"]: f"#{c['id']} {c['name']} ({len(c['run_ids'])} runs, {c['created_at'][:16].replace('T', ' ')})"
+    c["id"]: f"#{c['id']} {c['name']} ({c['status']}, {len(c['run_ids'])} runs, "
+    f"{c['created_at'][:16].replace('T', ' ')})"
     for c in recent
 }
-linked = st.query_params.get("comparison", "")
-if linked.isdigit() and int(linked) not in labels:
-    labels = {int(linked): f"#{linked}"} | labels
+linked, problem = query_number(
+    st.query_params, "comparison", minimum=1, maximum=MAX_QUERY_ID, integer=True, what="a comparison id"
+)
+linked_gib, gib_problem = query_number(
+    st.query_params, "gpu_gib", minimum=0.5, maximum=MAX_GPU_GIB, what="GiB of GPU memory, at least 0.5"
+)
+for message in (problem, gib_problem):
+    if message:
+        st.warning(message)
+if linked is not None and linked not in labels:
+    labels = {linked: f"#{linked}"} | labels
 if not labels:
     st.info("No comparisons yet.")
     st.page_link("views/launch.py", label="Launch one", icon=":material/rocket_launch:")
@@ -42,15 +56,15 @@ ids = list(labels)
 comparison_id = c1.selectbox(
     "Comparison",
     ids,
-    index=ids.index(int(linked)) if linked.isdigit() else 0,
+    index=ids.index(linked) if linked is not None else 0,
     format_func=labels.get,
     key="compare.comparison",
 )
-linked_gib = st.query_params.get("gpu_gib")
 gpu_gib = c2.number_input(
     "GPU memory to fit (GiB)",
     min_value=0.5,
-    value=float(linked_gib) if linked_gib else None,
+    max_value=MAX_GPU_GIB,
+    value=linked_gib,
     step=8.0,
     format="%g",
     placeholder="none",
@@ -88,6 +102,11 @@ def comparison_view() -> None:
     runs = comparison["runs"]
     counts = ", ".join(f"{n} {status.replace('_', ' ')}" for status, n in comparison["status_counts"].items())
     st.subheader(comparison["name"])
+    words = comparison_status_words(comparison)
+    if comparison["status"] in (ComparisonStatus.PARTIAL, ComparisonStatus.FAILED):
+        st.warning(words)
+    else:
+        st.markdown(f"**{words}**")
     st.caption(
         f"Comparison #{comparison['id']} · {'preset ' + comparison['preset'] + ' · ' if comparison['preset'] else ''}"
         f"{len(runs)} runs: {counts} · created {comparison['created_at'][:19].replace('T', ' ')} UTC"

@@ -8,12 +8,15 @@ from dashboard.api import ApiClient, ApiError
 from dashboard.charts import loss_figure
 from dashboard.summary import (
     ACTIVE_STATUSES,
+    MAX_QUERY_ID,
     duration_words,
     eta_seconds,
     format_bytes,
     format_metric,
     memory_table,
+    metric_rows,
     progress_fraction,
+    query_number,
     run_facts,
     status_words,
     total_bytes,
@@ -22,11 +25,16 @@ from dashboard.summary import (
 api: ApiClient = st.session_state.api
 
 st.title("Run detail")
-linked = st.query_params.get("run", "")
+linked, problem = query_number(
+    st.query_params, "run", minimum=1, maximum=MAX_QUERY_ID, integer=True, what="a run id (1, 2, …)"
+)
+if problem:
+    st.warning(problem)
 run_id = st.number_input(
     "Run",
     min_value=1,
-    value=int(linked) if linked.isdigit() else None,
+    max_value=MAX_QUERY_ID,
+    value=linked,
     step=1,
     placeholder="run id",
     key="run.id",
@@ -110,10 +118,11 @@ def run_view() -> None:
                 loss_figure([{"method": run["method"], "seed": run["seed"], "points": points}]),
                 key="run.loss",
             )
-            st.dataframe(points, hide_index=True, width="stretch")
+            st.dataframe(metric_rows(points), hide_index=True, width="stretch")
         else:
             st.info("No training steps recorded yet.")
         if evaluation:
+            st.caption("Evaluation, as the run recorded it")
             st.json(evaluation, expanded=False)
     with tabs[1]:
         if memory:
@@ -126,6 +135,7 @@ def run_view() -> None:
         else:
             st.info("No memory report until the run finishes.")
     with tabs[2]:
+        st.caption("The run's spec (RunSpec), as stored and hashed")
         st.json(run["spec"])
     with tabs[3]:
         environment = result.get("environment") or {}

@@ -7,9 +7,11 @@ import streamlit as st
 from dashboard.api import ApiClient, ApiError
 from dashboard.summary import (
     ACTIVE_STATUSES,
+    MAX_QUERY_ID,
     STATUS_WORDS,
     duration_words,
     eta_seconds,
+    query_number,
     run_rows,
     status_words,
 )
@@ -30,11 +32,16 @@ statuses = c1.multiselect(
     "Status", list(STATUS_WORDS), key="runs.status", format_func=lambda s: s.replace("_", " ")
 )
 method = c2.selectbox("Method", ["all", *methods], key="runs.method")
-linked = st.query_params.get("comparison")
+linked, problem = query_number(
+    st.query_params, "comparison", minimum=1, maximum=MAX_QUERY_ID, integer=True, what="a comparison id"
+)
+if problem:
+    st.warning(problem)
 comparison_id = c3.number_input(
     "Comparison",
     min_value=1,
-    value=int(linked) if linked and linked.isdigit() else None,
+    max_value=MAX_QUERY_ID,
+    value=linked,
     step=1,
     key="runs.comparison",
     placeholder="any",

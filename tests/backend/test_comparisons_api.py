@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from fastapi.testclient import TestClient
 
 from backend import store
@@ -9,7 +10,7 @@ from backend.broker import Dispatcher
 from backend.db import Database
 from backend.settings import Settings
 from tests.backend.conftest import tiny_comparison
-from velora_core.result import ProgressEvent, RunResult, RunStatus
+from velora_core.result import ComparisonStatus, ProgressEvent, RunResult, RunStatus
 from velora_core.spec import ComparisonSpec
 
 
@@ -156,3 +157,22 @@ def test_cancel_comparison_cancels_unfinished_runs(client: TestClient, auth: dic
     runs = {r["id"]: r for r in response.json()["runs"]}
     assert runs[running_id]["status"] == "running" and runs[running_id]["cancel_requested"] is True
     assert [runs[i]["status"] for i in created["run_ids"][1:]] == ["cancelled", "cancelled"]
+
+
+@pytest.mark.parametrize(
+    ("statuses", "expected"),
+    [
+        ([], "queued"),
+        (["queued", "queued"], "queued"),
+        (["completed", "queued"], "running"),
+        (["running", "failed"], "running"),
+        (["completed", "completed"], "completed"),
+        (["completed", "out_of_memory"], "partial"),
+        (["completed", "cancelled"], "partial"),
+        (["failed", "cancelled"], "failed"),
+        (["out_of_memory"], "failed"),
+        (["cancelled", "cancelled"], "cancelled"),
+    ],
+)
+def test_comparison_status_from_run_statuses(statuses: list[str], expected: str) -> None:
+    assert ComparisonStatus.of(statuses) == expected

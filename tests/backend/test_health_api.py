@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
+from pathlib import Path
 
+import pytest
 from fastapi.testclient import TestClient
 
 from backend import store
@@ -13,9 +16,10 @@ from backend.broker import Dispatcher
 from backend.db import Database
 from backend.reaper import reap_once
 from backend.settings import Settings
-from tests.backend.conftest import tiny_comparison
+from tests.backend.conftest import tiny_comparison, tiny_run
 from tests.backend.harness import REPO_ROOT, free_port, service_env
 from tests.backend.test_comparisons_api import queued_messages
+from tests.worker.conftest import stack
 
 
 def test_health_reports_database_broker_and_workers(
@@ -29,6 +33,34 @@ def test_health_reports_database_broker_and_workers(
         store.upsert_worker(session, name="cpu0@h", host="h", pid=1, queues="cpu", device="cpu")
     response = client.get("/api/v1/health", headers=auth)
     assert response.status_code == 200 and response.json()["status"] == "ok"
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+def test_health_answers_fast_hundreds_of_times_between_submissions(kind: str, tmp_path: Path) -> None:
+    """Issue 8.1: each /health leaked a broker connection; call 15 waited 30 s and answered 503."""
+    with stack(kind, tmp_path) as services:
+        client, expected_cpu, slowest = services.client, 0, 0.0
+        for call in range(400):
+            started = time.monotonic()
+            health = client.get("/api/v1/health", timeout=10)
+            slowest = max(slowest, time.monotonic() - started)
+            assert health.status_code == 200, (call, health.text, services.logs())
+            assert health.json()["broker"]["queued_messages"] == {"gpu": 0, "cpu": expected_cpu}
+            if call % 20 == 0:  # a run and a comparison of three runs, alternately
+                if call % 40 == 0:
+                    created = client.post("/api/v1/runs", json=tiny_run(seed=call), timeout=10)
+                    expected_cpu += 1
+                else:
+                    created = client.post(
+                        "/api/v1/comparisons", json=tiny_comparison(seeds=[call]), timeout=10
+                    )
+                    expected_cpu += 3
+                assert created.status_code == 201, (call, created.text)
+        assert slowest < 2.0, f"slowest /health took {slowest:.2f} s"
+        # Every submitted run reached the broker, and none is left waiting to be re-sent.
+        assert queued_messages(services.settings) == {"gpu": 0, "cpu": expected_cpu} != {"gpu": 0, "cpu": 0}
+        with services.db.session() as session:
+            assert store.runs_to_dispatch(session, created_before=store.utcnow()) == []
 
 
 def test_broker_down_is_503_and_submissions_still_land(settings: Settings, db: Database, auth: dict) -> None:
@@ -70,12 +102,65 @@ def test_presets_lists_what_forms_need(client: TestClient, auth: dict) -> None:
     assert "RunSpec" in body["schemas"] and "ComparisonSpec" in body["schemas"]
 
 
-def test_openapi_docs_are_served(client: TestClient) -> None:
+def _refs(node: object) -> list[str]:
+    if isinstance(node, dict):
+        return [node["$ref"]] if "$ref" in node else [r for v in node.values() for r in _refs(v)]
+    if isinstance(node, list):
+        return [r for v in node for r in _refs(v)]
+    return []
+
+
+def test_openapi_every_ref_resolves_and_errors_are_documented(client: TestClient) -> None:
     schema = client.get("/api/v1/openapi.json").json()
     assert {"/api/v1/comparisons", "/api/v1/runs", "/api/v1/runs/{run_id}/metrics", "/api/v1/health"} <= set(
         schema["paths"]
     )
-    assert client.get("/docs").status_code == 200
+    refs = _refs(schema)
+    assert (
+        "#/components/schemas/ComparisonSpec" in refs and "#/components/schemas/ComparisonFromPreset" in refs
+    )
+    for ref in refs:
+        node = schema
+        for part in ref.removeprefix("#/").split("/"):
+            assert part in node, f"{ref} does not resolve"
+            node = node[part]
+    paths = schema["paths"]
+    documented = {(m.upper(), p): set(op["responses"]) for p, ops in paths.items() for m, op in ops.items()}
+    assert documented[("POST", "/api/v1/comparisons")] == {"201", "401", "413", "415", "422", "503"}
+    assert documented[("POST", "/api/v1/runs/{run_id}/cancel")] == {"200", "401", "404", "409", "422", "503"}
+    assert documented[("GET", "/api/v1/comparisons/{comparison_id}")] == {"200", "401", "404", "422", "503"}
+    assert documented[("GET", "/api/v1/health")] == {"200", "503"}
+    error = paths["/api/v1/runs/{run_id}"]["get"]["responses"]["404"]["content"]["application/json"]["schema"]
+    assert error == {"$ref": "#/components/schemas/ErrorPublic"}
+    assert schema["components"]["schemas"]["ErrorPublic"]["required"] == ["detail"]
+
+
+def test_unsupported_methods_answer_405_naming_every_allowed_method(client: TestClient) -> None:
+    for method, path, allowed in [
+        ("OPTIONS", "/api/v1/runs", "GET, POST"),
+        ("DELETE", "/api/v1/runs", "GET, POST"),
+        ("PUT", "/api/v1/comparisons/1", "GET"),
+        ("GET", "/api/v1/runs/1/cancel", "POST"),
+    ]:
+        response = client.request(method, path)
+        assert (response.status_code, response.headers.get("allow")) == (405, allowed), (method, path)
+        assert response.json() == {"detail": "Method Not Allowed"}
+
+
+def test_docs_load_only_local_assets(client: TestClient) -> None:
+    import re
+
+    page = client.get("/docs")
+    assert page.status_code == 200
+    assets = re.findall(r'(?:src|href)="([^"]+)"', page.text)
+    assert len(assets) >= 3, page.text  # the script, the stylesheet, the icon
+    assert "url: '/api/v1/openapi.json'" in page.text
+    for asset in assets:
+        assert asset.startswith("/docs/assets/"), f"{asset} is not served by this API"
+        assert client.get(asset).status_code == 200, asset
+    script = client.get("/docs/assets/swagger-ui-bundle.js")
+    assert script.headers["content-type"].startswith(("application/javascript", "text/javascript"))
+    assert "SwaggerUIBundle" in script.text
 
 
 def test_api_never_imports_torch(tmp_path) -> None:  # type: ignore[no-untyped-def]

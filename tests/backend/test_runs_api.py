@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from fastapi.testclient import TestClient
+from sqlalchemy import event
 
 from backend import store
 from backend.db import Database
@@ -134,3 +135,32 @@ def test_cancel_finished_run_conflicts(client: TestClient, auth: dict, db: Datab
     response = client.post(f"/api/v1/runs/{run_id}/cancel", headers=auth)
     assert response.status_code == 409
     assert "already finished (completed)" in response.json()["detail"]
+
+
+def test_metrics_page_is_one_database_query(client: TestClient, auth: dict, db: Database) -> None:
+    run_id = client.post("/api/v1/runs", json=tiny_run(steps=10), headers=auth).json()["id"]
+    with db.write_session() as session:
+        claim = store.claim_run(session, run_id=run_id, worker_host="w@h", worker_device="cpu")
+        points = [ProgressEvent(phase="train", step=s, total_steps=10, loss=1.0) for s in (1, 2, 3)]
+        store.record_progress(session, run_id=run_id, claim_id=claim, state=points[-1], points=points)
+    url = f"/api/v1/runs/{run_id}/metrics"
+    client.get(url, headers=auth)  # the token is verified once, then cached
+    statements: list[str] = []
+
+    def record(conn, cursor, statement, *args) -> None:  # type: ignore[no-untyped-def]
+        if not statement.startswith(("BEGIN", "COMMIT", "ROLLBACK")):  # SQLite's explicit transaction
+            statements.append(statement)
+
+    engine = client.app.state.db.engine
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        for after_step, expected in ((-1, [1, 2, 3]), (1, [2, 3]), (3, [])):
+            statements.clear()
+            body = client.get(url, params={"after_step": after_step}, headers=auth).json()
+            assert [p["step"] for p in body["data"]] == expected and body["status"] == "running"
+            assert len(statements) == 1, statements
+        statements.clear()
+        assert client.get("/api/v1/runs/424242/metrics", headers=auth).status_code == 404
+        assert len(statements) == 1, statements
+    finally:
+        event.remove(engine, "before_cursor_execute", record)

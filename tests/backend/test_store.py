@@ -82,7 +82,7 @@ def test_progress_records_points_once(db: Database) -> None:
         # a retried flush writes the same steps again: no duplicates, no error
         store.record_progress(session, run_id=run_id, claim_id=claim_id, state=points[-1], points=points)
     with db.session() as session:
-        assert [m.step for m in store.list_metrics(session, run_id=run_id, after_step=-1, limit=100)] == [
+        assert [m.step for m in store.list_metrics(session, run_id=run_id, after_step=-1, limit=100)[1]] == [
             1,
             5,
         ]
@@ -97,7 +97,8 @@ def test_progress_records_points_once(db: Database) -> None:
             session, run_id=run_id, claim_id=claim_id, result=result, worker_device="cpu (x86)"
         )
     with db.session() as session:
-        metrics = store.list_metrics(session, run_id=run_id, after_step=-1, limit=100)
+        status, metrics = store.list_metrics(session, run_id=run_id, after_step=-1, limit=100)
+        assert status == "completed"
         assert [m.step for m in metrics] == [1, 5, 10]  # the final curve fills in what was not streamed
         assert metrics[0].loss == 1.0  # streamed points are kept as recorded
     run = run_row(db, run_id)

@@ -238,8 +238,13 @@ def test_run_detail_shows_spec_environment_metrics_and_artifact(
     assert not at.error, texts(at.error)
     assert at.subheader[0].value == f"Run {run_id}: velora+lora, seed {run['seed']}"
     assert [tab.label for tab in at.tabs] == ["Metrics", "Memory", "Spec", "Environment", "Artifact"]
-    assert len(at.dataframe[0].value) == len(metrics) > 0
+    curve = at.dataframe[0].value
+    assert len(curve) == len(metrics) > 0
+    assert list(curve.columns)[:3] == ["Step", "Loss", "Learning rate"]
+    assert "Memory allocated (bytes)" not in curve.columns  # recorded on CUDA only: no column of None
+    assert not any(curve[column].isna().all() for column in curve.columns)
     assert json.loads(at.json[-1].proto.body) == run["spec"]
+    assert "The run's spec (RunSpec), as stored and hashed" in texts(at.caption)
 
     memory, environment, artifact = (table.value for table in at.table)
     assert list(memory["Bytes"])[:5] == [
@@ -256,7 +261,46 @@ def test_run_detail_shows_spec_environment_metrics_and_artifact(
         dict(zip(environment["Key"], environment["Value"], strict=True))["torch"]
         == run["result"]["environment"]["torch"]
     )
-    assert dict(zip(artifact[""], artifact["Value"], strict=True))["Artifact"] == run["artifact_path"]
+    assert dict(zip(artifact["Fact"], artifact["Value"], strict=True))["Artifact"] == run["artifact_path"]
+
+
+@pytest.mark.parametrize(
+    ("page", "query", "ignored", "input_key"),
+    [
+        ("views/compare.py", {"gpu_gib": "abc"}, "gpu_gib='abc'", "compare.gpu_gib"),
+        ("views/compare.py", {"gpu_gib": "0.1"}, "gpu_gib='0.1'", "compare.gpu_gib"),
+        ("views/compare.py", {"gpu_gib": "nan"}, "gpu_gib='nan'", "compare.gpu_gib"),
+        ("views/compare.py", {"comparison": "abc"}, "comparison='abc'", None),
+        ("views/runs.py", {"comparison": "0"}, "comparison='0'", "runs.comparison"),
+        ("views/runs.py", {"comparison": "1e999"}, "comparison='1e999'", "runs.comparison"),
+        ("views/run_detail.py", {"run": "-3"}, "run='-3'", "run.id"),
+        (
+            "views/run_detail.py",
+            {"run": "99999999999999999999999"},
+            "run='99999999999999999999999'",
+            "run.id",
+        ),
+    ],
+)
+def test_bad_query_values_get_a_message_and_the_defaults(
+    open_page: OpenPage,
+    smoke_comparison: dict[str, Any],
+    page: str,
+    query: dict[str, str],
+    ignored: str,
+    input_key: str | None,
+) -> None:
+    at = open_page(
+        page, **({"comparison": smoke_comparison["id"]} if page == "views/compare.py" else {}) | query
+    )
+    warnings = texts(at.warning)
+    assert any(f"Ignored {ignored} in the address" in w and "Showing the default" in w for w in warnings), (
+        warnings
+    )
+    if input_key is not None:
+        assert at.number_input(key=input_key).value is None  # the default: no budget, any comparison, no run
+    if page == "views/compare.py" and "comparison" not in query:
+        assert at.subheader[0].value == smoke_comparison["name"]  # the page still shows its comparison
 
 
 # --- when the API is away -------------------------------------------------------------------------

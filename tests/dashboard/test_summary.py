@@ -13,15 +13,20 @@ import pytest
 from dashboard.api import describe_error
 from dashboard.forms import parse_seeds
 from dashboard.summary import (
+    COMPARISON_STATUS_WORDS,
+    comparison_status_words,
     display_table,
     eta_seconds,
     method_rows,
+    metric_rows,
     pareto_front,
     progress_fraction,
+    query_number,
     rows_csv,
     run_record,
     status_words,
 )
+from velora_core.result import ComparisonStatus
 
 
 def run(run_id: int, method: str, seed: int, status: str = "completed", **fields: object) -> dict:
@@ -140,3 +145,53 @@ def test_parse_seeds() -> None:
     for bad, message in (("0, -1", "whole numbers"), ("1, 1", "repeat"), ("x", "whole numbers")):
         with pytest.raises(ValueError, match=message):
             parse_seeds(bad)
+
+
+def test_comparison_status_words_cover_every_status_and_count_partial_runs() -> None:
+    assert set(COMPARISON_STATUS_WORDS) == set(ComparisonStatus)
+    partial = {"status": "partial", "status_counts": {"completed": 2, "failed": 1}}
+    assert comparison_status_words(partial) == "Partly completed: 2 of 3 runs completed"
+    assert comparison_status_words({"status": "failed", "status_counts": {"failed": 2}}) == (
+        "Failed: 0 of 2 runs completed"
+    )
+    assert comparison_status_words({"status": "completed", "status_counts": {"completed": 2}}) == "Completed"
+
+
+def test_query_number_parses_or_explains() -> None:
+    gib = {"minimum": 0.5, "maximum": 1e6, "what": "GiB"}
+    assert query_number({"gpu_gib": "24"}, "gpu_gib", **gib) == (24.0, None)
+    assert query_number({}, "gpu_gib", **gib) == (None, None)
+    for bad in ("abc", "0.1", "nan", "inf", "1e9"):
+        value, message = query_number({"gpu_gib": bad}, "gpu_gib", **gib)
+        assert value is None and message == (
+            f"Ignored gpu_gib={bad!r} in the address: expected GiB. Showing the default instead."
+        )
+    ids = {"minimum": 1, "maximum": 2**53 - 1, "integer": True, "what": "a run id"}
+    assert query_number({"run": "7"}, "run", **ids) == (7, None)
+    assert all(query_number({"run": bad}, "run", **ids)[0] is None for bad in ("0", "1.5", "x", str(2**53)))
+
+
+def test_metric_rows_have_readable_names_and_no_empty_column() -> None:
+    points = [
+        {
+            "step": 1,
+            "loss": 2.0,
+            "lr": 1e-3,
+            "tokens_per_s": 10.0,
+            "step_time_s": None,
+            "memory_allocated_bytes": None,
+        },
+        {
+            "step": 2,
+            "loss": 1.5,
+            "lr": 1e-3,
+            "tokens_per_s": None,
+            "step_time_s": 0.2,
+            "memory_allocated_bytes": None,
+        },
+    ]
+    assert metric_rows(points) == [
+        {"Step": 1, "Loss": 2.0, "Learning rate": 1e-3, "Tokens/s": 10.0, "Step time (s)": None},
+        {"Step": 2, "Loss": 1.5, "Learning rate": 1e-3, "Tokens/s": None, "Step time (s)": 0.2},
+    ]
+    assert metric_rows([]) == []

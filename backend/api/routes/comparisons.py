@@ -19,6 +19,7 @@ from backend.api.deps import (
     WriteSessionDep,
     committed,
 )
+from backend.api.docs import error_responses
 from backend.api.idempotency import IdempotencyKeyHeader, create_once
 from backend.api.schemas import (
     ComparisonDetail,
@@ -34,21 +35,19 @@ from backend.api.validation import JsonContent, check_limits, from_pydantic, inv
 from backend.models import Comparison, Run
 from backend.presets import PresetsUnavailable, build_comparison, comparison_presets
 from backend.settings import Settings
+from velora_core.result import ComparisonStatus
 from velora_core.spec import ComparisonSpec
 
-router = APIRouter(prefix="/comparisons", tags=["comparisons"])
+router = APIRouter(prefix="/comparisons", tags=["comparisons"], responses=error_responses(401, 503))
 
+#: What ``POST /comparisons`` accepts; parsed by :func:`parse_comparison`, documented from here.
+BODY_MODELS = (ComparisonSpec, ComparisonFromPreset)
 _BODY_SCHEMA = {
     "requestBody": {
         "required": True,
         "content": {
             "application/json": {
-                "schema": {
-                    "oneOf": [
-                        {"$ref": "#/components/schemas/ComparisonSpec"},
-                        {"$ref": "#/components/schemas/ComparisonFromPreset"},
-                    ]
-                },
+                "schema": {"oneOf": [{"$ref": f"#/components/schemas/{m.__name__}"} for m in BODY_MODELS]},
                 "examples": {
                     "preset": {"summary": "A named preset", "value": {"preset": "cpu-smoke"}},
                 },
@@ -103,7 +102,7 @@ def _public(comparison: Comparison) -> ComparisonPublic:
         preset=comparison.preset,
         spec_hash=comparison.spec_hash,
         created_at=comparison.created_at,
-        status=store.comparison_status(statuses),
+        status=ComparisonStatus.of(statuses),
         run_ids=[run.id for run in comparison.runs],
         status_counts=dict(Counter(statuses)),
     )
@@ -189,7 +188,7 @@ def _load_detail(session: Session, comparison_id: int, *, include_results: bool 
     status_code=201,
     response_model=ComparisonDetail,
     openapi_extra=_BODY_SCHEMA,
-    responses={401: {}, 413: {}, 422: {}},
+    responses=error_responses(413, 415),
 )
 def create_comparison(
     _content_type: JsonContent,
@@ -237,7 +236,7 @@ def read_comparisons(
     return ComparisonsPublic(data=[_public(c) for c in rows], count=count, offset=offset, limit=limit)
 
 
-@router.get("/{comparison_id}", response_model=ComparisonDetail)
+@router.get("/{comparison_id}", response_model=ComparisonDetail, responses=error_responses(404))
 def read_comparison(
     comparison_id: IdPath,
     session: SessionDep,
@@ -250,7 +249,7 @@ def read_comparison(
     return _load_detail(session, comparison_id, include_results=include == "results")
 
 
-@router.post("/{comparison_id}/cancel", response_model=ComparisonDetail)
+@router.post("/{comparison_id}/cancel", response_model=ComparisonDetail, responses=error_responses(404))
 def cancel_comparison(comparison_id: IdPath, session: WriteSessionDep, _: WriteAccess) -> ComparisonDetail:
     """Cancel every run of the comparison that has not finished yet."""
     comparison = store.get_comparison(session, comparison_id=comparison_id)

@@ -24,7 +24,10 @@ def _database(db: Database) -> dict[str, Any]:
         return {"ok": False, "backend": db.engine.dialect.name, "error": f"{type(exc).__name__}: {exc}"}
 
 
-@router.get("")
+@router.get(
+    "",
+    responses={503: {"description": "The database or the broker does not answer (the same body says which)"}},
+)
 def read_health(
     request: Request, response: Response, settings: SettingsDep, dispatcher: DispatcherDep
 ) -> dict:

@@ -8,12 +8,13 @@ from typing import Any
 from fastapi import APIRouter
 
 from backend.api.deps import ReadAccess, SettingsDep
+from backend.api.docs import error_responses
 from backend.presets import build_comparison, comparison_presets
 from velora_core.method_configs import METHOD_CONFIGS
 from velora_core.presets import DATASETS, MODEL_PRESETS
 from velora_core.spec import ComparisonSpec, RunSpec
 
-router = APIRouter(prefix="/presets", tags=["presets"])
+router = APIRouter(prefix="/presets", tags=["presets"], responses=error_responses(401, 503))
 
 
 def _comparison_specs(names: list[str]) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from backend.api.deps import (
     WriteSessionDep,
     committed,
 )
+from backend.api.docs import error_responses
 from backend.api.idempotency import IdempotencyKeyHeader, create_once
 from backend.api.schemas import (
     AfterStepQuery,
@@ -34,7 +35,7 @@ from backend.api.validation import JsonContent, check_limits
 from velora_core.result import RunStatus
 from velora_core.spec import RunSpec
 
-router = APIRouter(prefix="/runs", tags=["runs"])
+router = APIRouter(prefix="/runs", tags=["runs"], responses=error_responses(401, 503))
 
 
 def _read_run(session: Session, run_id: int) -> RunDetail:
@@ -44,7 +45,7 @@ def _read_run(session: Session, run_id: int) -> RunDetail:
     return RunDetail.model_validate(run)
 
 
-@router.post("", status_code=201, response_model=RunDetail, responses={401: {}, 413: {}, 422: {}})
+@router.post("", status_code=201, response_model=RunDetail, responses=error_responses(413, 415))
 def create_run(
     _content_type: JsonContent,
     spec: RunSpec,
@@ -108,12 +109,12 @@ def read_runs(
     )
 
 
-@router.get("/{run_id}", response_model=RunDetail)
+@router.get("/{run_id}", response_model=RunDetail, responses=error_responses(404))
 def read_run(run_id: IdPath, session: SessionDep, _: ReadAccess) -> Response:
     return _json(_read_run(session, run_id))
 
 
-@router.get("/{run_id}/metrics", response_model=MetricsPublic)
+@router.get("/{run_id}/metrics", response_model=MetricsPublic, responses=error_responses(404))
 def read_run_metrics(
     run_id: IdPath,
     session: SessionDep,
@@ -122,10 +123,9 @@ def read_run_metrics(
     limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
 ) -> Response:
     """The run's training curve, one point per recorded step, in step order."""
-    status = store.get_run_status(session, run_id=run_id)
+    status, points = store.list_metrics(session, run_id=run_id, after_step=after_step, limit=limit)
     if status is None:
         raise HTTPException(status_code=404, detail="Run not found")
-    points = store.list_metrics(session, run_id=run_id, after_step=after_step, limit=limit)
     data = [MetricPublic.model_validate(p._asdict()) for p in points]
     return _json(
         MetricsPublic(
@@ -134,7 +134,7 @@ def read_run_metrics(
     )
 
 
-@router.post("/{run_id}/cancel", response_model=RunPublic, responses={404: {}, 409: {}})
+@router.post("/{run_id}/cancel", response_model=RunPublic, responses=error_responses(404, 409))
 def cancel_run(run_id: IdPath, session: WriteSessionDep, _: WriteAccess) -> RunPublic:
     """Cancel a queued run at once, or ask a running one to stop (it does within a training step)."""
     try:

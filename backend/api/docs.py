@@ -1,0 +1,94 @@
+"""What the API says about itself: documented error answers, ``Allow`` on 405, the OpenAPI document's
+extra schemas, and Swagger UI served from an installed package (``/docs`` works air-gapped)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exception_handlers import http_exception_handler
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, Response
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel
+from pydantic.json_schema import models_json_schema
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
+
+from backend.api.schemas import ErrorPublic
+
+DOCS_ASSETS = "/docs/assets"
+
+_ERROR_WORDS = {
+    401: "No valid bearer token where one is needed",
+    404: "No such resource",
+    409: "The request conflicts with the resource's state",
+    413: "The request body is larger than this server accepts (VELORA_MAX_REQUEST_BYTES)",
+    415: "The request body is not sent as application/json",
+    503: "The database is unavailable; try again shortly",
+}
+
+
+def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """``responses=`` for a router or route: each code answers the shared error body."""
+    return {code: {"model": ErrorPublic, "description": _ERROR_WORDS[code]} for code in codes}
+
+
+#: The methods an ``Allow`` header can name (no route here answers OPTIONS or TRACE).
+_METHODS = ("DELETE", "GET", "HEAD", "PATCH", "POST", "PUT")
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method some route serves at this path (Starlette's 405 names only the first route's)."""
+    routes = request.app.router.routes
+    return [
+        method
+        for method in _METHODS
+        if any(route.matches({**request.scope, "method": method})[0] == Match.FULL for route in routes)
+    ]
+
+
+async def _method_not_allowed(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StarletteHTTPException)
+    exc.headers = {**(exc.headers or {}), "Allow": ", ".join(_allowed_methods(request))}
+    return await http_exception_handler(request, exc)
+
+
+def add_schemas(app: FastAPI, models: Iterable[type[BaseModel]]) -> None:
+    """Put ``models`` (and what they reference) in ``components.schemas``: for request bodies that a
+    route parses itself and describes with ``openapi_extra`` ``$ref``s."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = generate()
+            _, defs = models_json_schema(
+                [(m, "validation") for m in models], ref_template="#/components/schemas/{model}"
+            )
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            for name, definition in defs.get("$defs", {}).items():
+                components.setdefault(name, definition)
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+def serve_docs(app: FastAPI, *, openapi_url: str) -> None:
+    """``/docs``: Swagger UI from the ``swagger-ui-bundle-v2`` package (no CDN), and answers 405
+    with every method the path allows."""
+    from swagger_ui_bundle import swagger_ui_path
+
+    app.mount(DOCS_ASSETS, StaticFiles(directory=swagger_ui_path), name="swagger-ui-assets")
+    app.add_exception_handler(405, _method_not_allowed)
+
+    @app.get("/docs", include_in_schema=False)
+    def _docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url=openapi_url,
+            title=f"{app.title} — API",
+            swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
+            swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css",
+            swagger_favicon_url=f"{DOCS_ASSETS}/favicon-32x32.png",
+        )
