@@ -11,12 +11,14 @@ import argparse
 import contextlib
 import ipaddress
 import os
+import shlex
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +36,7 @@ def register(subparsers: Any) -> None:
         "default (SQLite database and broker under --data-dir; DATABASE_URL / REDIS_URL are honoured). "
         "Ctrl-C or SIGTERM stops them all.",
     )
-    _add_data_dir(up)
+    add_data_dir_argument(up)
     up.add_argument("--host", default="127.0.0.1", help="interface to listen on (default %(default)s)")
     up.add_argument("--api-port", type=int, default=8000, help="(default %(default)s)")
     up.add_argument("--dashboard-port", type=int, default=8501, help="(default %(default)s)")
@@ -64,21 +66,27 @@ def register(subparsers: Any) -> None:
     submit.register(subparsers)
 
     token = subparsers.add_parser("token", help="create, list or revoke API tokens")
-    actions = token.add_subparsers(dest="token_command", required=True, metavar="{create,list,revoke}")
+    actions = token.add_subparsers(dest="token_command", required=True, metavar="{show,create,list,revoke}")
+    show = actions.add_parser(
+        "show", help="print the token `velora-bench up` keeps in the data dir (for curl and scripts)"
+    )
+    add_data_dir_argument(show)
+    show.set_defaults(func=cmd_token_show)
     create = actions.add_parser("create", help="create a token and print it (once)")
     create.add_argument("--name", default="cli", help="a label for the token (default %(default)s)")
-    _add_data_dir(create)
+    add_data_dir_argument(create)
     create.set_defaults(func=cmd_token_create)
     listing = actions.add_parser("list", help="list tokens (never their values)")
-    _add_data_dir(listing)
+    add_data_dir_argument(listing)
     listing.set_defaults(func=cmd_token_list)
     revoke = actions.add_parser("revoke", help="revoke a token by id")
     revoke.add_argument("token_id", type=int)
-    _add_data_dir(revoke)
+    add_data_dir_argument(revoke)
     revoke.set_defaults(func=cmd_token_revoke)
 
 
-def _add_data_dir(parser: argparse.ArgumentParser) -> None:
+def add_data_dir_argument(parser: argparse.ArgumentParser) -> None:
+    """``--data-dir``, as every command that finds the embedded database or the token file has it."""
     parser.add_argument(
         "--data-dir",
         type=Path,
@@ -108,6 +116,22 @@ def _database(settings: Any) -> Any:
 
 
 # --- token -------------------------------------------------------------------------------------
+
+
+def cmd_token_show(args: argparse.Namespace) -> int:
+    from backend.token_file import TokenFile
+
+    token_file = TokenFile(_settings(args).resolved_data_dir)
+    token = token_file.read()
+    if token is None:
+        print(
+            f"velora-bench: error: no token in {token_file.path}: `velora-bench up` creates it when "
+            "VELORA_API_TOKEN is not set (or create one with `velora-bench token create`)",
+            file=sys.stderr,
+        )
+        return EXIT_BAD_INPUT
+    print(token)
+    return EXIT_OK
 
 
 def cmd_token_create(args: argparse.Namespace) -> int:
@@ -249,6 +273,134 @@ def _wait_for_api(url: str, child: _Child, timeout_s: float = 60.0) -> bool:
     return False
 
 
+UP_TOKEN_NAME = "velora-bench up"
+
+
+def local_token(db: Any, settings: Any) -> tuple[str, str]:
+    """The token this machine's clients present, and a shell expression for it (for the curl line).
+
+    ``VELORA_API_TOKEN`` when configured (provisioned, hashed, as the API does). Otherwise the data
+    dir's token file: created on the first start and provisioned on every start (so a new database
+    accepts it too); a token that was revoked is replaced by a new one.
+    """
+    from backend import store
+    from backend.api.main import provision_env_token
+    from backend.token_file import TokenFile
+
+    if settings.api_token is not None and settings.api_token.get_secret_value():
+        provision_env_token(db, settings)
+        return settings.api_token.get_secret_value(), "$VELORA_API_TOKEN"
+    token_file = TokenFile(settings.resolved_data_dir)
+    token = token_file.read()
+    with db.write_session() as session:
+        if token is not None:
+            try:
+                store.add_token(session, name=UP_TOKEN_NAME, token=token)
+            except store.StoreError:  # revoked: make a new one
+                token = None
+        if token is None:
+            _, token = store.create_token(session, name=UP_TOKEN_NAME)
+            token_file.write(token)
+    return token, f"$(cat {shlex.quote(str(token_file.path))})"
+
+
+def _bound_host_names(host: str) -> list[str]:
+    """The names clients may use for an API bound to ``host``, beside the loopback names."""
+    if _is_loopback(host):
+        return []
+    if host not in ("0.0.0.0", "::"):
+        return [host.lower()]
+    names = {socket.gethostname().lower(), socket.getfqdn().lower()}
+    with contextlib.suppress(OSError):
+        names |= {info[4][0] for info in socket.getaddrinfo(socket.gethostname(), None)}
+    return sorted(names)
+
+
+class _Restarts:
+    """When to restart a worker that died: after 1, 2, 4 … (at most 30) s, and at most
+    ``max_restarts`` times within ``window_s`` seconds; after that, never."""
+
+    def __init__(self, max_restarts: int, window_s: float) -> None:
+        self.max_restarts, self.window_s = max_restarts, window_s
+        self.crashes: deque[float] = deque()
+
+    def delay_after_crash(self, now: float) -> float | None:
+        """Record a crash at ``now``; the back-off before the restart, or None to give up."""
+        self.crashes.append(now)
+        while now - self.crashes[0] > self.window_s:
+            self.crashes.popleft()
+        if len(self.crashes) > self.max_restarts:
+            return None
+        return min(30.0, 2.0 ** (len(self.crashes) - 1))
+
+
+class _WorkerKeeper:
+    """The worker ``up`` runs, restarted when it dies. Each incarnation has its own Celery name, so
+    /health shows the new one and the dead one's runs are released by name (failed or requeued)."""
+
+    def __init__(
+        self,
+        start: Callable[[str], _Child],
+        base_name: str,
+        restarts: _Restarts,
+        release: Callable[[str, str], None],
+    ) -> None:
+        self.start, self.base_name, self.restarts, self.release = start, base_name, restarts, release
+        self.incarnation = 0
+        self.name = self._name()
+        self.child = start(self.name)
+        self.restart_at: float | None = None
+        self.gave_up = False
+
+    def _name(self) -> str:
+        suffix = f"r{self.incarnation}" if self.incarnation else ""
+        return f"{self.base_name}{suffix}@{socket.gethostname()}"
+
+    def check(self) -> bool:
+        """Restart a dead worker once its back-off has passed; False once it gave up."""
+        now = time.monotonic()
+        if self.gave_up:
+            return False
+        if self.restart_at is not None:
+            if now >= self.restart_at:
+                self.incarnation += 1
+                self.name = self._name()
+                self.child = self.start(self.name)
+                self.restart_at = None
+                print(f"velora-bench up: worker restarted as {self.name}", file=sys.stderr, flush=True)
+            return True
+        if self.child.alive():
+            return True
+        code = self.child.process.returncode
+        self.child.stop(0)  # and any pool process left in its group
+        self.release(self.name, "(its worker process died)")
+        delay = self.restarts.delay_after_crash(now)
+        if delay is None:
+            self.gave_up = True
+            print(
+                f"velora-bench up: error: the worker died {len(self.restarts.crashes)} times within "
+                f"{self.restarts.window_s:g} s (last exit code {code}; see {self.child.log_path}); giving up "
+                f"after {self.restarts.max_restarts} restart(s) (VELORA_WORKER_MAX_RESTARTS, "
+                "VELORA_WORKER_RESTART_WINDOW_S); stopping",
+                file=sys.stderr,
+                flush=True,
+            )
+            return False
+        print(
+            f"velora-bench up: worker {self.name} exited with code {code} (see {self.child.log_path}); "
+            f"restarting it in {delay:g} s (restart {len(self.restarts.crashes)} of at most "
+            f"{self.restarts.max_restarts} within {self.restarts.window_s:g} s)",
+            file=sys.stderr,
+            flush=True,
+        )
+        self.restart_at = now + delay
+        return True
+
+    def stop(self, timeout: float) -> None:
+        self.child.stop(timeout)
+        self.release(self.name, "(stopped by `velora-bench up` shutting down)")
+
+
 def cmd_up(args: argparse.Namespace) -> int:
     settings = _settings(args)
     dashboard_host = args.dashboard_host or (args.host if _is_loopback(args.host) else "127.0.0.1")
@@ -267,21 +419,11 @@ def cmd_up(args: argparse.Namespace) -> int:
             )
             return EXIT_BAD_INPUT
 
-    from backend import store
-    from backend.api.main import provision_env_token
     from backend.broker import Dispatcher
 
     settings.resolved_data_dir.mkdir(parents=True, exist_ok=True)
     db = _database(settings)
-    provision_env_token(db, settings)
-    if not _is_loopback(args.host):
-        with db.write_session() as session:
-            if store.count_active_tokens(session) == 0:
-                _, plain = store.create_token(session, name="velora-bench up")
-                print(
-                    f"The API listens on {args.host}, so it needs a token from other machines. "
-                    f"Created one (shown once):\n  {plain}"
-                )
+    token, token_expression = local_token(db, settings)
     dispatcher = Dispatcher(settings)
     broker = dispatcher.check()  # also creates the embedded broker's tables before two processes race to
     dispatcher.close()
@@ -294,9 +436,42 @@ def cmd_up(args: argparse.Namespace) -> int:
     env = dict(os.environ)
     python = sys.executable
     logs = settings.resolved_data_dir / "logs"
-    worker_name = f"up{os.getpid()}@{socket.gethostname()}"
+    allowed_hosts = [*settings.allowed_hosts, *_bound_host_names(args.host)]
     children: list[_Child] = []
+    keeper: _WorkerKeeper | None = None
     stop_requested: list[int] = []
+
+    def start_worker(name: str) -> _Child:
+        argv = [
+            python,
+            "-m",
+            "celery",
+            "-A",
+            "worker.app",
+            "worker",
+            "-Q",
+            args.queues,
+            "-c",
+            "1",
+            "-n",
+            name,
+        ]
+        return _Child("worker", [*argv, "--loglevel", "INFO"], env, logs / "worker.log")
+
+    def release(worker_name: str, reason: str) -> None:
+        _release_runs(db, settings, worker_name, reason)
+
+    def supervise() -> bool:
+        """One look at the services: False when ``up`` must stop (the API or dashboard exited, or
+        the worker died too often); a worker that died is restarted."""
+        dead = [c for c in children if not c.alive()]
+        for child in dead:
+            print(
+                f"velora-bench up: {child.name} exited with code {child.process.returncode} "
+                f"(see {child.log_path}); stopping",
+                file=sys.stderr,
+            )
+        return not dead and (keeper is None or keeper.check())
 
     def request_stop(signum: int, _frame: Any) -> None:
         stop_requested.append(signum)
@@ -319,37 +494,16 @@ def cmd_up(args: argparse.Namespace) -> int:
                 "--log-level",
                 "warning",
             ],
-            env,
+            dict(env, VELORA_ALLOWED_HOSTS=",".join(allowed_hosts)),
             logs / "api.log",
         )
         children.append(api)
         if not args.no_worker:
-            children.append(
-                _Child(
-                    "worker",
-                    [
-                        python,
-                        "-m",
-                        "celery",
-                        "-A",
-                        "worker.app",
-                        "worker",
-                        "-Q",
-                        args.queues,
-                        "-c",
-                        "1",
-                        "-n",
-                        worker_name,
-                        "--loglevel",
-                        "INFO",
-                    ],
-                    env,
-                    logs / "worker.log",
-                )
-            )
+            restarts = _Restarts(settings.worker_max_restarts, settings.worker_restart_window_s)
+            keeper = _WorkerKeeper(start_worker, f"up{os.getpid()}", restarts, release)
         api_base = f"http://{'127.0.0.1' if args.host in ('0.0.0.0', '::') else args.host}:{args.api_port}"
         if app_path is not None:
-            dash_env = dict(env, VELORA_API_URL=f"http://127.0.0.1:{args.api_port}")
+            dash_env = dict(env, VELORA_API_URL=f"http://127.0.0.1:{args.api_port}", VELORA_API_TOKEN=token)
             children.append(
                 _Child(
                     "dashboard",
@@ -383,31 +537,32 @@ def cmd_up(args: argparse.Namespace) -> int:
             print(f"  API:        {api_base}/api/v1   (docs: {api_base}/docs)")
             if app_path is not None:
                 print(f"  Dashboard:  {dashboard_url}")
-            if not args.no_worker:
-                print(f"  Worker:     {worker_name} on queues {args.queues}")
+            if keeper is not None:
+                print(f"  Worker:     {keeper.name} on queues {args.queues}")
             print(f"  Broker:     {broker['url']}")
             print(f"  Logs:       {logs}")
+            print(f"  Token:      {token_expression}   (`velora-bench token show` prints it)")
+            print(f'  Try:        curl -H "Authorization: Bearer {token_expression}" {api_base}/api/v1/runs')
+            if settings.trust_localhost:
+                print("  Warning:    VELORA_TRUST_LOCALHOST=true: any process on this machine may write")
             print("Press Ctrl-C to stop.", flush=True)
             if args.submit:
-                exit_code, finished = _submit_preset(args, api_base, children, stop_requested, dashboard_url)
+                exit_code, finished = _submit_preset(
+                    args, api_base, token, lambda: bool(stop_requested) or not supervise(), dashboard_url
+                )
         while exit_code == EXIT_OK and not stop_requested and not finished:
-            dead = [c for c in children if not c.alive()]
-            if dead:
-                for child in dead:
-                    print(
-                        f"velora-bench up: {child.name} exited with code {child.process.returncode} "
-                        f"(see {child.log_path}); stopping",
-                        file=sys.stderr,
-                    )
+            if not supervise():
                 exit_code = EXIT_FAILED
                 break
             time.sleep(0.25)
     finally:
         print("Stopping…", file=sys.stderr, flush=True)
-        for child in reversed(children):
-            child.stop(args.stop_timeout if child.name == "worker" else 10.0)
-        if not args.no_worker:
-            _release_runs(db, settings, worker_name)
+        for child in reversed(children[1:]):  # the dashboard, then the worker, then the API
+            child.stop(10.0)
+        if keeper is not None:
+            keeper.stop(args.stop_timeout)
+        for child in children[:1]:
+            child.stop(10.0)
         db.dispose()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
@@ -418,31 +573,24 @@ def cmd_up(args: argparse.Namespace) -> int:
 def _submit_preset(
     args: argparse.Namespace,
     api_base: str,
-    children: list[_Child],
-    stop_requested: list[int],
+    token: str,
+    should_stop: Callable[[], bool],
     dashboard: str | None,
 ) -> tuple[int, bool]:
     """``submit --wait`` of ``args.submit`` against the stack just started: (exit code for ``up``, done)."""
     from backend.submit import run_submit
 
     args.preset = args.submit
-    code = run_submit(
-        args,
-        api_base,
-        os.environ.get("VELORA_API_TOKEN"),
-        wait=True,
-        dashboard_url=dashboard,
-        should_stop=lambda: bool(stop_requested) or not all(c.alive() for c in children),
-    )
-    if args.exit_when_done or stop_requested:
+    code = run_submit(args, api_base, token, wait=True, dashboard_url=dashboard, should_stop=should_stop)
+    if args.exit_when_done or should_stop():
         return code, True
     where = f"in the dashboard at {dashboard}" if dashboard else f"at {api_base}/api/v1/comparisons"
     print(f"Results are {where}. Press Ctrl-C to stop.", flush=True)
     return EXIT_OK, False
 
 
-def _release_runs(db: Any, settings: Any, worker_name: str) -> None:
-    """Runs the stopped worker still held are failed (or requeued), not left running."""
+def _release_runs(db: Any, settings: Any, worker_name: str, reason: str) -> None:
+    """Runs a worker that stopped or died still held are failed (or requeued), not left running."""
     from backend import store
     from backend.broker import Dispatcher
     from backend.reaper import dispatch_pending
@@ -452,7 +600,7 @@ def _release_runs(db: Any, settings: Any, worker_name: str) -> None:
         outcome = store.release_worker_runs(
             session,
             worker_name=worker_name,
-            reason="(stopped by `velora-bench up` shutting down)",
+            reason=reason,
             requeue=settings.requeue_lost_runs,
             max_attempts=settings.max_attempts,
         )
@@ -463,7 +611,7 @@ def _release_runs(db: Any, settings: Any, worker_name: str) -> None:
     for run_id in outcome.failed:
         print(f"Run {run_id} was still running and is marked failed.", file=sys.stderr)
     for run_id in outcome.requeued:
-        print(f"Run {run_id} was still running and is requeued for the next start.", file=sys.stderr)
+        print(f"Run {run_id} was still running and is requeued.", file=sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

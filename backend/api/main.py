@@ -16,6 +16,7 @@ from fastapi.responses import JSONResponse, RedirectResponse
 from sqlalchemy.exc import OperationalError
 
 from backend import store
+from backend.api.hosts import HostGuardMiddleware
 from backend.api.limits import BodySizeLimitMiddleware
 from backend.api.routes import comparisons, health, presets, runs
 from backend.broker import Dispatcher
@@ -85,6 +86,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_bytes)
+    app.add_middleware(HostGuardMiddleware, settings=settings)  # outermost: checked before anything else
     app.include_router(api_router, prefix=API_V1_STR)
 
     @app.exception_handler(OperationalError)
