@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -92,6 +93,12 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def new_api_token() -> str:
+    """A token for ``VELORA_API_TOKEN``: the API provisions it, and clients present it (every client
+    must; loopback is not trusted)."""
+    return f"vb_test-{secrets.token_urlsafe(24)}"
 
 
 def service_env(**overrides: str) -> dict[str, str]:
