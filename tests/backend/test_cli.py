@@ -16,6 +16,7 @@ import httpx
 import pytest
 
 from tests.backend.harness import REPO_ROOT, free_port, service_env, wait_until
+from tests.worker.conftest import long_run
 
 FINISHED = ("completed", "failed", "out_of_memory", "cancelled")
 
@@ -26,29 +27,25 @@ def cli() -> list[str]:
     return [exe] if exe else [sys.executable, "-m", "backend.cli"]
 
 
-def test_token_create_prints_a_working_token(tmp_path: Path) -> None:
-    env = service_env()
-    done = subprocess.run(
-        [*cli(), "token", "create", "--name", "ci", "--data-dir", str(tmp_path)],
-        env=env,
+def run_cli(*argv: str, timeout: float = 120, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*cli(), *argv],
+        env=service_env(**env),
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=timeout,
         cwd=REPO_ROOT,
     )
+
+
+def test_token_create_prints_a_working_token(tmp_path: Path) -> None:
+    done = run_cli("token", "create", "--name", "ci", "--data-dir", str(tmp_path))
     assert done.returncode == 0, done.stderr
     token = done.stdout.strip()
     assert token.startswith("vb_") and "\n" not in token
     assert "shown only this once" in done.stderr
 
-    listing = subprocess.run(
-        [*cli(), "token", "list", "--data-dir", str(tmp_path)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=REPO_ROOT,
-    )
+    listing = run_cli("token", "list", "--data-dir", str(tmp_path))
     assert "ci" in listing.stdout and token[:10] in listing.stdout and token not in listing.stdout
 
     from fastapi.testclient import TestClient
@@ -61,33 +58,12 @@ def test_token_create_prints_a_working_token(tmp_path: Path) -> None:
         assert client.get("/api/v1/runs", headers={"Authorization": f"Bearer {token}"}).status_code == 200
         assert client.get("/api/v1/runs").status_code == 401
 
-    revoke = subprocess.run(
-        [*cli(), "token", "revoke", "1", "--data-dir", str(tmp_path)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=REPO_ROOT,
-    )
+    revoke = run_cli("token", "revoke", "1", "--data-dir", str(tmp_path))
     assert revoke.returncode == 0
-    again = subprocess.run(
-        [*cli(), "token", "revoke", "1", "--data-dir", str(tmp_path)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=REPO_ROOT,
-    )
+    again = run_cli("token", "revoke", "1", "--data-dir", str(tmp_path))
     assert again.returncode == 2 and "no active token" in again.stderr
 
-    show = subprocess.run(
-        [*cli(), "token", "show", "--data-dir", str(tmp_path)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=REPO_ROOT,
-    )
+    show = run_cli("token", "show", "--data-dir", str(tmp_path))
     assert show.returncode == 2 and "velora-bench up` creates it" in show.stderr  # only `up` writes the file
 
 
@@ -108,14 +84,7 @@ def test_up_refuses_a_busy_port(tmp_path: Path) -> None:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        done = subprocess.run(
-            [*cli(), "up", "--data-dir", str(tmp_path), "--api-port", str(port), "--no-dashboard"],
-            env=service_env(),
-            capture_output=True,
-            text=True,
-            timeout=120,
-            cwd=REPO_ROOT,
-        )
+        done = run_cli("up", "--data-dir", str(tmp_path), "--api-port", str(port), "--no-dashboard")
     assert done.returncode == 2
     assert f"port {port} on 127.0.0.1 is in use" in done.stderr and "--api-port" in done.stderr
 
@@ -232,32 +201,17 @@ def test_up_starts_everything_and_stops_cleanly(tmp_path: Path) -> None:
         # Every client presents the token, on this machine too.
         refused = httpx.post(f"{up.url}/comparisons", json={"preset": "cpu-smoke"}, timeout=10)
         assert refused.status_code == 401, refused.text
-        show = subprocess.run(
-            [*cli(), "token", "show", "--data-dir", str(up.data_dir)],
-            env=service_env(),
-            capture_output=True,
-            text=True,
-            timeout=120,
-            cwd=REPO_ROOT,
-        )
+        show = run_cli("token", "show", "--data-dir", str(up.data_dir))
         assert show.returncode == 0 and show.stdout.strip() == token
         # `submit` finds the token in the data dir (no --token, no VELORA_API_TOKEN).
-        submitted = subprocess.run(
-            [
-                *cli(),
-                "submit",
-                "--preset",
-                "cpu-smoke",
-                "--api",
-                f"http://127.0.0.1:{port}",
-                "--data-dir",
-                str(up.data_dir),
-            ],
-            env=service_env(),
-            capture_output=True,
-            text=True,
-            timeout=120,
-            cwd=REPO_ROOT,
+        submitted = run_cli(
+            "submit",
+            "--preset",
+            "cpu-smoke",
+            "--api",
+            f"http://127.0.0.1:{port}",
+            "--data-dir",
+            str(up.data_dir),
         )
         assert submitted.returncode == 0, submitted.stderr
         assert "Comparison 1 (cpu-smoke) queued" in submitted.stdout
@@ -322,20 +276,8 @@ def test_up_restarts_a_killed_worker_and_gives_up_after_too_many(tmp_path: Path)
         assert f"worker {first[0]['name']} exited with code -9" in up.log()
         assert "restarting it in 1 s (restart 1 of at most 1 within 600 s)" in up.log()
 
-        run = {
-            "workload": "pretrain",
-            "model": {"source": "preset", "name": "tiny"},
-            "dataset": {"source": "builtin", "name": "stdlib-corpus"},
-            "method": "full",
-            "seq_len": 32,
-            "micro_batch": 2,
-            "steps": 3,
-            "device": "cpu",
-            "eval": {"metric": "none"},
-            "save_artifact": False,
-        }
         headers = {"Authorization": f"Bearer {up.token()}"}
-        created = httpx.post(f"{up.url}/runs", json=run, headers=headers, timeout=10)
+        created = httpx.post(f"{up.url}/runs", json=long_run(steps=3), headers=headers, timeout=10)
         assert created.status_code == 201, created.text
         run_id = created.json()["id"]
         done = wait_until(

@@ -4,24 +4,12 @@ from __future__ import annotations
 
 import csv
 import json
-import subprocess
 from pathlib import Path
 
 import httpx
 
-from tests.backend.harness import REPO_ROOT, free_port, new_api_token, service_env, start_api
-from tests.backend.test_cli import cli
-
-
-def run_cli(*argv: str, timeout: float = 120, **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*cli(), *argv],
-        env=service_env(**env),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=REPO_ROOT,
-    )
+from tests.backend.harness import free_port, new_api_token, service_env, start_api
+from tests.backend.test_cli import run_cli
 
 
 def test_up_submit_runs_a_preset_prints_the_table_and_exits(tmp_path: Path) -> None:
