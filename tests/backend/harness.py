@@ -196,22 +196,10 @@ def _health_answers(port: int) -> bool:
 
 
 def start_worker(env: dict[str, str], name: str, log_dir: Path, queues: str = "gpu,cpu") -> ServiceProcess:
-    argv = [
-        sys.executable,
-        "-m",
-        "celery",
-        "-A",
-        "worker.app",
-        "worker",
-        "-Q",
-        queues,
-        "-c",
-        "1",
-        "-n",
-        name,
-        "--loglevel",
-        "INFO",
-    ]
+    """A worker started as `velora-bench up` starts it."""
+    from backend.up import worker_command
+
+    argv = worker_command(name, queues)
     return ServiceProcess("worker", argv, env, log_dir / f"worker-{name.split('@')[0]}.log")
 
 
