@@ -19,6 +19,8 @@ from velora_core.spec import MAX_MICRO_BATCH, MAX_SEQ_LEN, MAX_STEPS
 
 API_V1_STR = "/api/v1"
 TASK_RUN_BENCHMARK = "velora.run_benchmark"
+#: Host names the API always answers to: a DNS-rebinding page's Host header is its own domain, never these.
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
 
 
 class Settings(BaseSettings):
@@ -49,9 +51,23 @@ class Settings(BaseSettings):
         default=5.0, ge=0, description="How long a checked token is trusted before it is looked up again."
     )
     trust_localhost: bool = Field(
-        default=True,
-        description="Loopback clients without proxy headers need no token; remote clients always do.",
+        default=False,
+        description="Opt-out for a single-user laptop: loopback clients without proxy headers need no token. "
+        "Then every local process, and any web page that gets a browser to send to 127.0.0.1, may write.",
     )
+    allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Host header names the API answers to besides localhost, 127.0.0.1 and ::1 (a guard "
+        "against DNS rebinding); comma-separated, `*.example.com` matches subdomains, `*` any host. A "
+        "browser write whose Origin is one of these names (or the request's own host) is accepted.",
+    )
+
+    @field_validator("allowed_hosts", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip().lower() for part in value.split(",") if part.strip()]
+        return value
 
     # Request limits (tighter than the spec's own bounds if a deployment wants).
     max_request_bytes: int = Field(default=1_000_000, ge=1024)
@@ -84,6 +100,14 @@ class Settings(BaseSettings):
     worker_max_tasks_per_child: int = Field(
         default=1, ge=0, description="1: every run in a fresh process (clean memory peaks); 0: reuse."
     )
+    worker_max_restarts: int = Field(
+        default=5,
+        ge=0,
+        le=1000,
+        description="`velora-bench up` restarts a worker that died at most this often within "
+        "worker_restart_window_s (with back-off), then stops everything.",
+    )
+    worker_restart_window_s: float = Field(default=600.0, gt=0)
     auto_migrate: bool = Field(default=True, description="Apply Alembic migrations when a process starts.")
 
     # Local files named by specs submitted through the API (the in-process CLI reads any path).

@@ -53,6 +53,8 @@ def add_request_arguments(parser: argparse.ArgumentParser, *, preset_flag: str |
 
 def register(subparsers: Any) -> None:
     """Add ``submit`` to the ``velora-bench`` sub-command parsers."""
+    from backend.cli import add_data_dir_argument
+
     submit = subparsers.add_parser(
         "submit",
         help="queue a comparison on a running VeLoRA Bench API and (with --wait) follow it",
@@ -67,9 +69,9 @@ def register(subparsers: Any) -> None:
     )
     submit.add_argument(
         "--token",
-        default=os.environ.get("VELORA_API_TOKEN"),
-        help="API token (default $VELORA_API_TOKEN; not needed from localhost)",
+        help="API token (default $VELORA_API_TOKEN, else the token `velora-bench up` keeps in the data dir)",
     )
+    add_data_dir_argument(submit)
     submit.add_argument(
         "--dashboard",
         default=os.environ.get("VELORA_DASHBOARD_URL", "http://127.0.0.1:8501"),
@@ -307,8 +309,20 @@ def run_submit(
             client.close()
 
 
+def client_token(args: argparse.Namespace) -> str | None:
+    """The token to present: ``--token``, else ``$VELORA_API_TOKEN``, else the data dir's token file
+    (``--data-dir``, else ``$VELORA_DATA_DIR``, else ./.velora-bench), which ``velora-bench up`` writes."""
+    from backend.settings import Settings
+    from backend.token_file import TokenFile
+
+    if args.token or os.environ.get("VELORA_API_TOKEN"):
+        return args.token or os.environ["VELORA_API_TOKEN"]
+    data_dir = args.data_dir if args.data_dir is not None else Settings().resolved_data_dir
+    return TokenFile(data_dir).read()
+
+
 def cmd_submit(args: argparse.Namespace) -> int:
     if args.out and not args.wait:
         print("velora-bench: error: --out needs --wait", file=sys.stderr)
         return EXIT_BAD_INPUT
-    return run_submit(args, args.api, args.token, wait=args.wait, dashboard_url=args.dashboard)
+    return run_submit(args, args.api, client_token(args), wait=args.wait, dashboard_url=args.dashboard)

@@ -46,7 +46,10 @@ def describe_error(status_code: int, body: Any) -> str:
     if not detail:
         detail = body if isinstance(body, str) and body else f"HTTP {status_code}"
     if status_code == 401:
-        return f"The API needs a token: {detail}. Start the dashboard with VELORA_API_TOKEN set."
+        return (
+            f"The API needs a token: {detail}. Start the dashboard with VELORA_API_TOKEN set "
+            "(`velora-bench up` does; `velora-bench token show` prints the token it made)."
+        )
     if status_code == 404:
         return str(detail)
     if status_code >= 500:
@@ -56,6 +59,7 @@ def describe_error(status_code: int, body: Any) -> str:
 
 @st.cache_resource(show_spinner=False)
 def _http(base_url: str, token: str | None, timeout_s: float) -> httpx.Client:
+    """The one HTTP client per API and token: every request it sends carries the bearer token."""
     headers = {"Accept": "application/json"}
     if token:
         headers["Authorization"] = f"Bearer {token}"

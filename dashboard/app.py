@@ -1,8 +1,9 @@
 """VeLoRA Bench dashboard: ``streamlit run dashboard/app.py`` (``velora-bench up`` starts it too).
 
 This script owns the navigation and the state every page shares: the API client, built once from
-``VELORA_API_URL`` (default ``http://127.0.0.1:8000``) and ``VELORA_API_TOKEN`` (needed when the API
-is not on this machine's loopback). The dashboard talks to the service over HTTP only.
+``VELORA_API_URL`` (default ``http://127.0.0.1:8000``) and ``VELORA_API_TOKEN``, which it presents on
+every request (``velora-bench up`` hands it the token it keeps in its data dir; the API asks every
+client for one unless ``VELORA_TRUST_LOCALHOST=true``). The dashboard talks to the service over HTTP only.
 """
 
 from __future__ import annotations

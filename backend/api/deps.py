@@ -1,13 +1,16 @@
 """FastAPI dependencies: sessions, settings, the dispatcher and bearer-token authentication.
 
-Authentication (``Authorization: Bearer <token>``):
+Authentication (``Authorization: Bearer <token>``), secure by default as Jupyter is:
 
-- writes always need a valid token; reads too unless ``VELORA_AUTH_READS=false``;
-- a client on the loopback interface with no proxy headers is trusted without a token
-  (``VELORA_TRUST_LOCALHOST``, on by default), so ``velora-bench up`` needs no set-up on one machine,
-  while anyone reaching the API over the network, or through a reverse proxy on the same host, must
-  present a token: nothing is open on a public interface by accident;
+- writes always need a valid token; reads too unless ``VELORA_AUTH_READS=false``; every client,
+  on this machine or not, presents one (``velora-bench up`` creates it and hands it to the dashboard
+  and ``velora-bench submit``);
+- ``VELORA_TRUST_LOCALHOST=true`` is the opt-out for a single-user laptop: a client on the loopback
+  interface with no proxy headers then needs no token (so neither does any other local process or
+  user). A request through a reverse proxy on the same host carries proxy headers and still needs one;
 - a token that is presented but wrong is always refused, even from localhost.
+
+Host names and cross-site browser writes are checked before this, by ``backend.api.hosts``.
 """
 
 from __future__ import annotations
@@ -128,8 +131,9 @@ def _bearer_token(request: Request, *, write: bool) -> str | Principal:
             return Principal(name="localhost")
         if write or settings.auth_reads:
             raise _unauthorized(
-                "Missing bearer token: create one with `velora-bench token create` (or set VELORA_API_TOKEN "
-                "on the server) and send it as `Authorization: Bearer <token>`"
+                "Missing bearer token: send it as `Authorization: Bearer <token>` (`velora-bench up` keeps "
+                "one in its data dir: `velora-bench token show`; or `velora-bench token create`, or set "
+                "VELORA_API_TOKEN on the server)"
             )
         return ANONYMOUS
     scheme, _, token = header.partition(" ")

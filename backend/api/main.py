@@ -18,6 +18,7 @@ from sqlalchemy.exc import OperationalError
 
 from backend import store
 from backend.api.docs import add_schemas, serve_docs
+from backend.api.hosts import HostGuardMiddleware
 from backend.api.limits import BodySizeLimitMiddleware
 from backend.api.routes import comparisons, health, presets, runs
 from backend.api.validation import validation_error_response
@@ -88,6 +89,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_bytes)
+    app.add_middleware(HostGuardMiddleware, settings=settings)  # outermost: checked before anything else
     app.include_router(api_router, prefix=API_V1_STR)
     app.add_exception_handler(RequestValidationError, validation_error_response)
     add_schemas(app, comparisons.BODY_MODELS)

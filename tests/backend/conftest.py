@@ -23,9 +23,11 @@ def backend_kind(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture
 def settings(backend_kind: str, tmp_path: Path) -> Iterator[Settings]:
-    """SQLite + the embedded SQLite broker, or PostgreSQL (own schema) + Redis (own prefix)."""
+    """SQLite + the embedded SQLite broker, or PostgreSQL (own schema) + Redis (own prefix).
+
+    ``testserver`` is the Host name TestClient sends, allowed as a deployment allows its own name."""
     if backend_kind == "sqlite":
-        yield Settings(data_dir=tmp_path, reaper_enabled=False)
+        yield Settings(data_dir=tmp_path, reaper_enabled=False, allowed_hosts=["testserver"])
         return
     with postgres_schema() as url, redis_prefix() as prefix:
         yield Settings(
@@ -34,6 +36,7 @@ def settings(backend_kind: str, tmp_path: Path) -> Iterator[Settings]:
             redis_url="redis://127.0.0.1:6379/0",
             redis_key_prefix=prefix,
             reaper_enabled=False,
+            allowed_hosts=["testserver"],
         )
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -92,6 +93,12 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def new_api_token() -> str:
+    """A token for ``VELORA_API_TOKEN``: the API provisions it, and clients present it (every client
+    must; loopback is not trusted)."""
+    return f"vb_test-{secrets.token_urlsafe(24)}"
 
 
 def service_env(**overrides: str) -> dict[str, str]:
@@ -189,22 +196,10 @@ def _health_answers(port: int) -> bool:
 
 
 def start_worker(env: dict[str, str], name: str, log_dir: Path, queues: str = "gpu,cpu") -> ServiceProcess:
-    argv = [
-        sys.executable,
-        "-m",
-        "celery",
-        "-A",
-        "worker.app",
-        "worker",
-        "-Q",
-        queues,
-        "-c",
-        "1",
-        "-n",
-        name,
-        "--loglevel",
-        "INFO",
-    ]
+    """A worker started as `velora-bench up` starts it."""
+    from backend.up import worker_command
+
+    argv = worker_command(name, queues)
     return ServiceProcess("worker", argv, env, log_dir / f"worker-{name.split('@')[0]}.log")
 
 

@@ -1,4 +1,5 @@
-"""Bearer tokens: required for writes, configurable for reads, trusted localhost, stored hashed."""
+"""Bearer tokens: required for writes (from localhost too), configurable for reads, stored hashed;
+Host names and cross-site browser writes refused."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import pytest
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
 from sqlalchemy import text
@@ -57,8 +59,20 @@ def test_reads_can_be_opened(settings: Settings, db: Database) -> None:
         assert client.post("/api/v1/runs", json=tiny_run()).status_code == 401  # writes stay closed
 
 
-def test_localhost_is_trusted_without_token(settings: Settings, db: Database) -> None:
-    with app_client(settings, client_host="127.0.0.1") as client:
+def test_localhost_needs_a_token_by_default(settings: Settings, db: Database) -> None:
+    configured = SecretStr("vb_configured-on-the-server")
+    for host in ("127.0.0.1", "::1"):
+        with app_client(settings, client_host=host, api_token=configured) as client:
+            refused = client.post("/api/v1/runs", json=tiny_run())
+            assert refused.status_code == 401, host
+            assert refused.headers["www-authenticate"] == "Bearer"
+            assert client.get("/api/v1/runs").status_code == 401
+            headers = {"Authorization": f"Bearer {configured.get_secret_value()}"}
+            assert client.post("/api/v1/runs", json=tiny_run(), headers=headers).status_code == 201
+
+
+def test_trust_localhost_restores_tokenless_local_access(settings: Settings, db: Database) -> None:
+    with app_client(settings, client_host="127.0.0.1", trust_localhost=True) as client:
         assert client.post("/api/v1/runs", json=tiny_run()).status_code == 201
         assert client.get("/api/v1/runs").status_code == 200
         # ...but a wrong token is still refused, and a proxied request is not "local".
@@ -66,13 +80,62 @@ def test_localhost_is_trusted_without_token(settings: Settings, db: Database) ->
         for header in ("X-Forwarded-For", "Forwarded", "X-Real-IP"):
             proxied = client.post("/api/v1/runs", json=tiny_run(), headers={header: "203.0.113.9"})
             assert proxied.status_code == 401, header
-    with app_client(settings, client_host="::1") as client:
+    with app_client(settings, client_host="::1", trust_localhost=True) as client:
         assert client.get("/api/v1/runs").status_code == 200
-
-
-def test_localhost_trust_can_be_turned_off(settings: Settings, db: Database) -> None:
-    with app_client(settings, client_host="127.0.0.1", trust_localhost=False) as client:
+    with app_client(settings, client_host="10.1.2.3", trust_localhost=True) as client:
         assert client.post("/api/v1/runs", json=tiny_run()).status_code == 401
+
+
+def test_trust_localhost_is_off_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("VELORA_TRUST_LOCALHOST", raising=False)
+    assert Settings().trust_localhost is False
+    monkeypatch.setenv("VELORA_TRUST_LOCALHOST", "true")
+    assert Settings().trust_localhost is True
+
+
+def test_unknown_host_header_is_400(settings: Settings, db: Database, auth: dict) -> None:
+    with app_client(settings, client_host="127.0.0.1") as client:
+        for host in ("evil.example", "evil.example:8000", "127.0.0.1.evil.example", "[::1", "localhost:x"):
+            response = client.get("/api/v1/health", headers={"Host": host})
+            assert response.status_code == 400, host
+            assert "VELORA_ALLOWED_HOSTS" in response.json()["detail"], host
+        rebound = client.post("/api/v1/runs", json=tiny_run(), headers={**auth, "Host": "evil.example"})
+        assert rebound.status_code == 400  # refused before the token is even looked at
+        for host in ("localhost", "localhost:8000", "127.0.0.1:8000", "[::1]:8000", "TestServer"):
+            assert client.get("/api/v1/health", headers={"Host": host}).status_code == 200, host
+    with app_client(settings, allowed_hosts=["*.example.com"]) as client:
+        assert client.get("/api/v1/health", headers={"Host": "bench.example.com:443"}).status_code == 200
+        assert client.get("/api/v1/health", headers={"Host": "example.com.evil"}).status_code == 400
+    with app_client(settings, allowed_hosts=["*"]) as client:
+        assert client.get("/api/v1/health", headers={"Host": "anything.example"}).status_code == 200
+
+
+def test_allowed_hosts_are_read_comma_separated(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VELORA_ALLOWED_HOSTS", " bench.Example.com, ,gpu-box ")
+    assert Settings().allowed_hosts == ["bench.example.com", "gpu-box"]
+
+
+def test_cross_site_write_is_403(settings: Settings, db: Database, auth: dict) -> None:
+    with app_client(settings, client_host="127.0.0.1", trust_localhost=True) as client:
+        for headers in (
+            {"Origin": "https://evil.example"},
+            {"Origin": "null"},
+            {"Origin": "http://testserver.evil.example"},
+            {"Origin": "http://localhost:3000"},  # another origin on this machine
+            {"Sec-Fetch-Site": "cross-site"},
+        ):
+            for extra in ({}, auth):  # a token does not make a cross-site browser write acceptable
+                response = client.post("/api/v1/runs", json=tiny_run(), headers={**headers, **extra})
+                assert response.status_code == 403, headers
+                assert response.json()["detail"].startswith("Cross-site write refused"), headers
+            assert client.post("/api/v1/runs/1/cancel", headers=headers).status_code == 403
+            assert client.get("/api/v1/runs", headers=headers).status_code == 200  # reads are not writes
+        # The API's own pages (/docs) are same-origin; a script sends no Origin at all.
+        for headers in ({"Origin": "http://testserver", "Sec-Fetch-Site": "same-origin"}, {}):
+            assert client.post("/api/v1/runs", json=tiny_run(), headers=headers).status_code == 201
+    with app_client(settings, allowed_hosts=["bench.example.com"]) as client:
+        behind_proxy = {**auth, "Origin": "https://bench.example.com", "Host": "127.0.0.1:8000"}
+        assert client.post("/api/v1/runs", json=tiny_run(), headers=behind_proxy).status_code == 201
 
 
 def test_remote_clients_are_never_trusted(settings: Settings, db: Database) -> None:

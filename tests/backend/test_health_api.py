@@ -170,7 +170,8 @@ from fastapi.testclient import TestClient
 from backend.api.main import create_app
 from backend.settings import Settings
 import tempfile
-with TestClient(create_app(Settings(data_dir=tempfile.mkdtemp())), client=("127.0.0.1", 1)) as c:
+settings = Settings(data_dir=tempfile.mkdtemp(), api_token="vb_torch-free", allowed_hosts=["testserver"])
+with TestClient(create_app(settings), headers={"Authorization": "Bearer vb_torch-free"}) as c:
     assert c.post("/api/v1/comparisons", json={"preset": "cpu-smoke"}).status_code == 201
     assert c.get("/api/v1/presets").status_code == 200
 import backend.cli, worker.app, worker.tasks

@@ -4,19 +4,12 @@ from __future__ import annotations
 
 import csv
 import json
-import subprocess
 from pathlib import Path
 
 import httpx
 
-from tests.backend.harness import REPO_ROOT, free_port, service_env, start_api
-from tests.backend.test_cli import cli
-
-
-def run_cli(*argv: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*cli(), *argv], env=service_env(), capture_output=True, text=True, timeout=timeout, cwd=REPO_ROOT
-    )
+from tests.backend.harness import free_port, new_api_token, service_env, start_api
+from tests.backend.test_cli import run_cli
 
 
 def test_up_submit_runs_a_preset_prints_the_table_and_exits(tmp_path: Path) -> None:
@@ -69,25 +62,46 @@ def test_up_submit_runs_a_preset_prints_the_table_and_exits(tmp_path: Path) -> N
 
 
 def test_submit_queues_and_rejects_bad_input(tmp_path: Path) -> None:
-    port = free_port()
-    api = start_api(service_env(VELORA_DATA_DIR=str(tmp_path / "data")), port, tmp_path)
+    port, token = free_port(), new_api_token()
+    api = start_api(
+        service_env(VELORA_DATA_DIR=str(tmp_path / "data"), VELORA_API_TOKEN=token), port, tmp_path
+    )
     url = f"http://127.0.0.1:{port}"
     try:
-        bad = run_cli("submit", "--preset", "no-such-preset", "--api", url)
+        # The API is on loopback, and still wants the token.
+        anonymous = run_cli(
+            "submit", "--preset", "cpu-smoke", "--api", url, "--data-dir", str(tmp_path / "none")
+        )
+        assert anonymous.returncode == 2
+        assert anonymous.stderr.startswith("velora-bench: error: API 401: Missing bearer token")
+
+        bad = run_cli("submit", "--preset", "no-such-preset", "--api", url, "--token", token)
         assert bad.returncode == 2
         message = bad.stderr.strip()
         assert "\n" not in message
         assert message.startswith("velora-bench: error: API 422: preset: unknown preset 'no-such-preset'")
 
-        too_big = run_cli("submit", "--preset", "cpu-smoke", "--set", "steps=-1", "--api", url)
+        too_big = run_cli(
+            "submit", "--preset", "cpu-smoke", "--set", "steps=-1", "--api", url, "--token", token
+        )
         assert too_big.returncode == 2 and "steps" in too_big.stderr and "\n" not in too_big.stderr.strip()
 
-        ok = run_cli("submit", "--preset", "cpu-smoke", "--methods", "full", "--api", url)
+        # The token from the environment (as compose and scripts give it).
+        ok = run_cli(
+            "submit", "--preset", "cpu-smoke", "--methods", "full", "--api", url, VELORA_API_TOKEN=token
+        )
         assert ok.returncode == 0, ok.stderr
         assert "Comparison 1 (cpu-smoke) queued: 1 run(s)" in ok.stdout
         assert "/compare?comparison=1" in ok.stdout
-        body = httpx.get(f"{url}/api/v1/comparisons/1", timeout=5).json()
+        body = httpx.get(
+            f"{url}/api/v1/comparisons/1", headers={"Authorization": f"Bearer {token}"}, timeout=5
+        ).json()
         assert [r["method"] for r in body["runs"]] == ["full"] and body["status"] == "queued"
+        # --token comes first: a wrong one is refused even with a good one in the environment.
+        wrong = run_cli(
+            "submit", "--preset", "cpu-smoke", "--api", url, "--token", "vb_wrong", VELORA_API_TOKEN=token
+        )
+        assert wrong.returncode == 2 and "API 401: Invalid or revoked API token" in wrong.stderr
     finally:
         api.stop()
 

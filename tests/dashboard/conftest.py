@@ -21,6 +21,7 @@ from tests.backend.harness import (
     ServiceProcess,
     cpu_smoke_overrides,
     free_port,
+    new_api_token,
     service_env,
     start_api,
     start_worker,
@@ -34,9 +35,10 @@ FINISHED = {"completed", "failed", "out_of_memory", "cancelled"}
 
 @dataclass
 class LiveService:
-    """The running API and worker, an HTTP client on them (loopback: no token needed) and their logs."""
+    """The running API and worker, an HTTP client on them (with the API's token) and their logs."""
 
     url: str
+    token: str
     client: httpx.Client
     processes: list[ServiceProcess] = field(default_factory=list)
 
@@ -74,8 +76,10 @@ class LiveService:
 @pytest.fixture(scope="session")
 def live_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveService]:
     tmp = tmp_path_factory.mktemp("dashboard-service")
+    token = new_api_token()
     env = service_env(
         VELORA_DATA_DIR=str(tmp / "data"),
+        VELORA_API_TOKEN=token,
         # One worker process for every run: the tests run dozens of tiny runs, and a fresh process
         # per run would spend most of its time importing torch.
         VELORA_WORKER_MAX_TASKS_PER_CHILD="0",
@@ -84,8 +88,10 @@ def live_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServi
     )
     port = free_port()
     api = start_api(env, port, tmp)
+    url = f"http://127.0.0.1:{port}"
+    headers = {"Authorization": f"Bearer {token}"}
     service = LiveService(
-        url=f"http://127.0.0.1:{port}", client=httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
+        url=url, token=token, client=httpx.Client(base_url=url, headers=headers, timeout=30)
     )
     service.processes.append(api)
     try:
@@ -116,7 +122,7 @@ def open_page(live_service: LiveService, monkeypatch: pytest.MonkeyPatch) -> Cal
     """``open_page("views/compare.py", comparison=3)``: the dashboard on that page with those query
     parameters, run once against the live API (with fresh caches)."""
     monkeypatch.setenv("VELORA_API_URL", live_service.url)
-    monkeypatch.delenv("VELORA_API_TOKEN", raising=False)
+    monkeypatch.setenv("VELORA_API_TOKEN", live_service.token)  # as `velora-bench up` hands it over
 
     def open_(page: str | None = None, **query: Any) -> AppTest:
         st.cache_data.clear()
@@ -137,7 +143,7 @@ def dashboard_url(live_service: LiveService, tmp_path_factory: pytest.TempPathFa
     """The dashboard under ``streamlit run``, talking to the live API."""
     tmp = tmp_path_factory.mktemp("dashboard-ui")
     port = free_port()
-    env = service_env(VELORA_API_URL=live_service.url)
+    env = service_env(VELORA_API_URL=live_service.url, VELORA_API_TOKEN=live_service.token)
     argv = [
         sys.executable,
         "-m",
