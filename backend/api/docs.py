@@ -21,7 +21,9 @@ from backend.api.schemas import ErrorPublic
 DOCS_ASSETS = "/docs/assets"
 
 _ERROR_WORDS = {
+    400: "The Host header names no host this server answers to (VELORA_ALLOWED_HOSTS)",
     401: "No valid bearer token where one is needed",
+    403: "A cross-site write from a browser (Origin or Sec-Fetch-Site), refused",
     404: "No such resource",
     409: "The request conflicts with the resource's state",
     413: "The request body is larger than this server accepts (VELORA_MAX_REQUEST_BYTES)",

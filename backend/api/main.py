@@ -17,7 +17,7 @@ from fastapi.responses import JSONResponse, RedirectResponse
 from sqlalchemy.exc import OperationalError
 
 from backend import store
-from backend.api.docs import add_schemas, serve_docs
+from backend.api.docs import add_schemas, error_responses, serve_docs
 from backend.api.hosts import HostGuardMiddleware
 from backend.api.limits import BodySizeLimitMiddleware
 from backend.api.routes import comparisons, health, presets, runs
@@ -30,7 +30,7 @@ from backend.settings import API_V1_STR, Settings, get_settings
 
 log = logging.getLogger(__name__)
 
-api_router = APIRouter()
+api_router = APIRouter(responses=error_responses(400))  # the Host guard answers every path
 api_router.include_router(comparisons.router)
 api_router.include_router(runs.router)
 api_router.include_router(presets.router)

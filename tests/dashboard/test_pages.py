@@ -87,7 +87,7 @@ def test_launch_shows_the_api_validation_error_in_words(
 
     assert at.title[0].value == "Launch a comparison"  # stayed
     assert texts(at.error) == [
-        "The API rejected the request: method 'velora+full': num_groups=1000 exceeds the layer's 128 input features"
+        "The API rejected the request: method 'velora+full': VeLoRA target 'model.layers.0.self_attn.v_proj': num_groups=1000 exceeds the layer's 128 input features"
     ]
     assert live_service.get("/comparisons", limit=1)["count"] == before
 

@@ -188,7 +188,7 @@ def _load_detail(session: Session, comparison_id: int, *, include_results: bool 
     status_code=201,
     response_model=ComparisonDetail,
     openapi_extra=_BODY_SCHEMA,
-    responses=error_responses(413, 415),
+    responses=error_responses(403, 413, 415),
 )
 def create_comparison(
     _content_type: JsonContent,
@@ -249,7 +249,7 @@ def read_comparison(
     return _load_detail(session, comparison_id, include_results=include == "results")
 
 
-@router.post("/{comparison_id}/cancel", response_model=ComparisonDetail, responses=error_responses(404))
+@router.post("/{comparison_id}/cancel", response_model=ComparisonDetail, responses=error_responses(403, 404))
 def cancel_comparison(comparison_id: IdPath, session: WriteSessionDep, _: WriteAccess) -> ComparisonDetail:
     """Cancel every run of the comparison that has not finished yet."""
     comparison = store.get_comparison(session, comparison_id=comparison_id)

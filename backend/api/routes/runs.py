@@ -45,7 +45,7 @@ def _read_run(session: Session, run_id: int) -> RunDetail:
     return RunDetail.model_validate(run)
 
 
-@router.post("", status_code=201, response_model=RunDetail, responses=error_responses(413, 415))
+@router.post("", status_code=201, response_model=RunDetail, responses=error_responses(403, 413, 415))
 def create_run(
     _content_type: JsonContent,
     spec: RunSpec,
@@ -134,7 +134,7 @@ def read_run_metrics(
     )
 
 
-@router.post("/{run_id}/cancel", response_model=RunPublic, responses=error_responses(404, 409))
+@router.post("/{run_id}/cancel", response_model=RunPublic, responses=error_responses(403, 404, 409))
 def cancel_run(run_id: IdPath, session: WriteSessionDep, _: WriteAccess) -> RunPublic:
     """Cancel a queued run at once, or ask a running one to stop (it does within a training step)."""
     try:
