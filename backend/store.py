@@ -8,6 +8,7 @@ change the run.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import secrets
@@ -17,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Select, delete, func, or_, select, true, update
+from sqlalchemy import Select, bindparam, delete, func, or_, select, true, update
 from sqlalchemy.orm import Session, selectinload
 
 from backend.models import ApiToken, Comparison, IdempotencyKey, Run, RunMetric, Worker, utcnow
@@ -101,18 +102,6 @@ def get_run_status(session: Session, *, run_id: int) -> str | None:
     return session.scalar(select(Run.status).where(Run.id == run_id))
 
 
-def _run_filters(
-    query: Select[Any], *, status: Sequence[str] | None, method: str | None, comparison_id: int | None
-) -> Select[Any]:
-    if status:
-        query = query.where(Run.status.in_(status))
-    if method:
-        query = query.where(Run.method == method)
-    if comparison_id is not None:
-        query = query.where(Run.comparison_id == comparison_id)
-    return query
-
-
 #: Everything about a run but its (large) spec and result: what lists and polls need.
 RUN_SUMMARY_COLUMNS = tuple(c for c in Run.__table__.columns if c.name not in ("spec", "result", "claim_id"))
 METRIC_COLUMNS = tuple(c for c in RunMetric.__table__.columns if c.name not in ("run_id", "recorded_at"))
@@ -126,42 +115,80 @@ def list_runs(
     status: Sequence[str] | None = None,
     method: str | None = None,
     comparison_id: int | None = None,
-) -> tuple[Sequence[Any], int]:
-    """Runs, newest first, as rows of :data:`RUN_SUMMARY_COLUMNS` (no ORM objects: this is polled)."""
-    filters = {"status": status, "method": method, "comparison_id": comparison_id}
-    count = session.scalar(_run_filters(select(func.count()).select_from(Run), **filters)) or 0
-    rows = session.execute(
-        _run_filters(select(*RUN_SUMMARY_COLUMNS), **filters)
-        .order_by(Run.id.desc())
-        .offset(offset)
-        .limit(limit)
-    ).all()
+) -> tuple[list[dict[str, Any]], int]:
+    """Runs, newest first, as dicts of :data:`RUN_SUMMARY_COLUMNS` (no ORM objects: this is polled)."""
+    count_statement, page_statement = _run_list_statements(
+        bool(status), bool(method), comparison_id is not None
+    )
+    params: dict[str, Any] = {"status": list(status or ()), "method": method, "comparison_id": comparison_id}
+    count = session.connection().execute(count_statement, params).scalar_one()
+    rows = _plain_rows(session, page_statement, {**params, "offset": offset, "limit": limit})
     return rows, count
+
+
+# The polled statements are built once, with bound parameters: building a select and its cache key
+# on every request cost as much as running it (benchmarks/api_load.py).
+
+
+@functools.cache
+def _run_list_statements(by_status: bool, by_method: bool, by_comparison: bool) -> tuple[Select, Select]:
+    where = []
+    if by_status:
+        where.append(Run.status.in_(bindparam("status", expanding=True)))
+    if by_method:
+        where.append(Run.method == bindparam("method"))
+    if by_comparison:
+        where.append(Run.comparison_id == bindparam("comparison_id"))
+    count = select(func.count()).select_from(Run).where(*where)
+    page = (
+        select(*RUN_SUMMARY_COLUMNS)
+        .where(*where)
+        .order_by(Run.id.desc())
+        .offset(bindparam("offset"))
+        .limit(bindparam("limit"))
+    )
+    return count, page
+
+
+def _metrics_page_statement() -> Select:
+    page = (
+        select(*METRIC_COLUMNS)
+        .where(RunMetric.run_id == bindparam("run_id"), RunMetric.step > bindparam("after_step"))
+        .order_by(RunMetric.step)
+        .limit(bindparam("limit"))
+        .subquery()
+    )
+    # The run outer-joined to the page of its points: its status and the points in one query.
+    return (
+        select(Run.status.label("run_status"), *page.c)
+        .select_from(Run)
+        .outerjoin(page, true())
+        .where(Run.id == bindparam("run_id"))
+        .order_by(page.c.step)
+    )
+
+
+_METRICS_PAGE = _metrics_page_statement()
+
+
+def _plain_rows(session: Session, statement: Select, params: dict[str, Any]) -> list[dict[str, Any]]:
+    """The rows of a column ``statement`` as dicts, through the session's connection: a Core result
+    skips the ORM's row processing, and dicts are what pydantic validates fastest."""
+    result = session.connection().execute(statement, params)
+    keys = tuple(result.keys())
+    return [dict(zip(keys, row, strict=True)) for row in result]
 
 
 def list_metrics(
     session: Session, *, run_id: int, after_step: int, limit: int
-) -> tuple[str | None, Sequence[Any]]:
+) -> tuple[str | None, list[dict[str, Any]]]:
     """The run's status (None: no such run) and its metrics after ``after_step``, in step order, as
-    rows of :data:`METRIC_COLUMNS` (and ``run_status``): one query, the run outer-joined to the page
-    of its points."""
-    page = (
-        select(*METRIC_COLUMNS)
-        .where(RunMetric.run_id == run_id, RunMetric.step > after_step)
-        .order_by(RunMetric.step)
-        .limit(limit)
-        .subquery()
-    )
-    rows = session.execute(
-        select(Run.status.label("run_status"), *page.c)
-        .select_from(Run)
-        .outerjoin(page, true())
-        .where(Run.id == run_id)
-        .order_by(page.c.step)
-    ).all()
+    dicts of :data:`METRIC_COLUMNS`: one query."""
+    rows = _plain_rows(session, _METRICS_PAGE, {"run_id": run_id, "after_step": after_step, "limit": limit})
     if not rows:
         return None, []
-    return rows[0].run_status, [row for row in rows if row.step is not None]
+    status = rows[0]["run_status"]
+    return status, [row for row in rows if row.pop("run_status") and row["step"] is not None]
 
 
 def mark_dispatched(session: Session, *, run_ids: Sequence[int]) -> None:

@@ -8,6 +8,8 @@ requests/s and latency percentiles per endpoint and writes them as JSON.
     python benchmarks/api_load.py                       # 50 clients, 30 s, one poll pair each per 0.5 s
     python benchmarks/api_load.py --interval 0          # closed loop: every client as fast as it can
     python benchmarks/api_load.py --url http://127.0.0.1:8000 --token vb_…   # a running server
+    git worktree add /tmp/base HEAD~3 && python benchmarks/api_load.py --baseline /tmp/base
+        # alternates rounds of that checkout's API and this one's, and prints the ratios
 
 Only loopback addresses are accepted: this is not a tool for loading other people's servers.
 """
@@ -81,13 +83,14 @@ def seed(data_dir: Path, runs: int, steps: int) -> str:
     return token
 
 
-def start_server(data_dir: Path, port: int, workers: int) -> subprocess.Popen:
+def start_server(data_dir: Path, port: int, workers: int, source: Path = REPO_ROOT) -> subprocess.Popen:
+    """The API of the checkout at ``source`` (this one, or a ``--baseline``) on ``port``."""
     env = {
         k: v
         for k, v in os.environ.items()
         if not k.startswith("VELORA_") and k not in ("DATABASE_URL", "REDIS_URL")
     }
-    env.update(VELORA_DATA_DIR=str(data_dir), VELORA_REAPER_ENABLED="false")
+    env.update(VELORA_DATA_DIR=str(data_dir), VELORA_REAPER_ENABLED="false", PYTHONPATH=str(source))
     server = subprocess.Popen(
         [
             sys.executable,
@@ -105,7 +108,7 @@ def start_server(data_dir: Path, port: int, workers: int) -> subprocess.Popen:
             "--workers",
             str(workers),
         ],
-        cwd=REPO_ROOT,
+        cwd=source,
         env=env,
     )
     deadline = time.monotonic() + 60
@@ -200,6 +203,54 @@ def summarize(values: list[float], errors: int, elapsed: float) -> dict:
     }
 
 
+def commit_of(path: Path) -> str | None:
+    """The checkout's commit (with ``+dirty`` for uncommitted changes), for the JSON."""
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(path), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(path), "status", "--porcelain"], capture_output=True, text=True
+        )
+        return head + ("+dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def measure(args: argparse.Namespace, source: Path | None) -> dict:
+    """One round of load: against ``args.url``, or a fresh seeded API of the checkout at ``source``."""
+    server = None
+    workdir = None
+    if args.url:
+        base, token = args.url.rstrip("/"), args.token
+    else:
+        workdir = tempfile.TemporaryDirectory(prefix="velora-load-")
+        data_dir = Path(workdir.name)
+        token = seed(data_dir, args.runs, args.steps)
+        import socket
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        server = start_server(data_dir, port, args.api_workers, source or REPO_ROOT)
+        base = f"http://127.0.0.1:{port}"
+    # Seeding imported the whole backend into this process: keep its objects out of the collector,
+    # so that the clients' own garbage collections do not show up as server latency.
+    gc.collect()
+    gc.freeze()
+    try:
+        return asyncio.run(run_load(base, token, args.clients, args.duration, args.interval))
+    finally:
+        if server is not None:
+            server.terminate()
+            server.wait(30)
+        if workdir is not None:
+            workdir.cleanup()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -221,38 +272,48 @@ def main() -> int:
     parser.add_argument("--token", help="bearer token for --url")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "benchmarks" / "results" / "api_load.json")
     parser.add_argument("--target-p99-ms", type=float, default=100.0)
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        help="a checkout of another commit (git worktree add): alternate rounds against it, print ratios",
+    )
+    parser.add_argument("--rounds", type=int, default=2, help="rounds of each with --baseline (default 2)")
     args = parser.parse_args()
 
-    server = None
-    workdir = None
     if args.url:
         if urlparse(args.url).hostname not in LOOPBACK:
             parser.error("--url must be a loopback address (127.0.0.1, localhost or ::1)")
-        base, token = args.url.rstrip("/"), args.token
-    else:
-        workdir = tempfile.TemporaryDirectory(prefix="velora-load-")
-        data_dir = Path(workdir.name)
-        token = seed(data_dir, args.runs, args.steps)
-        import socket
-
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        server = start_server(data_dir, port, args.api_workers)
-        base = f"http://127.0.0.1:{port}"
-    # Seeding imported the whole backend into this process: keep its objects out of the collector,
-    # so that the clients' own garbage collections do not show up as server latency.
-    gc.collect()
-    gc.freeze()
+        if args.baseline:
+            parser.error("--baseline starts its own servers; it does not go with --url")
+    if args.baseline and not (args.baseline / "backend" / "api" / "main.py").is_file():
+        parser.error(f"--baseline {args.baseline} is not a checkout of this project")
     load_before = os.getloadavg()[0]
-    try:
-        report = asyncio.run(run_load(base, token, args.clients, args.duration, args.interval))
-    finally:
-        if server is not None:
-            server.terminate()
-            server.wait(30)
-        if workdir is not None:
-            workdir.cleanup()
+    if args.baseline:
+        # Alternate baseline and current rounds in one run, so both see the same machine.
+        rounds: dict[str, list[dict]] = {"baseline": [], "current": []}
+        for _ in range(args.rounds):
+            for label, source in (("baseline", args.baseline.resolve()), ("current", REPO_ROOT)):
+                report = measure(args, source)
+                rounds[label].append(report)
+                print(
+                    f"{label:<9} overall p50 {report['overall']['p50_ms']:>8} ms  p99 {report['overall']['p99_ms']:>8} ms"
+                )
+        report = rounds["current"][-1]
+        comparison = {
+            stat: round(
+                statistics.median(r["overall"][stat] for r in rounds["current"])
+                / statistics.median(r["overall"][stat] for r in rounds["baseline"]),
+                3,
+            )
+            for stat in ("p50_ms", "p99_ms", "mean_ms")
+        }
+        print(
+            "current / baseline (medians over rounds): "
+            + ", ".join(f"{k.removesuffix('_ms')} {v:g}x" for k, v in comparison.items())
+        )
+    else:
+        report = measure(args, None)
+        rounds, comparison = None, None
 
     print(
         f"{args.clients} clients, {args.duration:g} s, poll interval {args.interval:g} s "
@@ -281,10 +342,19 @@ def main() -> int:
                 "database": "sqlite" if not args.url else "as configured",
                 "cpus": os.cpu_count(),
                 "python": platform.python_version(),
+                "commit": commit_of(REPO_ROOT),
                 "target_p99_ms": args.target_p99_ms,
                 # Other processes on the machine inflate the tail: the 1-minute load average around the run.
                 "load_average_1m": {"before": round(load_before, 2), "after": round(os.getloadavg()[0], 2)},
                 "results": report,
+                "baseline": None
+                if rounds is None
+                else {
+                    "path": str(args.baseline),
+                    "commit": commit_of(args.baseline),
+                    "rounds": rounds,
+                    "current_over_baseline": comparison,
+                },
             },
             indent=2,
         )

@@ -82,7 +82,9 @@ def test_progress_records_points_once(db: Database) -> None:
         # a retried flush writes the same steps again: no duplicates, no error
         store.record_progress(session, run_id=run_id, claim_id=claim_id, state=points[-1], points=points)
     with db.session() as session:
-        assert [m.step for m in store.list_metrics(session, run_id=run_id, after_step=-1, limit=100)[1]] == [
+        assert [
+            m["step"] for m in store.list_metrics(session, run_id=run_id, after_step=-1, limit=100)[1]
+        ] == [
             1,
             5,
         ]
@@ -99,8 +101,8 @@ def test_progress_records_points_once(db: Database) -> None:
     with db.session() as session:
         status, metrics = store.list_metrics(session, run_id=run_id, after_step=-1, limit=100)
         assert status == "completed"
-        assert [m.step for m in metrics] == [1, 5, 10]  # the final curve fills in what was not streamed
-        assert metrics[0].loss == 1.0  # streamed points are kept as recorded
+        assert [m["step"] for m in metrics] == [1, 5, 10]  # the final curve fills in what was not streamed
+        assert metrics[0]["loss"] == 1.0  # streamed points are kept as recorded
     run = run_row(db, run_id)
     assert (run.status, run.step, run.phase, run.worker_device) == ("completed", 10, "done", "cpu (x86)")
     assert run.result["status"] == "completed" and run.finished_at is not None
