@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -44,6 +45,23 @@ def check_hub_id(name: str, field: str) -> str:
         raise ValueError(
             f"{field} {name[:200]!r} is not a hub id: use 'name' or 'owner/name' (letters, digits, "
             "'-', '_', '.', at most 96 each, no '..' or '--'); for a folder on disk use source='local'"
+        )
+    return name
+
+
+def check_hub_id_not_on_disk(name: str, field: str) -> str:
+    """``name`` unless a file or folder of that name exists where the process runs: ``from_pretrained``
+    and ``load_dataset`` would read it instead of the hub repository (the API confines local paths,
+    so a hub id must not become one by accident of the worker's working directory).
+
+    Raises:
+        ValueError: naming the field and the path found.
+    """
+    if Path(name).exists():
+        raise ValueError(
+            f"{field} {name!r} is a hub id, but {str(Path(name).resolve())!r} exists in the working "
+            "directory and would be read instead of the hub repository; use source='local' for a folder "
+            "on disk, or start the process from another directory"
         )
     return name
 

@@ -36,6 +36,7 @@ from velora_core.bench.data import (
     stdlib_documents,
     stdlib_mc,
 )
+from velora_core.bench.data.records import dataset_records
 from velora_core.bench.tokenizer import ByteTokenizer, HFTokenizer
 from velora_core.spec import DatasetSpec, EvalSpec
 
@@ -499,3 +500,12 @@ def _fifo(path: Path) -> Path:
 
     os.mkfifo(path)
     return path
+
+
+def test_hub_dataset_id_that_names_a_folder_here_is_refused(tmp_path: Path, monkeypatch) -> None:
+    # load_dataset("shadow") would read ./shadow instead of the hub repository.
+    (tmp_path / "shadow").mkdir()
+    (tmp_path / "shadow" / "train.jsonl").write_text('{"text": "a"}\n')
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match=r"dataset.name 'shadow' is a hub id, but .*use source='local'"):
+        dataset_records(DatasetSpec(source="hub", name="shadow"), "train", {})

@@ -103,3 +103,11 @@ def test_load_tokenizer_for_artifact_reads_the_artifact_directory(
         load_tokenizer(spec)
     with pytest.raises(OSError):
         load_tokenizer(spec, tmp_path / "empty")
+
+
+def test_hub_model_id_that_names_a_folder_here_is_refused(tmp_path: Path, monkeypatch) -> None:
+    # from_pretrained("shadow") would read ./shadow instead of the hub repository.
+    (tmp_path / "shadow").mkdir()
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match=r"model.name 'shadow' is a hub id, but .*shadow' exists"):
+        load_tokenizer(ModelSpec(source="hub", name="shadow"))

@@ -39,7 +39,7 @@ from velora_core.result import (
     RunStatus,
     Throughput,
 )
-from velora_core.spec import RunSpec
+from velora_core.spec import RunSpec, check_hub_id_not_on_disk
 
 ProgressCallback = Callable[[ProgressEvent], bool | None]
 COMPLETE_MARKER = "COMPLETE"
@@ -136,6 +136,8 @@ def model_source(spec: RunSpec, device: torch.device, artifact_root: str | Path,
     if model.source == "artifact":
         path = ensure_artifact(model.pretrain, artifact_root, on_progress)
         return ModelSource(path=str(path), dtype=dtype, device=str(device))
+    if model.source == "hub":
+        check_hub_id_not_on_disk(model.name, "model.name")
     if model.memory_only:
         from transformers import AutoConfig
 

@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
-from velora_core.spec import ModelSpec
+from velora_core.spec import ModelSpec, check_hub_id_not_on_disk
 
 #: File that marks a directory as holding a :class:`ByteTokenizer`.
 BYTE_TOKENIZER_FILE = "velora_byte_tokenizer.json"
@@ -192,4 +192,5 @@ def load_tokenizer(model_spec: ModelSpec, artifact_dir: str | Path | None = None
         if not Path(model_spec.name).is_dir():
             raise ValueError(f"model.name {model_spec.name!r} is not a folder written by save_pretrained")
         return load_tokenizer_directory(model_spec.name)
+    check_hub_id_not_on_disk(model_spec.name, "model.name")
     return HFTokenizer(model_spec.name, revision=model_spec.revision)

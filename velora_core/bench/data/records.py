@@ -17,7 +17,7 @@ from velora_core.bench.data.examples import DataKind, alpaca_prompt
 from velora_core.bench.data.hashing import unit_hash
 from velora_core.bench.data.multiple_choice import MCQuestion, format_mc_question
 from velora_core.presets import DATASETS
-from velora_core.spec import DatasetSpec
+from velora_core.spec import DatasetSpec, check_hub_id_not_on_disk
 
 #: Where the built-in hub datasets load from by default: name -> (hub id, config).
 HUB_DATASETS: dict[str, tuple[str, str | None]] = {
@@ -139,6 +139,8 @@ def dataset_records(
             split = spec.split if role == "train" or holdout else spec.eval_split
         records, where = hub_records(path, config, split), f"{path} ({config or 'default'}, {split})"
     elif spec.source == "hub" or Path(spec.name).is_dir():  # a local folder is read like a hub repository
+        if spec.source == "hub":
+            check_hub_id_not_on_disk(spec.name, "dataset.name")
         split = spec.split if role == "train" or spec.eval_split is None else spec.eval_split
         holdout = spec.eval_split is None
         records, where = hub_records(spec.name, spec.config, split), f"{spec.name} ({spec.config}, {split})"
