@@ -27,7 +27,7 @@ from velora_core.bench.tokenizer import Tokenizer, load_tokenizer
 from velora_core.layer import remove_velora
 from velora_core.memory import SavedTensorMeter, gradient_bytes, step_report
 from velora_core.method_configs import method_config_for
-from velora_core.methods import METHODS, PreparedModel, prepare_model
+from velora_core.methods import PreparedModel, prepare_model
 from velora_core.models import DTYPES, ModelSource, llama_config
 from velora_core.presets import MODEL_PRESETS
 from velora_core.result import (
@@ -471,4 +471,4 @@ def execute(
     return result
 
 
-__all__ = ["METHODS", "execute", "find_max_micro_batch"]
+__all__ = ["execute", "find_max_micro_batch"]
