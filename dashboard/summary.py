@@ -298,10 +298,6 @@ def pareto_front(points: Sequence[tuple[float, float]], *, higher_better: bool) 
 # --- formatting -----------------------------------------------------------------------------------
 
 
-def mib(value: float | None) -> float | None:
-    return None if value is None else value / MIB
-
-
 def format_bytes(value: float | None) -> str:
     if value is None:
         return "–"

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from velora_core.method_configs import VeLoRAConfig, target_matches
+from velora_core.method_configs import VeLoRAConfig, VeLoRAInit, check_velora_init, target_matches
 from velora_core.projection import normalise, sub_token_mean, sub_token_size, velora_linear
 
 
@@ -24,16 +24,27 @@ class VeLoRALinear(nn.Module):
     Args:
         base_layer: the ``nn.Linear`` to wrap (its parameters are used as they are).
         num_groups: G for this layer.
-        init: ``batch_average_once``, ``batch_average``, ``ema:<decay>`` or ``random``.
+        init: ``batch_average_once``, ``batch_average``, ``ema`` or ``random``.
         scale: weight-gradient scale.
+        ema_decay: the running mean's weight for ``ema`` (``0 < decay < 1``); ``None`` otherwise.
+
+    Raises:
+        ValueError: a base layer that is not ``nn.Linear``, an unknown init, or a decay that does
+            not fit the init (see ``check_velora_init``).
     """
 
     def __init__(
-        self, base_layer: nn.Linear, num_groups: int, init: str = "batch_average_once", scale: float = 1.0
+        self,
+        base_layer: nn.Linear,
+        num_groups: int,
+        init: VeLoRAInit = "batch_average_once",
+        scale: float = 1.0,
+        ema_decay: float | None = None,
     ):
         super().__init__()
         if not isinstance(base_layer, nn.Linear):
             raise ValueError(f"VeLoRALinear wraps nn.Linear, got {type(base_layer).__name__}")
+        check_velora_init(init, ema_decay)
         self.base_layer = base_layer
         self.num_groups = num_groups
         self.init = init
@@ -52,7 +63,7 @@ class VeLoRALinear(nn.Module):
         self.register_buffer("velora_initialised", torch.tensor(initialised, device=weight.device))
         # A host-side copy of the flag: reading the buffer on every forward would sync a CUDA device.
         self._v_ready = initialised
-        self.ema_decay = float(init.removeprefix("ema:")) if init.startswith("ema:") else None
+        self.ema_decay = ema_decay
         # What the last training forward saw, for the analytic memory prediction.
         self.last_num_tokens = 0
         self.last_input_dtype: torch.dtype | None = None
@@ -75,7 +86,11 @@ class VeLoRALinear(nn.Module):
         return self.base_layer.out_features
 
     def extra_repr(self) -> str:
-        return f"num_groups={self.num_groups}, sub_token_size={self.velora_v.numel()}, init={self.init}, scale={self.scale}"
+        decay = f", ema_decay={self.ema_decay}" if self.ema_decay is not None else ""
+        return (
+            f"num_groups={self.num_groups}, sub_token_size={self.velora_v.numel()}, init={self.init}"
+            f"{decay}, scale={self.scale}"
+        )
 
     @torch.no_grad()
     def _update_projection(self, x: torch.Tensor) -> None:
@@ -152,7 +167,9 @@ def apply_velora(model: nn.Module, config: VeLoRAConfig) -> list[str]:
                         f"module {name!r}: lora_A is {type(lora_a).__name__}, VeLoRA needs nn.Linear"
                     )
                 groups = config.groups_for(lora_a.in_features)
-                module.lora_A[adapter] = VeLoRALinear(lora_a, groups, config.init, config.scale)
+                module.lora_A[adapter] = VeLoRALinear(
+                    lora_a, groups, config.init, config.scale, config.ema_decay
+                )
                 wrapped.append(f"{name}.lora_A.{adapter}")
         elif type(module) is nn.Linear:
             if not module.weight.requires_grad:
@@ -161,7 +178,7 @@ def apply_velora(model: nn.Module, config: VeLoRAConfig) -> list[str]:
                     "memory for a layer whose weight trains (use velora+lora, or unfreeze it)"
                 )
             groups = config.groups_for(module.in_features)
-            _set_child(model, name, VeLoRALinear(module, groups, config.init, config.scale))
+            _set_child(model, name, VeLoRALinear(module, groups, config.init, config.scale, config.ema_decay))
             wrapped.append(name)
         elif name.rsplit(".", 1)[-1] in ("base_layer", "lora_A", "lora_B"):
             continue  # the inner parts of a LoRA layer matched by a broad pattern

@@ -9,9 +9,18 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 try:  # the regular-expression parser (public as sre_parse before Python 3.11)
     import re._parser as _sre_parse
@@ -27,6 +36,25 @@ PEFT_PREFIX = "base_model.model."
 #: One target pattern: a module-name suffix or a regular expression.
 TargetPattern = Annotated[str, Field(min_length=1, max_length=200)]
 TargetList = Annotated[list[TargetPattern], Field(min_length=1, max_length=64)]
+#: How VeLoRA's projection vector ``v`` is set (see ``VeLoRAConfig``).
+VeLoRAInit = Literal["batch_average_once", "batch_average", "ema", "random"]
+
+
+def check_velora_init(init: str, ema_decay: float | None) -> None:
+    """``init`` must be one of ``VeLoRAInit``; ``ema`` needs a decay strictly between 0 and 1 and
+    every other init takes none.
+
+    Raises:
+        ValueError: saying which.
+    """
+    if init not in get_args(VeLoRAInit):
+        raise ValueError(f"unknown init {init!r}; choose one of {', '.join(get_args(VeLoRAInit))}")
+    if init == "ema" and ema_decay is None:
+        raise ValueError("init 'ema' needs ema_decay, a number strictly between 0 and 1 (e.g. 0.9)")
+    if init != "ema" and ema_decay is not None:
+        raise ValueError(f"ema_decay is only used with init 'ema', not {init!r}")
+    if ema_decay is not None and not 0.0 < ema_decay < 1.0:
+        raise ValueError(f"ema_decay {ema_decay} must lie strictly between 0 and 1")
 
 
 def target_matches(name: str, patterns: Sequence[str]) -> bool:
@@ -94,8 +122,11 @@ class VeLoRAConfig(BaseModel):
         target_modules: module-name suffixes or regular expressions (full match) to wrap.
         init: how the projection vector ``v`` is set: ``batch_average_once`` (normalised mean of the
             first training batch's sub-tokens, then frozen; the paper's best), ``batch_average``
-            (recomputed every training batch), ``ema:<decay>`` (running average of batch means,
-            ``0 < decay < 1``), ``random`` (a fixed random unit vector, seeded).
+            (recomputed every training batch), ``ema`` (running average of batch means, weighted by
+            ``ema_decay``), ``random`` (a fixed random unit vector, seeded). The older spelling
+            ``"ema:<decay>"`` is accepted and read as ``init="ema", ema_decay=<decay>``.
+        ema_decay: the weight of the running mean in ``ema``, ``0 < decay < 1``; required for
+            ``ema`` and refused with any other init.
         scale: multiplies the weight gradient (``velora_scale``; 0.1 for fine-tuning in the paper).
     """
 
@@ -104,27 +135,34 @@ class VeLoRAConfig(BaseModel):
     num_groups: int | None = Field(default=32, ge=1, le=65536)
     sub_token_size: int | None = Field(default=None, ge=1, le=65536)
     target_modules: TargetList = Field(default_factory=lambda: list(PAPER_TARGETS))
-    init: str = Field(default="batch_average_once", max_length=50)
+    init: VeLoRAInit = "batch_average_once"
+    ema_decay: float | None = Field(
+        default=None,
+        gt=0,
+        lt=1,
+        title="EMA decay",
+        description="Weight of the running mean; only with init 'ema'.",
+    )
     scale: float = Field(default=1.0, gt=0, le=1000)
 
-    @field_validator("init")
+    @model_validator(mode="before")
     @classmethod
-    def _check_init(cls, init: str) -> str:
-        if init in ("batch_average_once", "batch_average", "random"):
-            return init
-        if init.startswith("ema:"):
-            try:
-                decay = float(init.removeprefix("ema:"))
-            except ValueError:
-                raise ValueError(
-                    f"init {init!r}: the decay after 'ema:' must be a number, e.g. 'ema:0.9'"
-                ) from None
-            if not 0.0 < decay < 1.0:
-                raise ValueError(f"init {init!r}: the ema decay must lie strictly between 0 and 1")
-            return init
-        raise ValueError(
-            f"unknown init {init!r}; choose batch_average_once, batch_average, ema:<decay> or random"
-        )
+    def _split_ema_string(cls, data: Any) -> Any:
+        """Read the older ``init="ema:<decay>"`` as ``init="ema", ema_decay=<decay>``."""
+        if not isinstance(data, dict):
+            return data
+        init = data.get("init")
+        if not isinstance(init, str) or not init.startswith("ema:"):
+            return data
+        try:
+            decay = float(init.removeprefix("ema:"))
+        except ValueError:
+            raise ValueError(
+                f"init {init!r}: the decay after 'ema:' must be a number, e.g. 'ema:0.9'"
+            ) from None
+        if data.get("ema_decay") is not None:
+            raise ValueError(f"init {init!r} and ema_decay both give the decay; give only ema_decay")
+        return dict(data, init="ema", ema_decay=decay)
 
     @field_validator("target_modules")
     @classmethod
@@ -142,11 +180,17 @@ class VeLoRAConfig(BaseModel):
     def _check_groups(self) -> VeLoRAConfig:
         if (self.num_groups is None) == (self.sub_token_size is None):
             raise ValueError("give exactly one of num_groups and sub_token_size")
+        check_velora_init(self.init, self.ema_decay)
         return self
 
-    @property
-    def ema_decay(self) -> float | None:
-        return float(self.init.removeprefix("ema:")) if self.init.startswith("ema:") else None
+    @model_serializer(mode="wrap")
+    def _omit_unused_decay(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # Without ``ema`` there is no decay: leaving it out keeps the specs (and their hashes, which
+        # name pre-trained artifacts) exactly as they were before the field existed.
+        data = handler(self)
+        if self.ema_decay is None:
+            data.pop("ema_decay", None)
+        return data
 
     def groups_for(self, in_features: int) -> int:
         """Number of groups for a layer with ``in_features`` inputs.

@@ -99,7 +99,6 @@ class Method:
     settings: type[MethodSettings]
     prepare: Callable[[ModelSource, Any], PreparedModel]
     description: str
-    quantised: bool = False
 
 
 METHODS: dict[str, Method] = {
@@ -107,7 +106,7 @@ METHODS: dict[str, Method] = {
     for m in (
         Method("full", FullSettings, prepare_full, "Full fine-tuning: every weight trains"),
         Method("lora", LoRAMethodSettings, prepare_lora, "LoRA adapters (peft), frozen base"),
-        Method("qlora", QLoRAMethodSettings, prepare_qlora, "LoRA on a 4-bit NF4 base (bitsandbytes)", True),
+        Method("qlora", QLoRAMethodSettings, prepare_qlora, "LoRA on a 4-bit NF4 base (bitsandbytes)"),
         Method(
             "velora+full", VeLoRAFullSettings, prepare_velora_full, "Full training, VeLoRA-compressed inputs"
         ),
@@ -117,7 +116,6 @@ METHODS: dict[str, Method] = {
             VeLoRAQLoRASettings,
             prepare_velora_qlora,
             "QLoRA with VeLoRA on lora_A's input",
-            True,
         ),
     )
 }

@@ -173,10 +173,6 @@ class WorkerPublic(BaseModel):
     last_seen_at: datetime
 
 
-class Message(BaseModel):
-    message: str
-
-
 class ErrorPublic(BaseModel):
     """The body of every error answer but 422 (whose ``detail`` is FastAPI's list of field errors)."""
 

@@ -152,16 +152,6 @@ def c4_dir(c4_folder: HubFolder) -> Path:
     return c4_folder.path
 
 
-@pytest.fixture(scope="session")
-def alpaca_dir(alpaca_folder: HubFolder) -> Path:
-    return alpaca_folder.path
-
-
-@pytest.fixture(scope="session")
-def mmlu_dir(mmlu_folder: HubFolder) -> Path:
-    return mmlu_folder.path
-
-
 @pytest.fixture
 def alpaca_record_list() -> Callable[[int], list[dict[str, str]]]:
     """:func:`alpaca_records`, for tests that write their own Alpaca file."""

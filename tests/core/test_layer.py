@@ -40,7 +40,7 @@ def test_batch_average_follows_every_batch():
 
 
 def test_ema_is_running_average_of_batch_means():
-    layer = VeLoRALinear(nn.Linear(8, 2), num_groups=2, init="ema:0.75")
+    layer = VeLoRALinear(nn.Linear(8, 2), num_groups=2, init="ema", ema_decay=0.75)
     a, b = torch.randn(4, 8) + 2, torch.randn(4, 8) - 1
     layer(a).sum().backward()
     layer(b).sum().backward()
@@ -153,9 +153,13 @@ def test_unsupported_or_frozen_targets_are_named():
     [
         ({"num_groups": 0}, "greater than or equal to 1"),
         ({"num_groups": 4, "sub_token_size": 8}, "exactly one of num_groups and sub_token_size"),
-        ({"init": "svd"}, "unknown init 'svd'"),
-        ({"init": "ema:1.5"}, "strictly between 0 and 1"),
-        ({"init": "ema:x"}, "must be a number"),
+        ({"init": "svd"}, "Input should be 'batch_average_once', 'batch_average', 'ema' or 'random'"),
+        ({"init": "ema:1.5"}, "ema_decay\n  Input should be less than 1"),
+        ({"init": "ema:x"}, "the decay after 'ema:' must be a number"),
+        ({"init": "ema"}, "init 'ema' needs ema_decay"),
+        ({"init": "ema", "ema_decay": 0}, "ema_decay\n  Input should be greater than 0"),
+        ({"init": "random", "ema_decay": 0.9}, "ema_decay is only used with init 'ema', not 'random'"),
+        ({"init": "ema:0.9", "ema_decay": 0.8}, "give only ema_decay"),
         ({"scale": -1}, "greater than 0"),
         ({"target_modules": ["("]}, "not a valid regular expression"),
         ({"target_modules": []}, "at least 1 item"),
@@ -164,6 +168,40 @@ def test_unsupported_or_frozen_targets_are_named():
 def test_config_rejects_bad_values(settings, message):
     with pytest.raises(ValueError, match=message):
         VeLoRAConfig(**settings)
+
+
+def test_old_ema_string_is_read_as_typed_init_and_decay():
+    old = VeLoRAConfig.model_validate({"init": "ema:0.9"})
+    assert (old.init, old.ema_decay) == ("ema", 0.9)
+    assert old == VeLoRAConfig(init="ema", ema_decay=0.9)
+    assert old.model_dump()["init"] == "ema" and old.model_dump()["ema_decay"] == 0.9
+
+
+def test_config_without_ema_serialises_as_before_the_decay_field():
+    # Specs (and their hashes, which name pre-trained artifacts) keep their old JSON.
+    assert "ema_decay" not in VeLoRAConfig().model_dump(mode="json")
+    assert VeLoRAConfig.model_validate(VeLoRAConfig().model_dump(mode="json")) == VeLoRAConfig()
+
+
+def test_apply_velora_passes_the_ema_decay_to_each_layer():
+    model = LlamaForCausalLM(tiny_llama_config())
+    apply_velora(model, VeLoRAConfig(num_groups=8, init="ema", ema_decay=0.6))
+    layers = [m for m in model.modules() if isinstance(m, VeLoRALinear)]
+    assert layers and {(m.init, m.ema_decay) for m in layers} == {("ema", 0.6)}
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"init": "ema"}, "init 'ema' needs ema_decay"),
+        ({"init": "ema:0.9"}, "unknown init 'ema:0.9'"),
+        ({"init": "batch_average", "ema_decay": 0.5}, "only used with init 'ema'"),
+        ({"init": "ema", "ema_decay": 1.0}, "strictly between 0 and 1"),
+    ],
+)
+def test_layer_rejects_an_init_and_decay_that_do_not_fit(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        VeLoRALinear(nn.Linear(8, 2), num_groups=2, **kwargs)
 
 
 def test_too_many_groups_for_a_layer():

@@ -33,6 +33,30 @@ def test_round_trips_through_json_with_a_stable_hash():
     assert spec(seed=1).spec_hash() != spec().spec_hash()
 
 
+def test_velora_hash_is_the_one_from_before_the_ema_decay_field():
+    # Pre-trained artifacts are stored under the spec hash: a VeLoRA spec without ``ema`` keeps it.
+    assert spec(method="velora+lora", method_config={"velora": {"num_groups": 16}}).spec_hash() == (
+        "de530c733c8bdc7d"
+    )
+
+
+def test_old_ema_init_string_in_a_comparison_body_still_validates():
+    comparison = ComparisonSpec.model_validate(
+        {
+            "base": BASE,
+            "methods": ["velora+full"],
+            "method_configs": {"velora+full": {"velora": {"init": "ema:0.9"}}},
+        }
+    )
+    (run,) = comparison.runs()
+    velora = run.method_config["velora"]
+    assert (velora["init"], velora["ema_decay"]) == ("ema", 0.9)
+    typed = comparison.model_copy(
+        update={"method_configs": {"velora+full": {"velora": {"init": "ema", "ema_decay": 0.9}}}}
+    )
+    assert typed.runs()[0].spec_hash() == run.spec_hash()
+
+
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [

@@ -1,18 +1,14 @@
-"""The benchmark engine: one run of one method, setup → train → evaluate → result.
+"""The run lifecycle: one run of one method, setup → train → evaluate → result.
 
-:func:`execute` keeps no state between runs and reports through ``on_progress``; it does not know
-whether a CLI progress bar or a Celery task is listening. A run failure (bad data, a CUDA
-out-of-memory, cancellation) is a :class:`RunResult`, never an exception.
+The training loop is in ``trainer``, the artifacts on disk in ``artifacts``, the largest-batch
+search in ``batch_search``. :func:`execute` keeps no state between runs and reports through
+``on_progress``; it does not know whether a CLI progress bar or a Celery task is listening. A run
+failure (bad data, a CUDA out-of-memory, cancellation) is a :class:`RunResult`, never an exception.
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import json
-import math
 import random
-import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
@@ -20,45 +16,27 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from velora_core.bench.artifacts import ensure_artifact, save_artifact
+from velora_core.bench.batch_search import search_max_micro_batch
 from velora_core.bench.data import LMEvalData, MCEvalData, load_eval_data, load_train_data
 from velora_core.bench.environment import environment
 from velora_core.bench.evaluate import mc_accuracy, perplexity
 from velora_core.bench.tokenizer import Tokenizer, load_tokenizer
-from velora_core.layer import remove_velora
-from velora_core.memory import SavedTensorMeter, gradient_bytes, step_report
+from velora_core.bench.trainer import (
+    OutOfMemory,
+    ProgressCallback,
+    RunCancelled,
+    Trainer,
+    oom_types,
+    random_batches,
+    total_steps_for,
+)
 from velora_core.method_configs import method_config_for
-from velora_core.methods import METHODS, PreparedModel, prepare_model
+from velora_core.methods import prepare_model
 from velora_core.models import DTYPES, ModelSource, llama_config
 from velora_core.presets import MODEL_PRESETS
-from velora_core.result import (
-    EvalResult,
-    LossPoint,
-    MemoryReport,
-    ProgressEvent,
-    RunResult,
-    RunStatus,
-    Throughput,
-)
+from velora_core.result import EvalResult, ProgressEvent, RunResult, RunStatus, Throughput
 from velora_core.spec import RunSpec, check_hub_id_not_on_disk
-
-ProgressCallback = Callable[[ProgressEvent], bool | None]
-COMPLETE_MARKER = "COMPLETE"
-
-
-class RunCancelled(Exception):
-    """Raised inside the engine when ``on_progress`` asks to stop."""
-
-
-class OutOfMemory(Exception):
-    """A CUDA out-of-memory, with the shape that failed."""
-
-    def __init__(self, shape: dict):
-        super().__init__(f"CUDA out of memory at {shape}")
-        self.shape = shape
-
-
-def _oom_types() -> tuple[type[BaseException], ...]:
-    return (torch.OutOfMemoryError,)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -82,59 +60,13 @@ def seed_everything(seed: int) -> None:
         torch.cuda.manual_seed_all(seed)
 
 
-def lr_lambda(warmup: int, total: int, min_ratio: float) -> Callable[[int], float]:
-    """Linear warm-up over ``warmup`` steps, then cosine decay to ``min_ratio`` at ``total``."""
-
-    def factor(step: int) -> float:
-        if warmup and step < warmup:
-            return (step + 1) / warmup
-        progress = min(1.0, (step - warmup) / max(1, total - warmup))
-        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-    return factor
-
-
-def artifact_path(root: str | Path, spec: RunSpec) -> Path:
-    return Path(root) / spec.spec_hash()
-
-
-def ensure_artifact(spec: RunSpec, root: str | Path, on_progress: ProgressCallback | None) -> Path:
-    """The artifact of ``spec`` (a pre-training run), made first if it is not there yet.
-
-    A file lock makes concurrent workers wait for one maker instead of training twice.
-
-    Raises:
-        RunCancelled: cancelled while pre-training.
-        RuntimeError: the pre-training run did not complete (its error is in the message).
-    """
-    path = artifact_path(root, spec)
-    if (path / COMPLETE_MARKER).exists():
-        return path
-    Path(root).mkdir(parents=True, exist_ok=True)
-    with open(Path(root) / f"{spec.spec_hash()}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if (path / COMPLETE_MARKER).exists():
-            return path
-
-        def relay(event: ProgressEvent) -> bool | None:
-            event = event.model_copy(update={"phase": f"base-{event.phase}"})
-            return on_progress(event) if on_progress is not None else None
-
-        result = execute(spec.model_copy(update={"save_artifact": True}), relay, root)
-        if result.status == RunStatus.CANCELLED:
-            raise RunCancelled()
-        if result.status != RunStatus.COMPLETED:
-            raise RuntimeError(f"pre-training the base model failed ({result.status}): {result.error}")
-    return path
-
-
 def model_source(spec: RunSpec, device: torch.device, artifact_root: str | Path, on_progress) -> ModelSource:
     dtype = DTYPES[spec.dtype]
     model = spec.model
     if model.source == "preset":
         return ModelSource(config=llama_config(MODEL_PRESETS[model.name]), dtype=dtype, device=str(device))
     if model.source == "artifact":
-        path = ensure_artifact(model.pretrain, artifact_root, on_progress)
+        path = ensure_artifact(model.pretrain, artifact_root, on_progress, execute)
         return ModelSource(path=str(path), dtype=dtype, device=str(device))
     if model.source == "hub":
         check_hub_id_not_on_disk(model.name, "model.name")
@@ -150,142 +82,6 @@ def _check_positions(model: nn.Module, seq_len: int) -> None:
     limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
     if limit is not None and seq_len > limit:
         raise ValueError(f"seq_len {seq_len} is beyond the model's limit of {limit} positions")
-
-
-def _random_batches(vocab: int, micro_batch: int, seq_len: int, seed: int):
-    """Memory-only runs: random token ids of the right shape (accuracy is not reported)."""
-    gen = torch.Generator().manual_seed(seed)
-    while True:
-        ids = torch.randint(3, vocab, (micro_batch, seq_len), generator=gen)
-        yield {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone()}
-
-
-class Trainer:
-    """The training loop of one run: micro-batches, gradient accumulation, AdamW, schedule,
-    memory accounting on the first optimizer step, progress and cancellation."""
-
-    def __init__(
-        self, spec: RunSpec, prepared: PreparedModel, device: torch.device, on_progress, pad_token_id: int = 0
-    ):
-        self.spec = spec
-        self.pad_token_id = pad_token_id
-        self.model = prepared.model
-        self.params = prepared.trainable_parameters
-        self.device = device
-        self.on_progress = on_progress
-        opt = spec.optimizer
-        self.optimizer = torch.optim.AdamW(
-            self.params, lr=opt.lr, betas=opt.betas, weight_decay=opt.weight_decay
-        )
-        self.memory = MemoryReport()
-        self.loss_curve: list[LossPoint] = []
-        self.tokens = 0
-        self.train_time = 0.0
-        self.steps_done = 0
-        self.total_steps = 0
-
-    def _to_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
-
-    def _sync(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-
-    def _full_length(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Pad a micro-batch to ``seq_len`` (pad id, label -100, mask 0), so the measured step
-        is the configured shape: memory then does not depend on which examples came first."""
-        missing = self.spec.seq_len - batch["input_ids"].shape[1]
-        if missing <= 0:
-            return batch
-        fill = {"input_ids": self.pad_token_id, "labels": -100, "attention_mask": 0}
-        return {k: torch.nn.functional.pad(v, (0, missing), value=fill.get(k, 0)) for k, v in batch.items()}
-
-    def train(self, batches, total_steps: int) -> None:
-        spec = self.spec
-        self.total_steps = total_steps
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lr_lambda(spec.optimizer.warmup_steps, total_steps, spec.optimizer.min_lr_ratio)
-        )
-        self.model.train()
-        for step in range(1, total_steps + 1):
-            measure = step == 1
-            if measure and self.device.type == "cuda":
-                torch.cuda.synchronize(self.device)
-                torch.cuda.reset_peak_memory_stats(self.device)
-            self._sync()
-            start = time.perf_counter()
-            loss_sum, step_tokens = 0.0, 0
-            meter = SavedTensorMeter(self.model) if measure else None
-            for micro in range(spec.grad_accum):
-                batch = next(batches)
-                if measure:
-                    batch = self._full_length(batch)
-                batch = self._to_device(batch)
-                shape = {
-                    "micro_batch": batch["input_ids"].shape[0],
-                    "seq_len": batch["input_ids"].shape[1],
-                    "step": step,
-                }
-                try:
-                    ctx = (
-                        meter.measuring() if (meter is not None and micro == 0) else contextlib.nullcontext()
-                    )
-                    with ctx:
-                        loss = self.model(**batch).loss
-                    (loss / spec.grad_accum).backward()
-                except _oom_types() as exc:
-                    raise OutOfMemory(shape) from exc
-                loss_sum += loss.item()
-                step_tokens += (
-                    int(batch["attention_mask"].sum())
-                    if "attention_mask" in batch
-                    else batch["input_ids"].numel()
-                )
-            grad_bytes = gradient_bytes(self.model) if measure else 0
-            if spec.optimizer.max_grad_norm is not None:
-                torch.nn.utils.clip_grad_norm_(self.params, spec.optimizer.max_grad_norm)
-            try:
-                self.optimizer.step()
-            except _oom_types() as exc:
-                raise OutOfMemory({"phase": "optimizer step", "step": step}) from exc
-            lr = scheduler.get_last_lr()[0]
-            scheduler.step()
-            self.optimizer.zero_grad(set_to_none=True)
-            self._sync()
-            elapsed = time.perf_counter() - start
-            if measure:
-                self.memory = step_report(self.model, meter, grad_bytes, self.optimizer, self.device)
-            self.train_time += elapsed
-            self.tokens += step_tokens
-            self.steps_done = step
-            loss_value = loss_sum / spec.grad_accum
-            if not math.isfinite(loss_value):
-                raise FloatingPointError(
-                    f"the loss became {loss_value} at step {step}; try a lower learning rate"
-                )
-            if step % spec.progress_every == 0 or step == total_steps or step == 1:
-                self.loss_curve.append(LossPoint(step=step, loss=loss_value, lr=lr))
-            event = ProgressEvent(
-                phase="train",
-                step=step,
-                total_steps=total_steps,
-                loss=loss_value,
-                lr=lr,
-                tokens_per_s=step_tokens / elapsed if elapsed > 0 else None,
-                step_time_s=elapsed,
-                memory_allocated_bytes=int(torch.cuda.memory_allocated(self.device))
-                if self.device.type == "cuda"
-                else None,
-            )
-            if self.on_progress is not None and self.on_progress(event):
-                raise RunCancelled()
-
-
-def total_steps_for(spec: RunSpec, num_examples: int) -> int:
-    if spec.steps is not None:
-        return spec.steps
-    per_step = spec.micro_batch * spec.grad_accum
-    return max(1, math.ceil(spec.epochs * num_examples / per_step))
 
 
 def evaluate(spec: RunSpec, model: nn.Module, tokenizer: Tokenizer, device: torch.device) -> EvalResult:
@@ -304,59 +100,6 @@ def evaluate(spec: RunSpec, model: nn.Module, tokenizer: Tokenizer, device: torc
         raise TypeError(f"unexpected evaluation data {type(data).__name__}")
     result.details = {**result.details, "dataset": data.description, "fingerprint": data.fingerprint}
     return result
-
-
-def save_artifact(spec: RunSpec, model: nn.Module, tokenizer: Tokenizer, root: str | Path) -> Path:
-    """Save the model (full weights, or the adapter for LoRA methods), tokenizer and spec."""
-    path = artifact_path(root, spec)
-    path.mkdir(parents=True, exist_ok=True)
-    remove_velora(model)  # so checkpoints and adapters keep their usual names
-    model.save_pretrained(path)
-    tokenizer.save(path)
-    (path / "spec.json").write_text(json.dumps(spec.model_dump(mode="json"), indent=2))
-    (path / COMPLETE_MARKER).write_text("")
-    return path
-
-
-def find_max_micro_batch(fits: Callable[[int], bool], start: int = 1, cap: int = 4096) -> int | None:
-    """The largest micro-batch for which ``fits`` is true: doubling, then bisection. None if even
-    ``start`` does not fit."""
-    if not fits(start):
-        return None
-    good, bad = start, None
-    while bad is None:
-        trial = good * 2
-        if trial > cap:
-            return good
-        if fits(trial):
-            good = trial
-        else:
-            bad = trial
-    while bad - good > 1:
-        mid = (good + bad) // 2
-        good, bad = (mid, bad) if fits(mid) else (good, mid)
-    return good
-
-
-def _search_max_batch(spec: RunSpec, source: ModelSource, vocab: int, device: torch.device) -> int | None:
-    def fits(micro_batch: int) -> bool:
-        prepared = prepare_model(spec.method, source, spec.method_config)
-        batch = next(_random_batches(vocab, micro_batch, spec.seq_len, spec.seed))
-        try:
-            prepared.model.train()
-            loss = prepared.model(**{k: v.to(device) for k, v in batch.items()}).loss
-            loss.backward()
-            optimizer = torch.optim.AdamW(prepared.trainable_parameters)
-            optimizer.step()
-            return True
-        except _oom_types():
-            return False
-        finally:
-            del prepared
-            if device.type == "cuda":
-                torch.cuda.empty_cache()  # between trials, not in a hot path
-
-    return find_max_micro_batch(fits)
 
 
 def execute(
@@ -408,7 +151,7 @@ def execute(
             model_hook(prepared.model)
         vocab = prepared.model.get_input_embeddings().num_embeddings
         if spec.model.memory_only:
-            batches = _random_batches(vocab, spec.micro_batch, spec.seq_len, spec.seed)
+            batches = random_batches(vocab, spec.micro_batch, spec.seq_len, spec.seed)
             num_examples = spec.micro_batch
             result.environment["data"] = "random tokens (memory-only)"
         else:
@@ -431,7 +174,7 @@ def execute(
             if device.type == "cuda":
                 del prepared, trainer.model, trainer.optimizer
                 torch.cuda.empty_cache()
-                result.max_micro_batch = _search_max_batch(spec, source, vocab, device)
+                result.max_micro_batch = search_max_micro_batch(spec, source, vocab, device)
             else:
                 result.environment["max_batch_search"] = (
                     "skipped: needs CUDA (the CPU has no out-of-memory error)"
@@ -445,7 +188,7 @@ def execute(
         result.status = RunStatus.OUT_OF_MEMORY
         result.failed_shape = exc.shape
         result.error = f"CUDA out of memory at micro_batch×seq_len {exc.shape}: {exc.__cause__}"
-    except _oom_types() as exc:
+    except oom_types() as exc:
         result.status = RunStatus.OUT_OF_MEMORY
         result.failed_shape = {
             "micro_batch": spec.micro_batch,
@@ -471,4 +214,4 @@ def execute(
     return result
 
 
-__all__ = ["METHODS", "execute", "find_max_micro_batch"]
+__all__ = ["execute"]

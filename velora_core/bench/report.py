@@ -94,8 +94,3 @@ def write_outputs(results: Sequence[RunResult], out_dir: str | Path) -> tuple[Pa
         writer.writeheader()
         writer.writerows(summary_rows(results))
     return json_path, csv_path
-
-
-def load_results(path: str | Path) -> list[RunResult]:
-    """Read a ``comparison.json`` back."""
-    return [RunResult.model_validate(item) for item in json.loads(Path(path).read_text())]

@@ -1,0 +1,59 @@
+"""The largest micro-batch that fits on the device: a doubling-then-bisection search over real
+training steps."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from velora_core.bench.trainer import oom_types, random_batches
+from velora_core.methods import prepare_model
+from velora_core.models import ModelSource
+from velora_core.spec import RunSpec
+
+
+def find_max_micro_batch(fits: Callable[[int], bool], start: int = 1, cap: int = 4096) -> int | None:
+    """The largest micro-batch for which ``fits`` is true: doubling, then bisection. None if even
+    ``start`` does not fit."""
+    if not fits(start):
+        return None
+    good, bad = start, None
+    while bad is None:
+        trial = good * 2
+        if trial > cap:
+            return good
+        if fits(trial):
+            good = trial
+        else:
+            bad = trial
+    while bad - good > 1:
+        mid = (good + bad) // 2
+        good, bad = (mid, bad) if fits(mid) else (good, mid)
+    return good
+
+
+def search_max_micro_batch(
+    spec: RunSpec, source: ModelSource, vocab: int, device: torch.device
+) -> int | None:
+    """The largest micro-batch for which one training step of ``spec``'s method fits on ``device``
+    (a fresh model per trial); None if even 1 does not fit."""
+
+    def fits(micro_batch: int) -> bool:
+        prepared = prepare_model(spec.method, source, spec.method_config)
+        batch = next(random_batches(vocab, micro_batch, spec.seq_len, spec.seed))
+        try:
+            prepared.model.train()
+            loss = prepared.model(**{k: v.to(device) for k, v in batch.items()}).loss
+            loss.backward()
+            optimizer = torch.optim.AdamW(prepared.trainable_parameters)
+            optimizer.step()
+            return True
+        except oom_types():
+            return False
+        finally:
+            del prepared
+            if device.type == "cuda":
+                torch.cuda.empty_cache()  # between trials, not in a hot path
+
+    return find_max_micro_batch(fits)

@@ -1,0 +1,182 @@
+"""The training loop of one run (``Trainer``), with its learning-rate schedule and the errors it raises."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Callable
+
+import torch
+
+from velora_core.memory import SavedTensorMeter, gradient_bytes, step_report
+from velora_core.methods import PreparedModel
+from velora_core.result import LossPoint, MemoryReport, ProgressEvent
+from velora_core.spec import RunSpec
+
+ProgressCallback = Callable[[ProgressEvent], bool | None]
+
+
+class RunCancelled(Exception):
+    """Raised inside the engine when ``on_progress`` asks to stop."""
+
+
+class OutOfMemory(Exception):
+    """A CUDA out-of-memory, with the shape that failed."""
+
+    def __init__(self, shape: dict):
+        super().__init__(f"CUDA out of memory at {shape}")
+        self.shape = shape
+
+
+def oom_types() -> tuple[type[BaseException], ...]:
+    """The exceptions that mean the device ran out of memory."""
+    return (torch.OutOfMemoryError,)
+
+
+def lr_lambda(warmup: int, total: int, min_ratio: float) -> Callable[[int], float]:
+    """Linear warm-up over ``warmup`` steps, then cosine decay to ``min_ratio`` at ``total``."""
+
+    def factor(step: int) -> float:
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor
+
+
+def random_batches(vocab: int, micro_batch: int, seq_len: int, seed: int):
+    """Memory-only runs: random token ids of the right shape (accuracy is not reported)."""
+    gen = torch.Generator().manual_seed(seed)
+    while True:
+        ids = torch.randint(3, vocab, (micro_batch, seq_len), generator=gen)
+        yield {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone()}
+
+
+class Trainer:
+    """The training loop of one run: micro-batches, gradient accumulation, AdamW, schedule,
+    memory accounting on the first optimizer step, progress and cancellation."""
+
+    def __init__(
+        self, spec: RunSpec, prepared: PreparedModel, device: torch.device, on_progress, pad_token_id: int = 0
+    ):
+        self.spec = spec
+        self.pad_token_id = pad_token_id
+        self.model = prepared.model
+        self.params = prepared.trainable_parameters
+        self.device = device
+        self.on_progress = on_progress
+        opt = spec.optimizer
+        self.optimizer = torch.optim.AdamW(
+            self.params, lr=opt.lr, betas=opt.betas, weight_decay=opt.weight_decay
+        )
+        self.memory = MemoryReport()
+        self.loss_curve: list[LossPoint] = []
+        self.tokens = 0
+        self.train_time = 0.0
+        self.steps_done = 0
+        self.total_steps = 0
+
+    def _to_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def _full_length(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Pad a micro-batch to ``seq_len`` (pad id, label -100, mask 0), so the measured step
+        is the configured shape: memory then does not depend on which examples came first."""
+        missing = self.spec.seq_len - batch["input_ids"].shape[1]
+        if missing <= 0:
+            return batch
+        fill = {"input_ids": self.pad_token_id, "labels": -100, "attention_mask": 0}
+        return {k: torch.nn.functional.pad(v, (0, missing), value=fill.get(k, 0)) for k, v in batch.items()}
+
+    def train(self, batches, total_steps: int) -> None:
+        spec = self.spec
+        self.total_steps = total_steps
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lr_lambda(spec.optimizer.warmup_steps, total_steps, spec.optimizer.min_lr_ratio)
+        )
+        self.model.train()
+        for step in range(1, total_steps + 1):
+            measure = step == 1
+            if measure and self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+                torch.cuda.reset_peak_memory_stats(self.device)
+            self._sync()
+            start = time.perf_counter()
+            loss_sum, step_tokens = 0.0, 0
+            meter = SavedTensorMeter(self.model) if measure else None
+            for micro in range(spec.grad_accum):
+                batch = next(batches)
+                if measure:
+                    batch = self._full_length(batch)
+                batch = self._to_device(batch)
+                shape = {
+                    "micro_batch": batch["input_ids"].shape[0],
+                    "seq_len": batch["input_ids"].shape[1],
+                    "step": step,
+                }
+                try:
+                    ctx = (
+                        meter.measuring() if (meter is not None and micro == 0) else contextlib.nullcontext()
+                    )
+                    with ctx:
+                        loss = self.model(**batch).loss
+                    (loss / spec.grad_accum).backward()
+                except oom_types() as exc:
+                    raise OutOfMemory(shape) from exc
+                loss_sum += loss.item()
+                step_tokens += (
+                    int(batch["attention_mask"].sum())
+                    if "attention_mask" in batch
+                    else batch["input_ids"].numel()
+                )
+            grad_bytes = gradient_bytes(self.model) if measure else 0
+            if spec.optimizer.max_grad_norm is not None:
+                torch.nn.utils.clip_grad_norm_(self.params, spec.optimizer.max_grad_norm)
+            try:
+                self.optimizer.step()
+            except oom_types() as exc:
+                raise OutOfMemory({"phase": "optimizer step", "step": step}) from exc
+            lr = scheduler.get_last_lr()[0]
+            scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            self._sync()
+            elapsed = time.perf_counter() - start
+            if measure:
+                self.memory = step_report(self.model, meter, grad_bytes, self.optimizer, self.device)
+            self.train_time += elapsed
+            self.tokens += step_tokens
+            self.steps_done = step
+            loss_value = loss_sum / spec.grad_accum
+            if not math.isfinite(loss_value):
+                raise FloatingPointError(
+                    f"the loss became {loss_value} at step {step}; try a lower learning rate"
+                )
+            if step % spec.progress_every == 0 or step == total_steps or step == 1:
+                self.loss_curve.append(LossPoint(step=step, loss=loss_value, lr=lr))
+            event = ProgressEvent(
+                phase="train",
+                step=step,
+                total_steps=total_steps,
+                loss=loss_value,
+                lr=lr,
+                tokens_per_s=step_tokens / elapsed if elapsed > 0 else None,
+                step_time_s=elapsed,
+                memory_allocated_bytes=int(torch.cuda.memory_allocated(self.device))
+                if self.device.type == "cuda"
+                else None,
+            )
+            if self.on_progress is not None and self.on_progress(event):
+                raise RunCancelled()
+
+
+def total_steps_for(spec: RunSpec, num_examples: int) -> int:
+    if spec.steps is not None:
+        return spec.steps
+    per_step = spec.micro_batch * spec.grad_accum
+    return max(1, math.ceil(spec.epochs * num_examples / per_step))
