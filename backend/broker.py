@@ -23,7 +23,7 @@ QUEUES = ("gpu", "cpu")
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
-    """Celery settings (DESIGN.md / STYLE.md: acks late, prefetch 1, time limits, status in the DB)."""
+    """Celery settings: acks late, prefetch 1, time limits, status in the DB (docs/architecture.md, step 3)."""
     if settings.redis_url:
         transport_options: dict[str, Any] = {
             # Longer than any run may last, so a running task's message is never redelivered early.

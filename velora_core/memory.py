@@ -1,4 +1,4 @@
-"""Exact memory accounting for one training step (DESIGN.md, "Measuring memory honestly").
+"""Exact memory accounting for one training step (docs/architecture.md, "Memory accounting").
 
 - Weights: every parameter's bytes as stored; a bitsandbytes 4-bit weight counts its packed bytes
   plus its quantisation state (absmax, code and, with double quantisation, the nested state).

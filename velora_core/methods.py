@@ -1,5 +1,5 @@
-"""The six training methods, registered once by name (STYLE.md: one config, one apply function,
-one registry entry). ``METHODS`` is the only place that maps a method name to code.
+"""The six training methods, registered once by name (as peft registers its methods: one config, one
+apply function, one registry entry). ``METHODS`` is the only place that maps a method name to code.
 
 Each method takes a :class:`~velora_core.models.ModelSource` and its typed settings and returns the
 model ready to train with its trainable parameters. LoRA and QLoRA come from peft and

@@ -1,6 +1,6 @@
 """VeLoRA's math: sub-token compression and the reconstruction-free weight gradient.
 
-Notation (DESIGN.md; Miles et al. 2024, §3.1, Eqs. 1–2): ``x`` is (T, D) with T tokens, split into
+Notation (docs/architecture.md, "The algorithm"; Miles et al. 2024, §3.1, Eqs. 1–2): ``x`` is (T, D) with T tokens, split into
 ``G`` sub-tokens of ``S = ceil(D / G)`` features (zero-padded to ``G·S`` when ``G`` does not divide
 ``D``, as peft does). ``v`` is a fixed unit vector of length ``S``.
 
@@ -163,7 +163,7 @@ def velora_linear(
         scale: multiplies the weight gradient.
     Returns:
         (..., M) output, exactly ``x Wᵀ + b``. Gradients: ``grad_x`` and ``grad_b`` exact,
-        ``grad_W = scale · gᵀ x̂`` (DESIGN.md), computed without materialising ``x̂``.
+        ``grad_W = scale · gᵀ x̂`` (the module docstring), computed without materialising ``x̂``.
     Raises:
         ValueError: shape mismatches between ``x``, ``weight`` and ``v``.
     """

@@ -56,7 +56,7 @@ class ComparisonStatus(StrEnum):
 
 
 class MemoryReport(BaseModel):
-    """Bytes one training step needs, by component (DESIGN.md, "Measuring memory honestly").
+    """Bytes one training step needs, by component (docs/architecture.md, "Memory accounting").
 
     ``weight_bytes``: frozen weights as stored (4-bit counted as packed bytes plus quantisation
     state); ``trainable_bytes``: trainable parameters; ``gradient_bytes``: their gradients;

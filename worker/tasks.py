@@ -1,4 +1,4 @@
-"""The one Celery task: thin and idempotent (STYLE.md). The logic is in :mod:`worker.runner`."""
+"""The one Celery task: thin and idempotent (docs/architecture.md, step 3). The logic is in :mod:`worker.runner`."""
 
 from __future__ import annotations
 
