@@ -7,6 +7,7 @@ Worker-side writes (:mod:`backend.store.run_lifecycle`) are guarded by the run's
 worker that lost its claim (reaped, requeued) can no longer change the run.
 """
 
+from backend.models import utcnow  # the store's clock, as callers compare with it
 from backend.store.base import FINISHED_STATUSES, QUEUED, RUNNING, StoreError
 from backend.store.comparisons import create_comparison, get_comparison, list_comparisons
 from backend.store.idempotency import add_idempotency_key, find_idempotency_key, request_hash
@@ -88,4 +89,5 @@ __all__ = [
     "touch_token",
     "touch_worker",
     "upsert_worker",
+    "utcnow",
 ]
