@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from backend.cli import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, open_database, settings_from_args
+from backend.launcher import api_command, dashboard_app, dashboard_command, worker_command
 
 
 def _port_free(host: str, port: int) -> bool:
@@ -43,24 +44,6 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
-
-
-def dashboard_app() -> Path | None:
-    """``dashboard/app.py`` of the installed package (or the working tree), if it exists."""
-    import importlib.util
-
-    candidates = []
-    spec = importlib.util.find_spec("dashboard")
-    if spec is not None and spec.submodule_search_locations:
-        candidates += [Path(p) / "app.py" for p in spec.submodule_search_locations]
-    candidates.append(Path.cwd() / "dashboard" / "app.py")
-    return next((p for p in candidates if p.is_file()), None)
-
-
-def worker_command(name: str, queues: str) -> list[str]:
-    """The command line of one Celery worker process (one run at a time) named ``name``."""
-    celery = [sys.executable, "-m", "celery", "-A", "worker.app", "worker"]
-    return [*celery, "-Q", queues, "-c", "1", "-n", name, "--loglevel", "INFO"]
 
 
 def _die_with_parent() -> None:
@@ -288,7 +271,6 @@ def cmd_up(args: argparse.Namespace) -> int:
         return EXIT_FAILED
 
     env = dict(os.environ)
-    python = sys.executable
     logs = settings.resolved_data_dir / "logs"
     allowed_hosts = [*settings.allowed_hosts, *_bound_host_names(args.host)]
     children: list[_Child] = []
@@ -321,19 +303,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     try:
         api = _Child(
             "API",
-            [
-                python,
-                "-m",
-                "uvicorn",
-                "backend.api.main:create_app",
-                "--factory",
-                "--host",
-                args.host,
-                "--port",
-                str(args.api_port),
-                "--log-level",
-                "warning",
-            ],
+            api_command(host=args.host, port=args.api_port),
             dict(env, VELORA_ALLOWED_HOSTS=",".join(allowed_hosts)),
             logs / "api.log",
         )
@@ -347,23 +317,7 @@ def cmd_up(args: argparse.Namespace) -> int:
             children.append(
                 _Child(
                     "dashboard",
-                    [
-                        python,
-                        "-m",
-                        "streamlit",
-                        "run",
-                        str(app_path),
-                        "--server.port",
-                        str(args.dashboard_port),
-                        "--server.address",
-                        dashboard_host,
-                        "--server.headless",
-                        "true",
-                        "--browser.gatherUsageStats",
-                        "false",
-                        "--client.toolbarMode",
-                        "viewer",  # as docker-compose.yml: no "Deploy" button
-                    ],
+                    dashboard_command(app_path, host=dashboard_host, port=args.dashboard_port),
                     dash_env,
                     logs / "dashboard.log",
                 )

@@ -91,23 +91,10 @@ def start_server(data_dir: Path, port: int, workers: int, source: Path = REPO_RO
         if not k.startswith("VELORA_") and k not in ("DATABASE_URL", "REDIS_URL")
     }
     env.update(VELORA_DATA_DIR=str(data_dir), VELORA_REAPER_ENABLED="false", PYTHONPATH=str(source))
+    from backend.launcher import api_command  # importable: seed() put this checkout on the path
+
     server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "backend.api.main:create_app",
-            "--factory",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--log-level",
-            "warning",
-            "--no-access-log",
-            "--workers",
-            str(workers),
-        ],
+        api_command(host="127.0.0.1", port=port, access_log=False, workers=workers),
         cwd=source,
         env=env,
     )

@@ -16,96 +16,15 @@ import json
 import sys
 from collections.abc import Sequence
 from importlib.metadata import entry_points
-from pathlib import Path
-from typing import Any
-
-import yaml
-from pydantic import ValidationError
 
 from velora_core.bench.comparison_presets import COMPARISON_PRESETS, comparison_preset
+from velora_core.cli_input import BadInput, load_spec_file, parse_assignments
+from velora_core.cli_output import print_table, progress_columns
 from velora_core.presets import DATASETS, MODEL_PRESETS
 from velora_core.spec import ComparisonSpec, RunSpec
 
 EXIT_BAD_INPUT = 2
 DEFAULT_ARTIFACTS = ".velora-bench/artifacts"
-
-
-class BadInput(Exception):
-    """A problem with what the user gave: printed as one line, exit code 2."""
-
-
-def _validation_message(exc: ValidationError) -> str:
-    return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '(spec)'}: {e['msg']}" for e in exc.errors())
-
-
-def _yaml_error(path: str, exc: yaml.YAMLError) -> str:
-    """``path:line:column: problem`` (1-based, as editors count) from a YAML/JSON parse error."""
-    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
-    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-    where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else path
-    return f"{where}: not valid YAML/JSON: {problem}"
-
-
-def load_spec_file(path: str) -> RunSpec | ComparisonSpec:
-    """A RunSpec or ComparisonSpec from a YAML/JSON file (a ComparisonSpec has ``base`` and ``methods``)."""
-    file = Path(path)
-    if not file.exists():
-        raise BadInput(f"spec file {path!r} not found")
-    if file.is_dir():
-        raise BadInput(f"{path!r} is a directory; give the path of a YAML or JSON spec file")
-    if not file.is_file():
-        raise BadInput(f"{path!r} is not a regular file; give the path of a YAML or JSON spec file")
-    try:
-        data = yaml.safe_load(file.read_text(encoding="utf-8"))
-    except UnicodeDecodeError:
-        raise BadInput(f"{path}: not a text file (a spec is YAML or JSON in UTF-8)") from None
-    except yaml.YAMLError as exc:
-        raise BadInput(_yaml_error(path, exc)) from None
-    if data is None:
-        raise BadInput(f"{path}: the file is empty; a spec is a mapping of fields")
-    if not isinstance(data, dict):
-        raise BadInput(f"{path}: the spec must be a mapping of fields, got {type(data).__name__}")
-    kind = ComparisonSpec if "base" in data or "methods" in data else RunSpec
-    try:
-        return kind.model_validate(data)
-    except ValidationError as exc:
-        raise BadInput(f"{path}: invalid {kind.__name__}: {_validation_message(exc)}") from None
-
-
-def parse_assignments(items: Sequence[str]) -> dict[str, Any]:
-    """``["steps=5", "optimizer.lr=1e-3", "pretrain.steps=10"]`` → a nested overrides dict; values
-    are parsed as YAML scalars (numbers, booleans, lists)."""
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise BadInput(f"--set expects key=value, got {item!r}")
-        try:
-            value = yaml.safe_load(raw)
-        except yaml.YAMLError:
-            value = raw
-        node = out
-        parts = key.split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise BadInput(f"--set {item!r} conflicts with another --set")
-        node[parts[-1]] = value
-    return out
-
-
-def progress_columns() -> tuple:
-    """The columns of a run's progress bar (label, bar, step/total, info, elapsed): shared with the
-    service's ``submit`` command so both look alike."""
-    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
-
-    return (
-        TextColumn("{task.description:<28}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[info]}"),
-        TimeElapsedColumn(),
-    )
 
 
 def run_comparison(runs: list[RunSpec], artifacts: str, title: str) -> list:
@@ -138,60 +57,6 @@ def run_comparison(runs: list[RunSpec], artifacts: str, title: str) -> list:
             progress.update(task, info=f"{result.status}" + (f": {result.error}" if result.error else ""))
             results.append(result)
     return results
-
-
-def print_table(results: list) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    from velora_core.bench.report import summary_rows
-
-    def fmt(value: Any, pattern: str = "{:.1f}") -> str:
-        return "–" if value is None else pattern.format(value)
-
-    table = Table(
-        title="VeLoRA Bench comparison (memory in MiB; total = weights+trainable+grads+optimizer+activations)"
-    )
-    for column in (
-        "method",
-        "status",
-        "peak",
-        "weights",
-        "activations",
-        "total",
-        "metric",
-        "value",
-        "chance",
-        "Δ vs full",
-        "mem vs full",
-        "tok/s",
-    ):
-        table.add_column(column, justify="left" if column in ("method", "status", "metric") else "right")
-    for row in summary_rows(results):
-        percent = row["metric"] == "mc_accuracy"
-        value_fmt = "{:.1%}" if percent else "{:.2f}"
-        delta_fmt = "{:+.1%}" if percent else "{:+.2f}"
-        table.add_row(
-            row["method"] + (f" s{row['seed']}" if row["seed"] else ""),
-            row["status"],
-            fmt(row["peak_mb"]),
-            fmt(row["weight_mb"], "{:.2f}"),
-            fmt(row["activation_mb"], "{:.2f}"),
-            fmt(row["total_mb"], "{:.2f}"),
-            row["metric"],
-            fmt(row["value"], value_fmt),
-            fmt(row["chance"], "{:.0%}"),
-            fmt(row["delta_vs_full"], delta_fmt),
-            fmt(row["memory_vs_full"], "{:.2f}x"),
-            fmt(row["tokens_per_s"], "{:.0f}"),
-        )
-    console = Console()
-    if not console.is_terminal:
-        console = Console(width=170)  # logs and pipes: the whole table, not an 80-column squeeze
-    console.print(table)
-    for row in summary_rows(results):
-        if row["error"]:
-            print(f"{row['method']}: {row['error']}", file=sys.stderr)
 
 
 def _finish(results: list, out: str | None) -> int:

@@ -13,7 +13,6 @@ import secrets
 import signal
 import socket
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -158,19 +157,9 @@ class ServiceProcess:
 
 
 def start_api(env: dict[str, str], port: int, log_dir: Path) -> ServiceProcess:
-    argv = [
-        sys.executable,
-        "-m",
-        "uvicorn",
-        "backend.api.main:create_app",
-        "--factory",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--log-level",
-        "warning",
-    ]
+    from backend.launcher import api_command
+
+    argv = api_command(host="127.0.0.1", port=port)
     api = ServiceProcess("api", argv, env, log_dir / f"api-{port}.log")
 
     def ready() -> bool:
@@ -197,7 +186,7 @@ def _health_answers(port: int) -> bool:
 
 def start_worker(env: dict[str, str], name: str, log_dir: Path, queues: str = "gpu,cpu") -> ServiceProcess:
     """A worker started as `velora-bench up` starts it."""
-    from backend.up import worker_command
+    from backend.launcher import worker_command
 
     argv = worker_command(name, queues)
     return ServiceProcess("worker", argv, env, log_dir / f"worker-{name.split('@')[0]}.log")

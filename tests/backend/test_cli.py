@@ -166,8 +166,8 @@ def test_up_starts_everything_and_stops_cleanly(tmp_path: Path) -> None:
     loopback write without it is refused. Ctrl-C (SIGINT; SIGTERM takes the same path) stops them all,
     and the run in flight stops at its next step, recorded as cancelled (a worker that does not stop
     in --stop-timeout is killed and its run marked failed)."""
+    from backend.launcher import dashboard_app
     from backend.token_file import TokenFile
-    from backend.up import dashboard_app
 
     dashboard_port = free_port()
     with_dashboard = dashboard_app() is not None

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import httpx
@@ -111,3 +113,30 @@ def test_submit_queues_and_rejects_bad_input(tmp_path: Path) -> None:
     assert no_api.returncode == 2 and "invalid ComparisonSpec" in no_api.stderr
     malformed = run_cli("submit", "--preset", "cpu-smoke", "--set", "steps", "--api", "http://127.0.0.1:1")
     assert malformed.returncode == 2 and "--set expects key=value" in malformed.stderr
+
+
+def test_submit_reads_specs_and_prints_tables_without_torch(tmp_path: Path) -> None:
+    """``submit`` shares the engine CLI's spec reading and table (velora_core.cli_input, cli_output)
+    and still never imports torch: the service's machines need not have it."""
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(
+        "name: t\nmethods: [full, lora]\nbase:\n  workload: pretrain\n  steps: 3\n"
+        "  model: {source: preset, name: tiny}\n  dataset: {source: builtin, name: stdlib-corpus}\n"
+    )
+    code = f"""
+import argparse, sys
+from backend.submit import request_body
+from velora_core.cli_output import print_table, progress_columns
+from velora_core.result import RunResult
+args = argparse.Namespace(spec={str(spec)!r}, set=[], methods=None, seeds=None, preset=None)
+body = request_body(args)
+assert body["methods"] == ["full", "lora"] and body["base"]["steps"] == 3, body
+assert len(progress_columns()) == 5
+print_table([RunResult(method="full", status="completed")])
+assert "torch" not in sys.modules, "torch was imported"
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=service_env(), capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "VeLoRA Bench comparison" in done.stdout and "full" in done.stdout

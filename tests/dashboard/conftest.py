@@ -6,7 +6,6 @@ Everything is a real process, started once per session and always stopped; nothi
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,6 +15,7 @@ import pytest
 import streamlit as st
 from streamlit.testing.v1 import AppTest
 
+from backend.launcher import dashboard_command
 from tests.backend.harness import (
     REPO_ROOT,
     ServiceProcess,
@@ -144,21 +144,7 @@ def dashboard_url(live_service: LiveService, tmp_path_factory: pytest.TempPathFa
     tmp = tmp_path_factory.mktemp("dashboard-ui")
     port = free_port()
     env = service_env(VELORA_API_URL=live_service.url, VELORA_API_TOKEN=live_service.token)
-    argv = [
-        sys.executable,
-        "-m",
-        "streamlit",
-        "run",
-        str(APP),
-        "--server.port",
-        str(port),
-        "--server.address",
-        "127.0.0.1",
-        "--server.headless",
-        "true",
-        "--browser.gatherUsageStats",
-        "false",
-    ]
+    argv = dashboard_command(APP, host="127.0.0.1", port=port, toolbar_mode=None)
     ui = ServiceProcess("dashboard", argv, env, tmp / "dashboard.log")
     live_service.processes.append(ui)
     url = f"http://127.0.0.1:{port}"

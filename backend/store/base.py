@@ -1,0 +1,31 @@
+"""What every store module shares: the run status values, the store's error, canonical JSON and
+plain-row reads."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from sqlalchemy import Select
+from sqlalchemy.orm import Session
+
+from velora_core.result import RunStatus
+
+QUEUED, RUNNING = RunStatus.QUEUED.value, RunStatus.RUNNING.value
+FINISHED_STATUSES = tuple(s.value for s in RunStatus if s.finished)
+
+
+class StoreError(Exception):
+    """A request the store refuses (the message says why, for a person)."""
+
+
+def _canonical_json(payload: Any) -> str:
+    return json.dumps(payload, sort_keys=True, separators=(",", ":"))
+
+
+def _plain_rows(session: Session, statement: Select, params: dict[str, Any]) -> list[dict[str, Any]]:
+    """The rows of a column ``statement`` as dicts, through the session's connection: a Core result
+    skips the ORM's row processing, and dicts are what pydantic validates fastest."""
+    result = session.connection().execute(statement, params)
+    keys = tuple(result.keys())
+    return [dict(zip(keys, row, strict=True)) for row in result]

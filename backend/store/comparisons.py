@@ -1,0 +1,48 @@
+"""Comparisons: create one with its queued runs, read one, list them."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, selectinload
+
+from backend.models import Comparison, Run
+from backend.store.base import _canonical_json
+from backend.store.runs import _new_run
+from velora_core.spec import ComparisonSpec
+
+
+def create_comparison(
+    session: Session, *, spec: ComparisonSpec, queue: str, preset: str | None = None
+) -> Comparison:
+    """Add a comparison and one queued run per (method, seed)."""
+    payload = spec.model_dump(mode="json")
+    comparison = Comparison(
+        name=spec.name,
+        preset=preset,
+        spec=payload,
+        spec_hash=hashlib.sha256(_canonical_json(payload).encode()).hexdigest()[:16],
+    )
+    comparison.runs = [_new_run(spec=run_spec, queue=queue) for run_spec in spec.runs()]
+    session.add(comparison)
+    session.flush()
+    return comparison
+
+
+def get_comparison(session: Session, *, comparison_id: int) -> Comparison | None:
+    """A comparison with its runs loaded."""
+    return session.get(Comparison, comparison_id, options=[selectinload(Comparison.runs)])
+
+
+def list_comparisons(session: Session, *, offset: int, limit: int) -> tuple[Sequence[Comparison], int]:
+    count = session.scalar(select(func.count()).select_from(Comparison)) or 0
+    rows = session.scalars(
+        select(Comparison)
+        .options(selectinload(Comparison.runs).load_only(Run.id, Run.status, Run.method))
+        .order_by(Comparison.id.desc())
+        .offset(offset)
+        .limit(limit)
+    ).all()
+    return rows, count

@@ -1,0 +1,30 @@
+"""Idempotency keys: remember a POST's answer so that its retry gets the same one."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from backend.models import IdempotencyKey
+from backend.store.base import _canonical_json
+
+
+def request_hash(payload: Any) -> str:
+    return hashlib.sha256(_canonical_json(payload).encode()).hexdigest()
+
+
+def find_idempotency_key(session: Session, *, scope: str, key: str) -> IdempotencyKey | None:
+    return session.scalar(
+        select(IdempotencyKey).where(IdempotencyKey.scope == scope, IdempotencyKey.key == key)
+    )
+
+
+def add_idempotency_key(
+    session: Session, *, scope: str, key: str, payload_hash: str, resource_id: int
+) -> None:
+    """Remember a POST's answer. Flushes, so a concurrent twin fails here with IntegrityError."""
+    session.add(IdempotencyKey(scope=scope, key=key, request_hash=payload_hash, resource_id=resource_id))
+    session.flush()

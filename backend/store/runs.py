@@ -1,0 +1,139 @@
+"""Runs from the API's side: create, read, list, dispatch to the broker and cancel."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Select, bindparam, func, or_, select, update
+from sqlalchemy.orm import Session
+
+from backend.models import Run, utcnow
+from backend.store.base import FINISHED_STATUSES, QUEUED, StoreError, _plain_rows
+from velora_core.result import RunStatus
+from velora_core.spec import RunSpec
+
+
+def _new_run(*, spec: RunSpec, queue: str) -> Run:
+    return Run(
+        method=spec.method,
+        seed=spec.seed,
+        spec=spec.model_dump(mode="json"),
+        spec_hash=spec.spec_hash(),
+        queue=queue,
+        status=QUEUED,
+        attempts=0,
+        cancel_requested=False,
+        step=0,
+        total_steps=spec.steps or 0,
+    )
+
+
+def create_run(session: Session, *, spec: RunSpec, queue: str) -> Run:
+    """Add one queued run outside any comparison."""
+    run = _new_run(spec=spec, queue=queue)
+    session.add(run)
+    session.flush()
+    return run
+
+
+def get_run(session: Session, *, run_id: int) -> Run | None:
+    return session.get(Run, run_id)
+
+
+def get_run_status(session: Session, *, run_id: int) -> str | None:
+    return session.scalar(select(Run.status).where(Run.id == run_id))
+
+
+#: Everything about a run but its (large) spec and result: what lists and polls need.
+RUN_SUMMARY_COLUMNS = tuple(c for c in Run.__table__.columns if c.name not in ("spec", "result", "claim_id"))
+
+
+def list_runs(
+    session: Session,
+    *,
+    offset: int,
+    limit: int,
+    status: Sequence[str] | None = None,
+    method: str | None = None,
+    comparison_id: int | None = None,
+) -> tuple[list[dict[str, Any]], int]:
+    """Runs, newest first, as dicts of :data:`RUN_SUMMARY_COLUMNS` (no ORM objects: this is polled)."""
+    count_statement, page_statement = _run_list_statements(
+        bool(status), bool(method), comparison_id is not None
+    )
+    params: dict[str, Any] = {"status": list(status or ()), "method": method, "comparison_id": comparison_id}
+    count = session.connection().execute(count_statement, params).scalar_one()
+    rows = _plain_rows(session, page_statement, {**params, "offset": offset, "limit": limit})
+    return rows, count
+
+
+# The polled statements are built once, with bound parameters: building a select and its cache key
+# on every request cost as much as running it (benchmarks/api_load.py).
+
+
+@functools.cache
+def _run_list_statements(by_status: bool, by_method: bool, by_comparison: bool) -> tuple[Select, Select]:
+    where = []
+    if by_status:
+        where.append(Run.status.in_(bindparam("status", expanding=True)))
+    if by_method:
+        where.append(Run.method == bindparam("method"))
+    if by_comparison:
+        where.append(Run.comparison_id == bindparam("comparison_id"))
+    count = select(func.count()).select_from(Run).where(*where)
+    page = (
+        select(*RUN_SUMMARY_COLUMNS)
+        .where(*where)
+        .order_by(Run.id.desc())
+        .offset(bindparam("offset"))
+        .limit(bindparam("limit"))
+    )
+    return count, page
+
+
+def mark_dispatched(session: Session, *, run_ids: Sequence[int]) -> None:
+    if run_ids:
+        session.execute(
+            update(Run).where(Run.id.in_(run_ids), Run.status == QUEUED).values(dispatched_at=utcnow())
+        )
+
+
+def runs_to_dispatch(
+    session: Session, *, created_before: datetime, limit: int = 500
+) -> list[tuple[int, str]]:
+    """Queued runs that never reached the broker: (id, queue). Requeued runs qualify at once."""
+    rows = session.execute(
+        select(Run.id, Run.queue)
+        .where(
+            Run.status == QUEUED,
+            Run.dispatched_at.is_(None),
+            or_(Run.created_at < created_before, Run.attempts > 0),
+        )
+        .order_by(Run.id)
+        .limit(limit)
+    ).all()
+    return [(row.id, row.queue) for row in rows]
+
+
+def request_cancel(session: Session, *, run_id: int) -> Run:
+    """Cancel a queued run at once; ask a running one to stop (its worker does, within a step).
+
+    Raises:
+        LookupError: no such run.
+        StoreError: the run has already finished.
+    """
+    run = session.get(Run, run_id, with_for_update=True)
+    if run is None:
+        raise LookupError(run_id)
+    if run.status in FINISHED_STATUSES:
+        raise StoreError(f"Run {run_id} has already finished ({run.status}); there is nothing to cancel")
+    run.cancel_requested = True
+    if run.status == QUEUED:
+        run.status = RunStatus.CANCELLED.value
+        run.finished_at = utcnow()
+        run.error = "cancelled before it started"
+    session.flush()
+    return run
