@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from velora_core.result import ComparisonStatus
+from velora_core.result import ComparisonStatus, headline_memory_bytes, memory_vs_full, total_memory_bytes
 
 MIB = 1024**2
 GIB = 1024**3
@@ -173,11 +173,6 @@ def run_rows(runs: Iterable[dict[str, Any]], now: datetime | None = None) -> lis
 # --- memory and accuracy per method ---------------------------------------------------------------
 
 
-def total_bytes(memory: dict[str, Any]) -> int:
-    """The analytic total: the sum of the components."""
-    return sum(int(memory.get(key) or 0) for key, _ in COMPONENTS)
-
-
 def run_record(run: dict[str, Any], detail: dict[str, Any] | None) -> dict[str, Any]:
     """One run's numbers from ``GET /runs/{id}`` (``detail``; None while it has no result)."""
     result = (detail or {}).get("result") or {}
@@ -192,7 +187,7 @@ def run_record(run: dict[str, Any], detail: dict[str, Any] | None) -> dict[str, 
         "error": run.get("error") or result.get("error"),
         "has_result": bool(memory),
         **{key: memory.get(key) for key, _ in COMPONENTS},
-        "total_bytes": total_bytes(memory) if memory else None,
+        "total_bytes": total_memory_bytes(memory) if memory else None,
         "peak_bytes": memory.get("peak_bytes"),
         "predicted_activation_bytes": memory.get("predicted_activation_bytes"),
         "velora_measured_bytes": memory.get("velora_measured_bytes"),
@@ -218,9 +213,11 @@ def _spread(values: Sequence[float | int | None]) -> float | None:
 
 
 def memory_of(row: dict[str, Any]) -> float | None:
-    """The memory a method is judged by: the measured peak where there is one (CUDA), else the
-    analytic total."""
-    return row["peak_bytes"] if row.get("peak_bytes") is not None else row.get("total_bytes")
+    """The memory a method is judged by (:func:`velora_core.result.headline_memory_bytes`): the
+    measured peak where there is one (CUDA), else the total of the components."""
+    if row.get("peak_bytes") is None and row.get("total_bytes") is None:
+        return None
+    return headline_memory_bytes(row)
 
 
 def method_rows(records: Sequence[dict[str, Any]], methods: Sequence[str]) -> list[dict[str, Any]]:
@@ -258,11 +255,7 @@ def method_rows(records: Sequence[dict[str, Any]], methods: Sequence[str]) -> li
     full = next((r for r in rows if r["method"] == "full" and r["results"]), None)
     for row in rows:
         row["memory_bytes"] = memory_of(row)
-        row["memory_vs_full"] = (
-            row["memory_bytes"] / full["memory_bytes"]
-            if full and row["memory_bytes"] is not None and full["memory_bytes"]
-            else None
-        )
+        row["memory_vs_full"] = memory_vs_full(row["memory_bytes"], full["memory_bytes"] if full else None)
         same_metric = full is not None and full["metric"] == row["metric"]
         row["delta_vs_full"] = (
             row["value"] - full["value"]
@@ -414,7 +407,7 @@ def memory_table(memory: dict[str, Any]) -> list[dict[str, str]]:
 
     return [
         *(line(label, memory.get(key) or 0) for key, label in COMPONENTS),
-        line("Total (predicted)", total_bytes(memory)),
+        line("Total (predicted)", total_memory_bytes(memory)),
         line("Measured peak (CUDA)", memory.get("peak_bytes"), missing="not measured off CUDA"),
         line("VeLoRA layers, predicted", memory.get("predicted_activation_bytes") or 0),
         line("VeLoRA layers, measured", memory.get("velora_measured_bytes") or 0),

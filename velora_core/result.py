@@ -5,9 +5,9 @@ Plain pydantic models without torch, so the backend and dashboard can read resul
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from enum import StrEnum
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, Field
 
@@ -55,6 +55,46 @@ class ComparisonStatus(StrEnum):
         return self not in (ComparisonStatus.QUEUED, ComparisonStatus.RUNNING)
 
 
+T = TypeVar("T")
+
+#: The components of a run's memory, summed by :func:`total_memory_bytes`.
+MEMORY_COMPONENTS = (
+    "weight_bytes",
+    "trainable_bytes",
+    "gradient_bytes",
+    "optimizer_bytes",
+    "activation_bytes",
+)
+
+
+def total_memory_bytes(memory: Mapping[str, Any]) -> int:
+    """Sum of the components of a :class:`MemoryReport` (as a model dump or an API row)."""
+    return sum(int(memory.get(name) or 0) for name in MEMORY_COMPONENTS)
+
+
+def headline_memory_bytes(memory: Mapping[str, Any]) -> int | float | None:
+    """The one memory figure every view shows and ranks by: the measured peak where there is one
+    (CUDA), else the total of the components; None for a run without a memory report."""
+    if not memory:
+        return None
+    peak = memory.get("peak_bytes")
+    return peak if peak is not None else memory.get("total_bytes", total_memory_bytes(memory))
+
+
+def memory_vs_full(own: int | float | None, full: int | float | None) -> float | None:
+    """A method's headline memory over full fine-tuning's (both from :func:`headline_memory_bytes`):
+    the API summary, the CLI table and the dashboard all call this, so they cannot disagree."""
+    return round(own / full, 4) if own is not None and full else None
+
+
+def full_reference(by_seed: Mapping[Any, T], seed: Any) -> T | None:
+    """The completed ``full`` run's value to compare a run of ``seed`` with: the same seed's, else the
+    first seed's (a comparison may run ``full`` on fewer seeds), else None."""
+    if seed in by_seed:
+        return by_seed[seed]
+    return next(iter(by_seed.values()), None)
+
+
 class MemoryReport(BaseModel):
     """Bytes one training step needs, by component (docs/architecture.md, "Memory accounting").
 
@@ -81,13 +121,12 @@ class MemoryReport(BaseModel):
     @property
     def total_bytes(self) -> int:
         """Sum of the components (the analytic total, comparable with ``peak_bytes``)."""
-        return (
-            self.weight_bytes
-            + self.trainable_bytes
-            + self.gradient_bytes
-            + self.optimizer_bytes
-            + self.activation_bytes
-        )
+        return total_memory_bytes(self.model_dump())
+
+    @property
+    def headline_bytes(self) -> int:
+        """See :func:`headline_memory_bytes`."""
+        return headline_memory_bytes(self.model_dump())
 
 
 class EvalResult(BaseModel):

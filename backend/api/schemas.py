@@ -123,7 +123,9 @@ class SummaryRow(BaseModel):
     )
     trainable_params: int | None = None
     memory_vs_full: float | None = Field(
-        default=None, description="total_bytes / that of 'full' (same seed)."
+        default=None,
+        description="This run's memory over that of 'full' (same seed, else any): the measured peak "
+        "where there is one (CUDA), else total_bytes.",
     )
     error: str | None = None
 

@@ -19,8 +19,8 @@ from dashboard.summary import (
     query_number,
     run_facts,
     status_words,
-    total_bytes,
 )
+from velora_core.result import total_memory_bytes
 
 api: ApiClient = st.session_state.api
 
@@ -93,7 +93,7 @@ def run_view() -> None:
         peak = memory.get("peak_bytes")
         m1.metric(
             "Peak memory (CUDA)" if peak is not None else "Memory (analytic)",
-            format_bytes(peak or total_bytes(memory)),
+            format_bytes(peak or total_memory_bytes(memory)),
         )
         m2.metric(
             "Accuracy"

@@ -176,3 +176,50 @@ def test_cancel_comparison_cancels_unfinished_runs(client: TestClient, auth: dic
 )
 def test_comparison_status_from_run_statuses(statuses: list[str], expected: str) -> None:
     assert ComparisonStatus.of(statuses) == expected
+
+
+def test_api_cli_and_dashboard_agree_on_memory_vs_full_when_a_peak_is_measured(
+    client: TestClient, auth: dict, db: Database
+) -> None:
+    """On CUDA a run has a measured peak: every view ranks by it (was: the API by the total)."""
+    from dashboard.summary import method_rows, run_record
+    from velora_core.bench.report import summary_rows
+
+    created = client.post(
+        "/api/v1/comparisons", json=tiny_comparison(methods=["full", "lora"]), headers=auth
+    ).json()
+    components = {
+        "trainable_bytes": 400,
+        "gradient_bytes": 400,
+        "optimizer_bytes": 800,
+        "activation_bytes": 400,
+    }
+    memories = {
+        "full": dict(components, peak_bytes=5000),  # total 2000
+        "lora": dict(
+            components, trainable_bytes=100, gradient_bytes=100, optimizer_bytes=200, peak_bytes=2000
+        ),
+    }
+    results = []
+    with db.write_session() as session:
+        for run_id, method in zip(created["run_ids"], ["full", "lora"], strict=True):
+            claim = store.claim_run(session, run_id=run_id, worker_host="w@h", worker_device="cuda:0")
+            result = RunResult(
+                method=method,
+                status=RunStatus.COMPLETED,
+                steps_done=3,
+                memory=memories[method],
+                eval={"metric": "perplexity", "value": 10.0},
+                spec={"seed": 0},
+            )
+            assert store.finish_run(session, run_id=run_id, claim_id=claim, result=result)
+            results.append(result)
+
+    body = client.get(f"/api/v1/comparisons/{created['id']}", headers=auth).json()
+    api = {row["method"]: row["memory_vs_full"] for row in body["summary"]}
+    cli = {row["method"]: row["memory_vs_full"] for row in summary_rows(results)}
+    records = [
+        run_record(run, client.get(f"/api/v1/runs/{run['id']}", headers=auth).json()) for run in body["runs"]
+    ]
+    dashboard = {row["method"]: row["memory_vs_full"] for row in method_rows(records, ["full", "lora"])}
+    assert api == cli == dashboard == {"full": 1.0, "lora": 0.4}  # 2000 / 5000, not 1200 / 2000

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from velora_core.result import RunResult
+from velora_core.result import RunResult, full_reference, memory_vs_full
 
 MB = 1024 * 1024
 
@@ -43,21 +43,20 @@ def _mb(value: int | None) -> float | None:
 
 def summary_rows(results: Sequence[RunResult]) -> list[dict[str, Any]]:
     """One row per result. ``delta_vs_full`` is the metric minus full fine-tuning's (same seed when
-    there is one); ``memory_vs_full`` is the analytic total over full's (peak where measured)."""
+    there is one); ``memory_vs_full`` is :func:`velora_core.result.memory_vs_full` (the measured peak
+    where there is one, else the total, over full's)."""
     full = {(r.spec or {}).get("seed"): r for r in results if r.method == "full" and r.status == "completed"}
     rows = []
     for r in results:
         seed = (r.spec or {}).get("seed")
         mem = r.memory
         total = mem.total_bytes
-        base = full.get(seed) or next(iter(full.values()), None)
+        base = full_reference(full, seed)
         delta = memory_ratio = None
         if base is not None and r.status == "completed":
             if r.eval.value is not None and base.eval.value is not None:
                 delta = r.eval.value - base.eval.value
-            own = mem.peak_bytes if mem.peak_bytes is not None else total
-            ref = base.memory.peak_bytes if base.memory.peak_bytes is not None else base.memory.total_bytes
-            memory_ratio = own / ref if ref else None
+            memory_ratio = memory_vs_full(mem.headline_bytes, base.memory.headline_bytes)
         rows.append(
             {
                 "method": r.method,

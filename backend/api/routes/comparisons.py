@@ -35,7 +35,14 @@ from backend.api.validation import JsonContent, check_limits, from_pydantic, inv
 from backend.models import Comparison, Run
 from backend.presets import PresetsUnavailable, build_comparison, comparison_presets
 from backend.settings import Settings
-from velora_core.result import ComparisonStatus
+from velora_core.result import (
+    MEMORY_COMPONENTS,
+    ComparisonStatus,
+    full_reference,
+    headline_memory_bytes,
+    memory_vs_full,
+    total_memory_bytes,
+)
 from velora_core.spec import ComparisonSpec
 
 router = APIRouter(prefix="/comparisons", tags=["comparisons"], responses=error_responses(401, 503))
@@ -108,21 +115,7 @@ def _public(comparison: Comparison) -> ComparisonPublic:
     )
 
 
-#: The components of ``MemoryReport.total_bytes`` (velora_core.result).
-MEMORY_COMPONENTS = (
-    "weight_bytes",
-    "trainable_bytes",
-    "gradient_bytes",
-    "optimizer_bytes",
-    "activation_bytes",
-)
-
-
-def _total_bytes(memory: dict[str, Any]) -> int:
-    return sum(int(memory.get(name) or 0) for name in MEMORY_COMPONENTS)
-
-
-def _summary_row(run: Run, full_totals: dict[int, int]) -> SummaryRow:
+def _summary_row(run: Run, full_totals: dict[int, int | float | None]) -> SummaryRow:
     row = SummaryRow(
         run_id=run.id,
         method=run.method,
@@ -137,8 +130,7 @@ def _summary_row(run: Run, full_totals: dict[int, int]) -> SummaryRow:
     memory = result.get("memory") or {}
     evaluation = result.get("eval") or {}
     throughput = result.get("throughput") or {}
-    total = _total_bytes(memory)
-    full_total = full_totals.get(run.seed)
+    total = total_memory_bytes(memory)
     return row.model_copy(
         update={
             "steps_done": result.get("steps_done", run.step),
@@ -153,17 +145,19 @@ def _summary_row(run: Run, full_totals: dict[int, int]) -> SummaryRow:
             "predicted_activation_bytes": memory.get("predicted_activation_bytes"),
             "velora_measured_bytes": memory.get("velora_measured_bytes"),
             "trainable_params": memory.get("trainable_params"),
-            "memory_vs_full": round(total / full_total, 4) if memory and full_total else None,
+            "memory_vs_full": memory_vs_full(
+                headline_memory_bytes(memory), full_reference(full_totals, run.seed)
+            ),
         }
     )
 
 
 def _detail(comparison: Comparison, *, include_results: bool = False) -> ComparisonDetail:
-    # Each method's memory relative to full fine-tuning with the same seed.
+    # Each method's memory relative to full fine-tuning with the same seed (any seed where that is missing).
     full_totals = {
-        run.seed: _total_bytes(run.result["memory"])
+        run.seed: headline_memory_bytes(run.result["memory"])
         for run in comparison.runs
-        if run.method == "full" and run.result and run.result.get("memory")
+        if run.method == "full" and run.status == "completed" and run.result and run.result.get("memory")
     }
     return ComparisonDetail(
         **_public(comparison).model_dump(),
