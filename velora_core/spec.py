@@ -9,14 +9,13 @@ This module imports no torch, so the backend can validate specs without loading 
 
 from __future__ import annotations
 
-import hashlib
-import json
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from velora_core.hashing import content_hash
 from velora_core.method_configs import METHOD_CONFIGS, method_config_for
 from velora_core.presets import DATASETS, MODEL_PRESETS
 
@@ -283,8 +282,7 @@ class RunSpec(StrictModel):
 
     def spec_hash(self) -> str:
         """A stable hash of everything that changes the result (sorted-key JSON, SHA-256, 16 hex digits)."""
-        payload = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+        return content_hash(self.model_dump(mode="json"))
 
 
 class ComparisonSpec(StrictModel):

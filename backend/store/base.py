@@ -3,7 +3,6 @@ plain-row reads."""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from sqlalchemy import Select
@@ -17,10 +16,6 @@ FINISHED_STATUSES = tuple(s.value for s in RunStatus if s.finished)
 
 class StoreError(Exception):
     """A request the store refuses (the message says why, for a person)."""
-
-
-def _canonical_json(payload: Any) -> str:
-    return json.dumps(payload, sort_keys=True, separators=(",", ":"))
 
 
 def _plain_rows(session: Session, statement: Select, params: dict[str, Any]) -> list[dict[str, Any]]:

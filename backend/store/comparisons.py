@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, selectinload
 
 from backend.models import Comparison, Run
-from backend.store.base import _canonical_json
 from backend.store.runs import _new_run
+from velora_core.hashing import content_hash
 from velora_core.spec import ComparisonSpec
 
 
@@ -23,7 +22,7 @@ def create_comparison(
         name=spec.name,
         preset=preset,
         spec=payload,
-        spec_hash=hashlib.sha256(_canonical_json(payload).encode()).hexdigest()[:16],
+        spec_hash=content_hash(payload),
     )
     comparison.runs = [_new_run(spec=run_spec, queue=queue) for run_spec in spec.runs()]
     session.add(comparison)

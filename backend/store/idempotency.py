@@ -9,11 +9,12 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from backend.models import IdempotencyKey
-from backend.store.base import _canonical_json
+from velora_core.hashing import canonical_json
 
 
 def request_hash(payload: Any) -> str:
-    return hashlib.sha256(_canonical_json(payload).encode()).hexdigest()
+    # The full digest (not the 16-digit content hash): it guards a retry against a different body.
+    return hashlib.sha256(canonical_json(payload).encode()).hexdigest()
 
 
 def find_idempotency_key(session: Session, *, scope: str, key: str) -> IdempotencyKey | None:

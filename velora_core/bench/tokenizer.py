@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
+from velora_core.hashing import short_digest
 from velora_core.spec import ModelSpec, check_hub_id_not_on_disk
 
 #: File that marks a directory as holding a :class:`ByteTokenizer`.
@@ -149,7 +150,7 @@ class HFTokenizer:
         """SHA-256 (16 hex digits) of the serialised tokenizer, or of its vocabulary if it has none."""
         backend = getattr(self.hf, "backend_tokenizer", None)
         payload = backend.to_str() if backend is not None else json.dumps(sorted(self.hf.get_vocab().items()))
-        return "hf-" + hashlib.sha256(payload.encode()).hexdigest()[:16]
+        return "hf-" + short_digest(hashlib.sha256(payload.encode()))
 
     def save(self, directory: str | Path) -> None:
         """``save_pretrained`` into ``directory``."""

@@ -12,7 +12,6 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from velora_core.bench.data.hashing import short_hash
 from velora_core.bench.data.multiple_choice import (
     MCQuestion,
     answer_tokens,
@@ -20,6 +19,7 @@ from velora_core.bench.data.multiple_choice import (
     format_mc_question,
 )
 from velora_core.bench.tokenizer import Tokenizer
+from velora_core.hashing import short_digest, short_hash
 
 #: Label of positions that take no loss (PyTorch's cross-entropy ``ignore_index``).
 IGNORE_INDEX = -100
@@ -141,7 +141,7 @@ def fingerprint_examples(header: Mapping[str, Any], examples: Iterable[Example])
     for ids, labels in examples:
         digest.update(ids.numpy().tobytes())
         digest.update(labels.numpy().tobytes())
-    return digest.hexdigest()[:16]
+    return short_digest(digest)
 
 
 @dataclass(frozen=True, eq=False)

@@ -17,7 +17,6 @@ from velora_core.bench.data.examples import (
     lm_blocks,
     mc_examples,
 )
-from velora_core.bench.data.hashing import short_hash
 from velora_core.bench.data.multiple_choice import MCQuestion, format_mc_question
 from velora_core.bench.data.records import (
     HUB_DATASETS,
@@ -30,6 +29,7 @@ from velora_core.bench.data.records import (
 from velora_core.bench.data.sources import source_corpus, stdlib_documents
 from velora_core.bench.data.stdlib_questions import stdlib_mc
 from velora_core.bench.tokenizer import Tokenizer
+from velora_core.hashing import short_hash
 from velora_core.spec import DatasetSpec, EvalSpec
 
 #: Packed blocks of a text dataset when neither the spec nor the engine bounds them.

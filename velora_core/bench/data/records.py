@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from velora_core.bench.data.examples import DataKind, alpaca_prompt
-from velora_core.bench.data.hashing import unit_hash
 from velora_core.bench.data.multiple_choice import MCQuestion, format_mc_question
+from velora_core.hashing import unit_hash
 from velora_core.presets import DATASETS
 from velora_core.spec import DatasetSpec, check_hub_id_not_on_disk
 
