@@ -11,15 +11,12 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from velora_core.errors import validation_message
 from velora_core.spec import ComparisonSpec, RunSpec
 
 
 class BadInput(Exception):
     """A problem with what the user gave: printed as one line, exit code 2."""
-
-
-def _validation_message(exc: ValidationError) -> str:
-    return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '(spec)'}: {e['msg']}" for e in exc.errors())
 
 
 def _yaml_error(path: str, exc: yaml.YAMLError) -> str:
@@ -53,7 +50,7 @@ def load_spec_file(path: str) -> RunSpec | ComparisonSpec:
     try:
         return kind.model_validate(data)
     except ValidationError as exc:
-        raise BadInput(f"{path}: invalid {kind.__name__}: {_validation_message(exc)}") from None
+        raise BadInput(f"{path}: invalid {kind.__name__}: {validation_message(exc)}") from None
 
 
 def parse_assignments(items: Sequence[str]) -> dict[str, Any]:

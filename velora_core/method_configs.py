@@ -22,6 +22,8 @@ from pydantic import (
     model_validator,
 )
 
+from velora_core.errors import validation_message
+
 try:  # the regular-expression parser (public as sre_parse before Python 3.11)
     import re._parser as _sre_parse
 except ImportError:  # pragma: no cover - Python < 3.11
@@ -369,7 +371,5 @@ def method_config_for(method: str, settings: dict[str, Any] | MethodSettings | N
     try:
         return cls.model_validate(settings or {})
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or '(settings)'}: {err['msg']}" for err in exc.errors()
-        )
+        problems = validation_message(exc, whole="(settings)")
         raise ValueError(f"invalid settings for method {method!r}: {problems}") from None

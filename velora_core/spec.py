@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from velora_core.errors import validation_message
 from velora_core.hashing import content_hash
 from velora_core.method_configs import METHOD_CONFIGS, method_config_for
 from velora_core.presets import DATASETS, MODEL_PRESETS
@@ -321,8 +322,7 @@ class ComparisonSpec(StrictModel):
                 try:
                     out.append(RunSpec.model_validate(data))
                 except ValidationError as exc:
-                    problems = "; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors())
-                    raise ValueError(f"method {method!r}: {problems}") from None
+                    raise ValueError(f"method {method!r}: {validation_message(exc, whole=None)}") from None
         return out
 
 

@@ -26,21 +26,21 @@ def invalid(loc: Loc, msg: str, type_: str = "value_error") -> RequestValidation
     return RequestValidationError([{"loc": list(loc), "msg": msg, "type": type_}])
 
 
+def error_entries(errors: Sequence[Any], prefix: Loc = ()) -> list[dict[str, Any]]:
+    """The API's error format: each error's location (under ``prefix``), message and type. Inputs
+    are never echoed back (they may be large, secret, or not JSON at all: a NaN cannot be written)."""
+    return [{"loc": [*prefix, *e["loc"]], "msg": e["msg"], "type": e["type"]} for e in errors]
+
+
 def from_pydantic(exc: ValidationError, prefix: Loc) -> RequestValidationError:
-    """The errors of ``exc`` with ``prefix`` on their locations; inputs are not echoed back."""
-    errors = [
-        {"loc": [*prefix, *err["loc"]], "msg": err["msg"], "type": err["type"]}
-        for err in exc.errors(include_url=False, include_input=False, include_context=False)
-    ]
-    return RequestValidationError(errors)
+    """The errors of ``exc`` with ``prefix`` on their locations."""
+    return RequestValidationError(error_entries(exc.errors(include_url=False, include_input=False), prefix))
 
 
 async def validation_error_response(_: Request, exc: Exception) -> JSONResponse:
-    """The 422 answer: each error's location, message and type. Inputs are not echoed back (they
-    may be large, secret, or not JSON at all: a NaN in the body cannot be written back as JSON)."""
+    """The 422 answer, in :func:`error_entries`' format."""
     assert isinstance(exc, RequestValidationError)
-    errors = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
-    return JSONResponse(status_code=422, content={"detail": errors})
+    return JSONResponse(status_code=422, content={"detail": error_entries(exc.errors())})
 
 
 def require_json(request: Request) -> None:

@@ -10,6 +10,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from velora_core.errors import validation_message
 from velora_core.spec import ComparisonSpec
 
 ALL_METHODS = ["full", "lora", "qlora", "velora+full", "velora+lora", "velora+qlora"]
@@ -217,8 +218,5 @@ def comparison_preset(name: str, overrides: dict[str, Any] | None = None) -> Com
     try:
         return ComparisonSpec.model_validate(data)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"overrides.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" if e["loc"] else e["msg"]
-            for e in exc.errors()
-        )
+        problems = validation_message(exc, prefix="overrides.", whole=None)
         raise ValueError(f"preset {name!r} with these overrides is invalid: {problems}") from None
