@@ -18,11 +18,10 @@ from typing import Any
 
 import httpx
 
+from velora_core.result import ANSWERED_RUN_STATUSES, FINISHED_RUN_STATUSES
+
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 API_PREFIX = "/api/v1"
-#: Statuses that count as a successful comparison (an out-of-memory run is a measured result).
-GOOD_STATUSES = ("completed", "out_of_memory")
-FINISHED_STATUSES = ("completed", "failed", "out_of_memory", "cancelled")
 
 
 class SubmitError(Exception):
@@ -197,7 +196,7 @@ def follow(
                     tasks[run_id] = progress.add_task(
                         f"{run['method']} (seed {run['seed']})", total=None, info=status
                     )
-                finished = status in FINISHED_STATUSES
+                finished = status in FINISHED_RUN_STATUSES
                 total = run["total_steps"] or (run["step"] if finished else 0)
                 info = status if finished else f"{run['phase'] or status} {run['message'] or ''}".strip()
                 if status == "running" and run["phase"] in ("train", "base-train"):
@@ -210,9 +209,11 @@ def follow(
                     tasks[run_id],
                     total=total or None,
                     completed=run["step"] if not finished else (total or run["step"]),
-                    info=info if status in GOOD_STATUSES or not run["error"] else f"{status}: {run['error']}",
+                    info=info
+                    if status in ANSWERED_RUN_STATUSES or not run["error"]
+                    else f"{status}: {run['error']}",
                 )
-            if all(run["status"] in FINISHED_STATUSES for run in comparison["runs"]):
+            if all(run["status"] in FINISHED_RUN_STATUSES for run in comparison["runs"]):
                 return comparison
             deadline = time.monotonic() + poll_s
             while time.monotonic() < deadline:
@@ -276,7 +277,7 @@ def submit_and_follow(
 
         json_path, csv_path = write_outputs(results, out)
         print(f"wrote {json_path} and {csv_path}")
-    return EXIT_OK if all(r.status in GOOD_STATUSES for r in results) else EXIT_FAILED
+    return EXIT_OK if all(r.status in ANSWERED_RUN_STATUSES for r in results) else EXIT_FAILED
 
 
 def run_submit(

@@ -14,8 +14,9 @@ from typing import Any
 import httpx
 import streamlit as st
 
+from velora_core.result import FINISHED_RUN_STATUSES
+
 API_PREFIX = "/api/v1"
-FINISHED_STATUSES = frozenset({"completed", "failed", "out_of_memory", "cancelled"})
 
 LIVE_TTL_S = 2.0  # runs, comparisons, metrics: what changes while a run trains
 STATIC_TTL_S = 300.0  # presets: change only when the server is upgraded
@@ -172,7 +173,7 @@ class ApiClient:
         """A run with its spec and result; cached longer once it has finished."""
         path = f"/runs/{int(run_id)}"
         run = self._live(path)
-        if run["status"] in FINISHED_STATUSES:
+        if run["status"] in FINISHED_RUN_STATUSES:
             return _get_final(self.base_url, self.token, self.timeout_s, path)
         return run
 

@@ -14,7 +14,13 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from velora_core.result import ComparisonStatus, headline_memory_bytes, memory_vs_full, total_memory_bytes
+from velora_core.result import (
+    ACTIVE_STATUSES,
+    ComparisonStatus,
+    headline_memory_bytes,
+    memory_vs_full,
+    total_memory_bytes,
+)
 
 MIB = 1024**2
 GIB = 1024**3
@@ -29,7 +35,6 @@ COMPONENTS: list[tuple[str, str]] = [
 ]
 
 METRIC_LABELS = {"mc_accuracy": "Accuracy", "perplexity": "Perplexity", "none": "No evaluation"}
-ACTIVE_STATUSES = ("queued", "running")
 STATUS_WORDS = {
     "queued": "Waiting for a worker",
     "running": "Running",

@@ -25,6 +25,14 @@ class RunStatus(StrEnum):
         return self not in (RunStatus.QUEUED, RunStatus.RUNNING)
 
 
+#: The status sets, as the strings the API and the database use (defined here once).
+FINISHED_RUN_STATUSES = frozenset(s.value for s in RunStatus if s.finished)
+#: Not finished yet: a run's or a comparison's ``queued`` and ``running``.
+ACTIVE_STATUSES = frozenset(s.value for s in RunStatus if not s.finished)
+#: Runs whose result answers the question asked: an out-of-memory is an answer ("it does not fit").
+ANSWERED_RUN_STATUSES = frozenset({RunStatus.COMPLETED.value, RunStatus.OUT_OF_MEMORY.value})
+
+
 class ComparisonStatus(StrEnum):
     """A comparison's state, derived from its runs' (:meth:`of`); never stored."""
 

@@ -8,10 +8,10 @@ from typing import Any
 from sqlalchemy import Select
 from sqlalchemy.orm import Session
 
-from velora_core.result import RunStatus
+from velora_core.result import FINISHED_RUN_STATUSES, RunStatus
 
 QUEUED, RUNNING = RunStatus.QUEUED.value, RunStatus.RUNNING.value
-FINISHED_STATUSES = tuple(s.value for s in RunStatus if s.finished)
+FINISHED_STATUSES = tuple(sorted(FINISHED_RUN_STATUSES))  # a sequence, for SQL IN
 
 
 class StoreError(Exception):

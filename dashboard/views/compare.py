@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from dashboard.api import FINISHED_STATUSES, ApiClient, ApiError
+from dashboard.api import ApiClient, ApiError
 from dashboard.charts import loss_figure, memory_figure, pareto_figure
 from dashboard.summary import (
     ACTIVE_STATUSES,
@@ -19,7 +19,7 @@ from dashboard.summary import (
     rows_csv,
     run_record,
 )
-from velora_core.result import ComparisonStatus
+from velora_core.result import FINISHED_RUN_STATUSES, ComparisonStatus
 
 api: ApiClient = st.session_state.api
 MAX_GPU_GIB = 1_000_000.0
@@ -92,7 +92,7 @@ def comparison_view() -> None:
             details = {
                 run["id"]: api.finished_run(run["id"])
                 for run in comparison["runs"]
-                if run["status"] in FINISHED_STATUSES
+                if run["status"] in FINISHED_RUN_STATUSES
             }
     except ApiError as exc:
         st.error(exc.message)
@@ -111,7 +111,7 @@ def comparison_view() -> None:
         f"Comparison #{comparison['id']} · {'preset ' + comparison['preset'] + ' · ' if comparison['preset'] else ''}"
         f"{len(runs)} runs: {counts} · created {comparison['created_at'][:19].replace('T', ' ')} UTC"
     )
-    done = sum(run["status"] in FINISHED_STATUSES for run in runs)
+    done = sum(run["status"] in FINISHED_RUN_STATUSES for run in runs)
     if done < len(runs):
         c1, c2 = st.columns([6, 1], vertical_alignment="bottom")
         c1.progress(done / len(runs), text=f"{done} of {len(runs)} runs finished")
