@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from velora_core.spec import MAX_MICRO_BATCH, MAX_SEQ_LEN, MAX_STEPS
+from velora_core.contract.spec import MAX_MICRO_BATCH, MAX_SEQ_LEN, MAX_STEPS
 
 API_V1_STR = "/api/v1"
 TASK_RUN_BENCHMARK = "velora.run_benchmark"

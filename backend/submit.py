@@ -18,7 +18,7 @@ from typing import Any
 
 import httpx
 
-from velora_core.result import ANSWERED_RUN_STATUSES, FINISHED_RUN_STATUSES
+from velora_core.contract.result import ANSWERED_RUN_STATUSES, FINISHED_RUN_STATUSES
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 API_PREFIX = "/api/v1"
@@ -88,7 +88,7 @@ def request_body(args: argparse.Namespace) -> dict[str, Any]:
         SubmitError: a malformed ``--set``, or a spec file that is missing or invalid.
     """
     from velora_core.cli_input import BadInput, load_spec_file, parse_assignments
-    from velora_core.spec import ComparisonSpec
+    from velora_core.contract.spec import ComparisonSpec
 
     try:
         if getattr(args, "spec", None) is not None:
@@ -225,7 +225,7 @@ def follow(
 
 def results_of(client: ApiClient, comparison: dict[str, Any]) -> list[Any]:
     """A RunResult per run (``GET /runs/{id}``); a run that stored no result gets one from its status."""
-    from velora_core.result import RunResult
+    from velora_core.contract.result import RunResult
 
     results = []
     for public in comparison["runs"]:
@@ -273,7 +273,7 @@ def submit_and_follow(
     results = results_of(client, final)
     print_table(results)
     if out:
-        from velora_core.bench.report import write_outputs
+        from velora_core.contract.table import write_outputs
 
         json_path, csv_path = write_outputs(results, out)
         print(f"wrote {json_path} and {csv_path}")

@@ -44,8 +44,8 @@ def seed(data_dir: Path, runs: int, steps: int) -> str:
     from backend.db import Database
     from backend.migrate import upgrade
     from backend.settings import Settings
-    from velora_core.result import ProgressEvent
-    from velora_core.spec import ComparisonSpec
+    from velora_core.contract.result import ProgressEvent
+    from velora_core.contract.spec import ComparisonSpec
 
     db = Database(Settings(data_dir=data_dir).sqlalchemy_url)
     upgrade(db)

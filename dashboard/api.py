@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import streamlit as st
 
-from velora_core.result import FINISHED_RUN_STATUSES
+from velora_core.contract.result import FINISHED_RUN_STATUSES
 
 API_PREFIX = "/api/v1"
 

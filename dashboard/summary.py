@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from velora_core.result import (
+from velora_core.contract.result import (
     ACTIVE_STATUSES,
     ComparisonStatus,
     headline_memory_bytes,
@@ -55,7 +55,7 @@ COMPARISON_STATUS_WORDS = {
 
 
 def comparison_status_words(comparison: dict[str, Any]) -> str:
-    """A comparison's state as a person would say it (``ComparisonStatus`` in velora_core.result)."""
+    """A comparison's state as a person would say it (``ComparisonStatus`` in velora_core.contract.result)."""
     status = comparison["status"]
     words = COMPARISON_STATUS_WORDS.get(status, status)
     if status in (ComparisonStatus.PARTIAL, ComparisonStatus.FAILED):
@@ -218,7 +218,7 @@ def _spread(values: Sequence[float | int | None]) -> float | None:
 
 
 def memory_of(row: dict[str, Any]) -> float | None:
-    """The memory a method is judged by (:func:`velora_core.result.headline_memory_bytes`): the
+    """The memory a method is judged by (:func:`velora_core.contract.result.headline_memory_bytes`): the
     measured peak where there is one (CUDA), else the total of the components."""
     if row.get("peak_bytes") is None and row.get("total_bytes") is None:
         return None

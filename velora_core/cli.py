@@ -17,11 +17,11 @@ import sys
 from collections.abc import Sequence
 from importlib.metadata import entry_points
 
-from velora_core.bench.comparison_presets import COMPARISON_PRESETS, comparison_preset
 from velora_core.cli_input import BadInput, load_spec_file, parse_assignments
 from velora_core.cli_output import print_table, progress_columns
-from velora_core.presets import DATASETS, MODEL_PRESETS
-from velora_core.spec import ComparisonSpec, RunSpec
+from velora_core.contract.comparison_presets import COMPARISON_PRESETS, comparison_preset
+from velora_core.contract.presets import DATASETS, MODEL_PRESETS
+from velora_core.contract.spec import ComparisonSpec, RunSpec
 
 EXIT_BAD_INPUT = 2
 DEFAULT_ARTIFACTS = ".velora-bench/artifacts"
@@ -31,7 +31,7 @@ def run_comparison(runs: list[RunSpec], artifacts: str, title: str) -> list:
     """Execute the runs one after another with progress bars; returns their RunResults."""
     from rich.progress import Progress
 
-    from velora_core.bench import execute
+    from velora_core.bench.engine import execute
 
     results = []
     with Progress(*progress_columns(), transient=False) as progress:
@@ -60,7 +60,7 @@ def run_comparison(runs: list[RunSpec], artifacts: str, title: str) -> list:
 
 
 def _finish(results: list, out: str | None) -> int:
-    from velora_core.bench.report import write_outputs
+    from velora_core.contract.table import write_outputs
 
     print_table(results)
     if out:

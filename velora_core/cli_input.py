@@ -11,8 +11,8 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from velora_core.errors import validation_message
-from velora_core.spec import ComparisonSpec, RunSpec
+from velora_core.contract.errors import validation_message
+from velora_core.contract.spec import ComparisonSpec, RunSpec
 
 
 class BadInput(Exception):

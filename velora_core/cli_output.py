@@ -26,7 +26,7 @@ def print_table(results: list) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from velora_core.bench.report import summary_rows
+    from velora_core.contract.table import summary_rows
 
     def fmt(value: Any, pattern: str = "{:.1f}") -> str:
         return "–" if value is None else pattern.format(value)

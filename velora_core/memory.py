@@ -17,9 +17,9 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
+from velora_core.contract.result import MemoryReport
 from velora_core.layer import VeLoRALinear, velora_modules
 from velora_core.projection import VELORA_SAVED_ATTR
-from velora_core.result import MemoryReport
 
 
 def _nbytes(t: torch.Tensor) -> int:

@@ -14,8 +14,7 @@ from typing import Any
 
 from torch import nn
 
-from velora_core.layer import apply_velora
-from velora_core.method_configs import (
+from velora_core.contract.method_configs import (
     METHOD_CONFIGS,
     FullSettings,
     LoRAMethodSettings,
@@ -26,6 +25,7 @@ from velora_core.method_configs import (
     VeLoRAQLoRASettings,
     method_config_for,
 )
+from velora_core.layer import apply_velora
 from velora_core.models import ModelSource, load_causal_lm
 
 

@@ -14,8 +14,8 @@ import torch
 from torch import nn
 from transformers import AutoModelForCausalLM, BitsAndBytesConfig, LlamaConfig, PretrainedConfig
 
-from velora_core.method_configs import QuantSettings
-from velora_core.presets import ModelPreset
+from velora_core.contract.method_configs import QuantSettings
+from velora_core.contract.presets import ModelPreset
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 

@@ -20,8 +20,8 @@ from pathlib import Path
 from backend import store
 from backend.db import Database
 from backend.settings import Settings, get_settings
-from velora_core.result import ProgressEvent, RunResult, RunStatus
-from velora_core.spec import RunSpec
+from velora_core.contract.result import ProgressEvent, RunResult, RunStatus
+from velora_core.contract.spec import RunSpec
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +147,7 @@ def execute_run(
     artifact_dir = Path(settings.resolved_artifact_dir)
     with ProgressRecorder(db, settings, run_id=run_id, claim_id=claim_id, spec=spec) as recorder:
         try:
-            from velora_core.bench import execute  # torch is imported here, in the pool process only
+            from velora_core.bench.engine import execute  # torch is imported here, in the pool process only
 
             result = execute(spec, recorder.on_progress, artifact_dir)
         except Exception as exc:  # a programming error in the engine: record it, keep the worker alive

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 from fastapi import Path, Query
 from pydantic import BaseModel, ConfigDict, Field
 
-from velora_core.result import ComparisonStatus, RunStatus
+from velora_core.contract.result import ComparisonStatus, RunStatus
 
 #: The largest id, step or offset the API accepts: ids and steps are 32-bit INTEGER columns (in
 #: PostgreSQL; SQLite overflows at 64 bits), so anything larger cannot name a row and is a 422.
@@ -64,7 +64,7 @@ class RunPublic(BaseModel):
 
 
 class RunDetail(RunPublic):
-    """A run with its full spec and (once finished) its result (``velora_core.result.RunResult``)."""
+    """A run with its full spec and (once finished) its result (``velora_core.contract.result.RunResult``)."""
 
     spec: dict[str, Any]
     result: dict[str, Any] | None

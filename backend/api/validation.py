@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
 from backend.settings import Settings
-from velora_core.spec import DatasetSpec, RunSpec
+from velora_core.contract.spec import DatasetSpec, RunSpec
 
 Loc = tuple[str | int, ...]
 

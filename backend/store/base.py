@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import Select
 from sqlalchemy.orm import Session
 
-from velora_core.result import FINISHED_RUN_STATUSES, RunStatus
+from velora_core.contract.result import FINISHED_RUN_STATUSES, RunStatus
 
 QUEUED, RUNNING = RunStatus.QUEUED.value, RunStatus.RUNNING.value
 FINISHED_STATUSES = tuple(sorted(FINISHED_RUN_STATUSES))  # a sequence, for SQL IN

@@ -9,8 +9,8 @@ from sqlalchemy.orm import Session, selectinload
 
 from backend.models import Comparison, Run
 from backend.store.runs import _new_run
-from velora_core.hashing import content_hash
-from velora_core.spec import ComparisonSpec
+from velora_core.contract.hashing import content_hash
+from velora_core.contract.spec import ComparisonSpec
 
 
 def create_comparison(

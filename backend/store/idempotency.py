@@ -9,7 +9,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from backend.models import IdempotencyKey
-from velora_core.hashing import canonical_json
+from velora_core.contract.hashing import canonical_json
 
 
 def request_hash(payload: Any) -> str:

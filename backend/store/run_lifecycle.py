@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 
 from backend.models import Run, RunMetric, utcnow
 from backend.store.base import QUEUED, RUNNING
-from velora_core.result import LossPoint, ProgressEvent, RunResult, RunStatus
+from velora_core.contract.result import LossPoint, ProgressEvent, RunResult, RunStatus
 
 
 def claim_run(session: Session, *, run_id: int, worker_host: str, worker_device: str | None) -> str | None:

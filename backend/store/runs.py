@@ -12,8 +12,8 @@ from sqlalchemy.orm import Session
 
 from backend.models import Run, utcnow
 from backend.store.base import FINISHED_STATUSES, QUEUED, StoreError, _plain_rows
-from velora_core.result import RunStatus
-from velora_core.spec import RunSpec
+from velora_core.contract.result import RunStatus
+from velora_core.contract.spec import RunSpec
 
 
 def _new_run(*, spec: RunSpec, queue: str) -> Run:

@@ -19,7 +19,7 @@ from dashboard.summary import (
     rows_csv,
     run_record,
 )
-from velora_core.result import FINISHED_RUN_STATUSES, ComparisonStatus
+from velora_core.contract.result import FINISHED_RUN_STATUSES, ComparisonStatus
 
 api: ApiClient = st.session_state.api
 MAX_GPU_GIB = 1_000_000.0

@@ -20,7 +20,7 @@ from dashboard.summary import (
     run_facts,
     status_words,
 )
-from velora_core.result import total_memory_bytes
+from velora_core.contract.result import total_memory_bytes
 
 api: ApiClient = st.session_state.api
 

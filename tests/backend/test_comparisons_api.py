@@ -10,8 +10,8 @@ from backend.broker import Dispatcher
 from backend.db import Database
 from backend.settings import Settings
 from tests.backend.conftest import tiny_comparison
-from velora_core.result import ComparisonStatus, ProgressEvent, RunResult, RunStatus
-from velora_core.spec import ComparisonSpec
+from velora_core.contract.result import ComparisonStatus, ProgressEvent, RunResult, RunStatus
+from velora_core.contract.spec import ComparisonSpec
 
 
 def queued_messages(settings: Settings) -> dict[str, int]:
@@ -183,7 +183,7 @@ def test_api_cli_and_dashboard_agree_on_memory_vs_full_when_a_peak_is_measured(
 ) -> None:
     """On CUDA a run has a measured peak: every view ranks by it (was: the API by the total)."""
     from dashboard.summary import method_rows, run_record
-    from velora_core.bench.report import summary_rows
+    from velora_core.contract.table import summary_rows
 
     created = client.post(
         "/api/v1/comparisons", json=tiny_comparison(methods=["full", "lora"]), headers=auth

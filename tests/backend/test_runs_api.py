@@ -8,8 +8,8 @@ from sqlalchemy import event
 from backend import store
 from backend.db import Database
 from tests.backend.conftest import tiny_comparison, tiny_run
-from velora_core.result import ProgressEvent, RunResult, RunStatus
-from velora_core.spec import RunSpec
+from velora_core.contract.result import ProgressEvent, RunResult, RunStatus
+from velora_core.contract.spec import RunSpec
 
 
 def test_create_run(client: TestClient, auth: dict) -> None:

@@ -9,8 +9,8 @@ from sqlalchemy import update
 from backend import store
 from backend.db import Database
 from backend.models import Run, RunMetric, utcnow
-from velora_core.result import LossPoint, ProgressEvent, RunResult, RunStatus
-from velora_core.spec import RunSpec
+from velora_core.contract.result import LossPoint, ProgressEvent, RunResult, RunStatus
+from velora_core.contract.spec import RunSpec
 
 SPEC = RunSpec.model_validate(
     {

@@ -127,7 +127,7 @@ def test_submit_reads_specs_and_prints_tables_without_torch(tmp_path: Path) -> N
 import argparse, sys
 from backend.submit import request_body
 from velora_core.cli_output import print_table, progress_columns
-from velora_core.result import RunResult
+from velora_core.contract.result import RunResult
 args = argparse.Namespace(spec={str(spec)!r}, set=[], methods=None, seeds=None, preset=None)
 body = request_body(args)
 assert body["methods"] == ["full", "lora"] and body["base"]["steps"] == 3, body

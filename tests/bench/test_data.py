@@ -38,7 +38,7 @@ from velora_core.bench.data import (
 )
 from velora_core.bench.data.records import dataset_records
 from velora_core.bench.tokenizer import ByteTokenizer, HFTokenizer
-from velora_core.spec import DatasetSpec, EvalSpec
+from velora_core.contract.spec import DatasetSpec, EvalSpec
 
 if TYPE_CHECKING:  # conftest is pytest's to import; its fixtures arrive as arguments
     from tests.bench.conftest import HubFolder

@@ -9,11 +9,11 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from velora_core.bench.batch_search import find_max_micro_batch
-from velora_core.bench.comparison_presets import comparison_preset
 from velora_core.bench.engine import execute
 from velora_core.bench.trainer import lr_lambda
-from velora_core.result import RunResult, RunStatus
-from velora_core.spec import RunSpec
+from velora_core.contract.comparison_presets import comparison_preset
+from velora_core.contract.result import RunResult, RunStatus
+from velora_core.contract.spec import RunSpec
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ from velora_core.bench.tokenizer import (
     Tokenizer,
     load_tokenizer,
 )
-from velora_core.spec import DatasetSpec, ModelSpec, RunSpec
+from velora_core.contract.spec import DatasetSpec, ModelSpec, RunSpec
 
 
 def test_byte_tokenizer_encodes_utf8_bytes_after_three_specials() -> None:

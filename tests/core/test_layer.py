@@ -14,7 +14,8 @@ from transformers import (
     ViTModel,
 )
 
-from velora_core import VeLoRAConfig, VeLoRALinear, apply_velora, remove_velora
+from velora_core.contract.method_configs import VeLoRAConfig
+from velora_core.layer import VeLoRALinear, apply_velora, remove_velora
 from velora_core.projection import normalise, sub_token_mean
 
 from .conftest import tiny_llama_config

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from velora_core import VeLoRALinear
+from velora_core.layer import VeLoRALinear
 from velora_core.memory import SavedTensorMeter, measure_training_step, parameter_bytes
 from velora_core.methods import prepare_model
 from velora_core.models import ModelSource

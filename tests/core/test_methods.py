@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from velora_core.contract.method_configs import METHOD_CONFIGS
 from velora_core.memory import measure_training_step
-from velora_core.method_configs import METHOD_CONFIGS
 from velora_core.methods import METHODS, prepare_model
 from velora_core.models import ModelSource
 

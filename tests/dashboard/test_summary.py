@@ -26,7 +26,7 @@ from dashboard.summary import (
     run_record,
     status_words,
 )
-from velora_core.result import ComparisonStatus
+from velora_core.contract.result import ComparisonStatus
 
 
 def run(run_id: int, method: str, seed: int, status: str = "completed", **fields: object) -> dict:

@@ -16,9 +16,9 @@ from torch import nn
 
 from velora_core.bench.tokenizer import Tokenizer
 from velora_core.bench.trainer import ProgressCallback, RunCancelled
+from velora_core.contract.result import ProgressEvent, RunResult, RunStatus
+from velora_core.contract.spec import RunSpec
 from velora_core.layer import remove_velora
-from velora_core.result import ProgressEvent, RunResult, RunStatus
-from velora_core.spec import RunSpec
 
 COMPLETE_MARKER = "COMPLETE"
 #: What ``ensure_artifact`` runs to make a missing artifact: ``engine.execute``'s signature.

@@ -8,9 +8,9 @@ from collections.abc import Callable
 import torch
 
 from velora_core.bench.trainer import oom_types, random_batches
+from velora_core.contract.spec import RunSpec
 from velora_core.methods import prepare_model
 from velora_core.models import ModelSource
-from velora_core.spec import RunSpec
 
 
 def find_max_micro_batch(fits: Callable[[int], bool], start: int = 1, cap: int = 4096) -> int | None:

@@ -31,12 +31,12 @@ from velora_core.bench.trainer import (
     random_batches,
     total_steps_for,
 )
-from velora_core.method_configs import method_config_for
+from velora_core.contract.method_configs import method_config_for
+from velora_core.contract.presets import MODEL_PRESETS
+from velora_core.contract.result import EvalResult, ProgressEvent, RunResult, RunStatus, Throughput
+from velora_core.contract.spec import RunSpec, check_hub_id_not_on_disk
 from velora_core.methods import prepare_model
 from velora_core.models import DTYPES, ModelSource, llama_config
-from velora_core.presets import MODEL_PRESETS
-from velora_core.result import EvalResult, ProgressEvent, RunResult, RunStatus, Throughput
-from velora_core.spec import RunSpec, check_hub_id_not_on_disk
 
 
 def resolve_device(name: str) -> torch.device:

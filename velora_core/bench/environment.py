@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from velora_core.spec import RunSpec
+from velora_core.contract.spec import RunSpec
 
 
 @functools.cache

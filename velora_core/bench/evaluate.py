@@ -25,7 +25,7 @@ from velora_core.bench.data import (
     select_shots,
 )
 from velora_core.bench.tokenizer import Tokenizer
-from velora_core.result import EvalResult
+from velora_core.contract.result import EvalResult
 
 
 def _device(model: nn.Module) -> torch.device:

@@ -9,10 +9,10 @@ from collections.abc import Callable
 
 import torch
 
+from velora_core.contract.result import LossPoint, MemoryReport, ProgressEvent
+from velora_core.contract.spec import RunSpec
 from velora_core.memory import SavedTensorMeter, gradient_bytes, step_report
 from velora_core.methods import PreparedModel
-from velora_core.result import LossPoint, MemoryReport, ProgressEvent
-from velora_core.spec import RunSpec
 
 ProgressCallback = Callable[[ProgressEvent], bool | None]
 

@@ -33,9 +33,9 @@ from backend.api.schemas import (
 )
 from backend.api.validation import JsonContent, check_limits, from_pydantic, invalid
 from backend.models import Comparison, Run
-from backend.presets import PresetsUnavailable, build_comparison, comparison_presets
 from backend.settings import Settings
-from velora_core.result import (
+from velora_core.contract.comparison_presets import COMPARISON_PRESETS, comparison_preset
+from velora_core.contract.result import (
     MEMORY_COMPONENTS,
     ComparisonStatus,
     full_reference,
@@ -43,7 +43,7 @@ from velora_core.result import (
     memory_vs_full,
     total_memory_bytes,
 )
-from velora_core.spec import ComparisonSpec
+from velora_core.contract.spec import ComparisonSpec
 
 router = APIRouter(prefix="/comparisons", tags=["comparisons"], responses=error_responses(401, 503))
 
@@ -76,9 +76,9 @@ def parse_comparison(body: dict[str, Any], settings: Settings) -> tuple[Comparis
         except ValidationError as exc:
             raise from_pydantic(exc, ("body",)) from None
         try:
-            spec = build_comparison(request.preset, request.overrides)
+            spec = comparison_preset(request.preset, request.overrides)
         except KeyError:
-            known = sorted(comparison_presets())
+            known = sorted(COMPARISON_PRESETS)
             raise invalid(
                 ("body", "preset"), f"unknown preset {request.preset!r}; choose one of {known}"
             ) from None
@@ -88,8 +88,6 @@ def parse_comparison(body: dict[str, Any], settings: Settings) -> tuple[Comparis
             raise invalid(
                 ("body", "overrides"), f"invalid overrides for preset {request.preset!r}: {exc}"
             ) from None
-        except PresetsUnavailable as exc:
-            raise invalid(("body", "preset"), str(exc)) from None
         preset = request.preset
     else:
         try:

@@ -9,10 +9,10 @@ from fastapi import APIRouter
 
 from backend.api.deps import ReadAccess, SettingsDep
 from backend.api.docs import error_responses
-from backend.presets import build_comparison, comparison_presets
-from velora_core.method_configs import METHOD_CONFIGS
-from velora_core.presets import DATASETS, MODEL_PRESETS
-from velora_core.spec import ComparisonSpec, RunSpec
+from velora_core.contract.comparison_presets import COMPARISON_PRESETS, comparison_preset
+from velora_core.contract.method_configs import METHOD_CONFIGS
+from velora_core.contract.presets import DATASETS, MODEL_PRESETS
+from velora_core.contract.spec import ComparisonSpec, RunSpec
 
 router = APIRouter(prefix="/presets", tags=["presets"], responses=error_responses(401, 503))
 
@@ -22,7 +22,7 @@ def _comparison_specs(names: list[str]) -> dict[str, Any]:
     specs = {}
     for name in names:
         try:
-            specs[name] = build_comparison(name, None).model_dump(mode="json")
+            specs[name] = comparison_preset(name, None).model_dump(mode="json")
         except Exception:  # a broken preset must not take the whole listing down
             continue
     return specs
@@ -34,7 +34,7 @@ def read_presets(settings: SettingsDep, _: ReadAccess) -> dict[str, Any]:
     comparison presets (description and full ComparisonSpec), this server's limits, and the JSON
     schemas of RunSpec and ComparisonSpec. A method's ``defaults`` are its settings as the engine
     builds them (``default_factory`` values included, which the JSON schema cannot show)."""
-    comparisons = comparison_presets()
+    comparisons = dict(COMPARISON_PRESETS)
     return {
         "models": {name: asdict(preset) for name, preset in MODEL_PRESETS.items()},
         "datasets": {name: {"kind": kind, "description": text} for name, (kind, text) in DATASETS.items()},

@@ -31,8 +31,8 @@ from backend.api.schemas import (
     RunsPublic,
 )
 from backend.api.validation import JsonContent, check_limits
-from velora_core.result import RunStatus
-from velora_core.spec import RunSpec
+from velora_core.contract.result import RunStatus
+from velora_core.contract.spec import RunSpec
 
 router = APIRouter(prefix="/runs", tags=["runs"], responses=error_responses(401, 503))
 

@@ -10,7 +10,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from velora_core.hashing import short_hash, unit_hash
+from velora_core.contract.hashing import short_hash, unit_hash
 
 #: Share of standard-library files in ``stdlib-corpus`` validation (and ``stdlib-mc`` test).
 STDLIB_VALIDATION_FRACTION = 0.05

@@ -10,7 +10,7 @@ from typing import Literal
 
 from velora_core.bench.data.multiple_choice import MCQuestion
 from velora_core.bench.data.sources import STDLIB_VALIDATION_FRACTION, SourceFile, source_corpus
-from velora_core.hashing import unit_hash
+from velora_core.contract.hashing import unit_hash
 
 #: Share of standard-library files whose questions are ``stdlib-mc`` dev (k-shot exemplars).
 STDLIB_MC_DEV_FRACTION = 0.03

@@ -15,10 +15,10 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from velora_core.errors import validation_message
-from velora_core.hashing import content_hash
-from velora_core.method_configs import METHOD_CONFIGS, method_config_for
-from velora_core.presets import DATASETS, MODEL_PRESETS
+from velora_core.contract.errors import validation_message
+from velora_core.contract.hashing import content_hash
+from velora_core.contract.method_configs import METHOD_CONFIGS, method_config_for
+from velora_core.contract.presets import DATASETS, MODEL_PRESETS
 
 Dtype = Literal["fp32", "bf16", "fp16"]
 

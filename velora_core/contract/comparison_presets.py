@@ -10,8 +10,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from velora_core.errors import validation_message
-from velora_core.spec import ComparisonSpec
+from velora_core.contract.errors import validation_message
+from velora_core.contract.spec import ComparisonSpec
 
 ALL_METHODS = ["full", "lora", "qlora", "velora+full", "velora+lora", "velora+qlora"]
 

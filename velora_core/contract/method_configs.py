@@ -22,7 +22,7 @@ from pydantic import (
     model_validator,
 )
 
-from velora_core.errors import validation_message
+from velora_core.contract.errors import validation_message
 
 try:  # the regular-expression parser (public as sre_parse before Python 3.11)
     import re._parser as _sre_parse

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from velora_core.result import RunResult, full_reference, memory_vs_full
+from velora_core.contract.result import RunResult, full_reference, memory_vs_full
 
 MB = 1024 * 1024
 
@@ -43,7 +43,7 @@ def _mb(value: int | None) -> float | None:
 
 def summary_rows(results: Sequence[RunResult]) -> list[dict[str, Any]]:
     """One row per result. ``delta_vs_full`` is the metric minus full fine-tuning's (same seed when
-    there is one); ``memory_vs_full`` is :func:`velora_core.result.memory_vs_full` (the measured peak
+    there is one); ``memory_vs_full`` is :func:`velora_core.contract.result.memory_vs_full` (the measured peak
     where there is one, else the total, over full's)."""
     full = {(r.spec or {}).get("seed"): r for r in results if r.method == "full" and r.status == "completed"}
     rows = []
