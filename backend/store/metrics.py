@@ -43,4 +43,7 @@ def list_metrics(
     if not rows:
         return None, []
     status = rows[0]["run_status"]
-    return status, [row for row in rows if row.pop("run_status") and row["step"] is not None]
+    for row in rows:
+        del row["run_status"]
+    # A run without points after ``after_step`` comes back as one row of NULL point columns.
+    return status, [row for row in rows if row["step"] is not None]
