@@ -129,12 +129,12 @@ class MemoryReport(BaseModel):
     @property
     def total_bytes(self) -> int:
         """Sum of the components (the analytic total, comparable with ``peak_bytes``)."""
-        return total_memory_bytes(self.model_dump())
+        return total_memory_bytes(vars(self))  # the fields as they are: no dump of the whole report
 
     @property
     def headline_bytes(self) -> int:
         """See :func:`headline_memory_bytes`."""
-        return headline_memory_bytes(self.model_dump())
+        return headline_memory_bytes(vars(self))
 
 
 class EvalResult(BaseModel):
