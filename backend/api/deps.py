@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import ipaddress
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Annotated, TypeVar
 
@@ -89,6 +89,17 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 WriteSessionDep = Annotated[Session, Depends(get_write_session, scope="function")]
 DispatcherDep = Annotated[Dispatcher, Depends(get_dispatcher)]
+DatabaseDep = Annotated[Database, Depends(get_db)]
+
+
+async def polled_read(db: Database, read: Callable[[], T]) -> T:
+    """Run ``read``, a short, bounded query of a polled route: inline on the event loop for SQLite
+    (a local file, no network wait: the hop to a worker thread and the GIL hand-offs cost more than
+    the query, benchmarks/api_load.py), in the thread pool for a database across the network, where a
+    slow or unreachable server must not stall every other request."""
+    if db.is_sqlite:
+        return read()
+    return await run_in_threadpool(read)
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 
 from backend import store
 from backend.api.deps import (
+    DatabaseDep,
     DispatcherDep,
     ReadAccess,
     SessionDep,
@@ -17,6 +18,7 @@ from backend.api.deps import (
     WriteAccess,
     WriteSessionDep,
     committed,
+    polled_read,
 )
 from backend.api.docs import error_responses
 from backend.api.idempotency import IdempotencyKeyHeader, create_once
@@ -78,14 +80,13 @@ def _json(model: BaseModel) -> Response:
     return Response(content=model.model_dump_json(), media_type="application/json")
 
 
-# The two polled reads (dashboards poll them every second) are ``async``: they run on the event loop,
-# with no hop to a worker thread. Each is one or two indexed, bounded queries (≤ 500 runs, ≤ 10,000
-# points) of about a millisecond; the thread hop and the GIL hand-offs between threads cost more than
-# that, and under 50 pollers on 2 cores they made p99 miss 100 ms (benchmarks/api_load.py). Writes,
-# which may wait for SQLite's write lock, stay in the thread pool.
+# The two polled reads (dashboards poll them every second) are ``async`` and run their query through
+# ``polled_read``: on the event loop for SQLite, in the thread pool for PostgreSQL. Writes, which may
+# wait for SQLite's write lock, are plain routes (thread pool).
 @router.get("", response_model=RunsPublic)
 async def read_runs(
     session: SessionDep,
+    db: DatabaseDep,
     _: ReadAccess,
     status: Annotated[list[RunStatus] | None, Query(description="Repeat to match several.")] = None,
     method: Annotated[str | None, Query(max_length=50)] = None,
@@ -94,13 +95,16 @@ async def read_runs(
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> Response:
     """Runs, newest first, filtered by status, method and comparison; paginated by offset/limit."""
-    rows, count = store.list_runs(
-        session,
-        offset=offset,
-        limit=limit,
-        status=[s.value for s in status] if status else None,
-        method=method,
-        comparison_id=comparison_id,
+    rows, count = await polled_read(
+        db,
+        lambda: store.list_runs(
+            session,
+            offset=offset,
+            limit=limit,
+            status=[s.value for s in status] if status else None,
+            method=method,
+            comparison_id=comparison_id,
+        ),
     )
     # One validation of the whole answer from plain dicts (the fastest input pydantic has).
     return _json(RunsPublic.model_validate({"data": rows, "count": count, "offset": offset, "limit": limit}))
@@ -115,12 +119,15 @@ def read_run(run_id: IdPath, session: SessionDep, _: ReadAccess) -> Response:
 async def read_run_metrics(
     run_id: IdPath,
     session: SessionDep,
+    db: DatabaseDep,
     _: ReadAccess,
     after_step: AfterStepQuery = -1,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
 ) -> Response:
     """The run's training curve, one point per recorded step, in step order."""
-    status, points = store.list_metrics(session, run_id=run_id, after_step=after_step, limit=limit)
+    status, points = await polled_read(
+        db, lambda: store.list_metrics(session, run_id=run_id, after_step=after_step, limit=limit)
+    )
     if status is None:
         raise HTTPException(status_code=404, detail="Run not found")
     last_step = points[-1]["step"] if points else after_step
