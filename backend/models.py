@@ -86,6 +86,11 @@ class Run(Base):
     spec_hash: Mapped[str] = mapped_column(String(64), index=True)
     queue: Mapped[str] = mapped_column(String(50))
     status: Mapped[str] = mapped_column(String(20), index=True)
+    #: ``method`` (a run of the request) or ``base`` (it makes a base model for others; plan.py).
+    role: Mapped[str] = mapped_column(String(20), default="method", server_default="method")
+    #: Ids of the runs this one needs completed first (its base model's pre-training); a run waits
+    #: for them in status ``waiting``. A short list, read with the run: no join on the polled reads.
+    depends_on: Mapped[list[int] | None] = mapped_column(JSONType, default=list)
 
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     dispatched_at: Mapped[datetime | None]

@@ -1,8 +1,10 @@
 """The reaper: no run stays "running" after its worker is gone, and no queued run misses the broker.
 
 Every ``reaper_interval_s`` it (1) fails or requeues running runs without a heartbeat for
-``heartbeat_timeout_s`` (``VELORA_REQUEUE_LOST_RUNS``), and (2) sends runs that are queued in the
-database but never reached the broker (the broker was down at submission, or the run was requeued).
+``heartbeat_timeout_s`` (``VELORA_REQUEUE_LOST_RUNS``), (2) settles waiting runs whose base runs have
+finished (queued, or failed/cancelled naming the base: the worker does this too, at once), and (3)
+sends runs that are queued in the database but never reached the broker (the broker was down at
+submission, or the run was requeued).
 It runs in the API process and in every worker's main process; each change is a conditional update,
 so any number of reapers can run at once.
 """
@@ -31,6 +33,10 @@ def reap_once(db: Database, dispatcher: Dispatcher, settings: Settings) -> store
             requeue=settings.requeue_lost_runs,
             max_attempts=settings.max_attempts,
         )
+        ready = store.settle_waiting_runs(session)
+    if ready:
+        with db.write_session() as session:
+            store.mark_dispatched(session, run_ids=dispatcher.dispatch(ready))
     if outcome.failed or outcome.requeued or outcome.cancelled:
         log.warning(
             "reaper: worker lost for runs failed=%s requeued=%s cancelled=%s",

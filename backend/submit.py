@@ -18,6 +18,7 @@ from typing import Any
 
 import httpx
 
+from velora_core.contract.plan import ROLE_BASE, ROLE_METHOD
 from velora_core.contract.result import ANSWERED_RUN_STATUSES, FINISHED_RUN_STATUSES
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
@@ -193,13 +194,16 @@ def follow(
             for run in comparison["runs"]:
                 run_id, status = run["id"], run["status"]
                 if run_id not in tasks:
-                    tasks[run_id] = progress.add_task(
-                        f"{run['method']} (seed {run['seed']})", total=None, info=status
+                    label = (
+                        f"base: pre-train {run['method']}"
+                        if run["role"] == ROLE_BASE
+                        else f"{run['method']} (seed {run['seed']})"
                     )
+                    tasks[run_id] = progress.add_task(label, total=None, info=status)
                 finished = status in FINISHED_RUN_STATUSES
                 total = run["total_steps"] or (run["step"] if finished else 0)
                 info = status if finished else f"{run['phase'] or status} {run['message'] or ''}".strip()
-                if status == "running" and run["phase"] in ("train", "base-train"):
+                if status == "running" and run["phase"] == "train":
                     last, after = loss.get(run_id, (None, 0))
                     newest, after = client.last_loss(run_id, after)
                     loss[run_id] = (newest if newest is not None else last, after)
@@ -223,12 +227,13 @@ def follow(
             comparison = client.comparison(comparison["id"])
 
 
-def results_of(client: ApiClient, comparison: dict[str, Any]) -> list[Any]:
-    """A RunResult per run (``GET /runs/{id}``); a run that stored no result gets one from its status."""
+def results_of(client: ApiClient, comparison: dict[str, Any], role: str = ROLE_METHOD) -> list[Any]:
+    """A RunResult per run of ``role`` (``GET /runs/{id}``): the comparison's own runs, or with
+    ``role='base'`` its base runs; a run that stored no result gets one from its status."""
     from velora_core.contract.result import RunResult
 
     results = []
-    for public in comparison["runs"]:
+    for public in (run for run in comparison["runs"] if run["role"] == role):
         run = client.run(public["id"])
         if run.get("result"):
             result = RunResult.model_validate(run["result"])
@@ -254,7 +259,7 @@ def submit_and_follow(
     Raises:
         SubmitError: the API refused the request or could not be reached.
     """
-    from velora_core.cli_output import print_table
+    from velora_core.cli_output import base_run_line, print_table
 
     comparison = client.create_comparison(body)
     comparison_id = comparison["id"]
@@ -270,6 +275,8 @@ def submit_and_follow(
         return EXIT_FAILED
     counts = ", ".join(f"{n} {status}" for status, n in final["status_counts"].items())
     print(f"Comparison {comparison_id}: {final['status']} ({counts})")
+    for base in results_of(client, final, ROLE_BASE):
+        print(base_run_line(base))
     results = results_of(client, final)
     print_table(results)
     if out:

@@ -14,6 +14,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from velora_core.contract.plan import ROLE_BASE
 from velora_core.contract.result import (
     ACTIVE_STATUSES,
     ComparisonStatus,
@@ -36,6 +37,7 @@ COMPONENTS: list[tuple[str, str]] = [
 
 METRIC_LABELS = {"mc_accuracy": "Accuracy", "perplexity": "Perplexity", "none": "No evaluation"}
 STATUS_WORDS = {
+    "waiting": "Waiting for its base model",
     "queued": "Waiting for a worker",
     "running": "Running",
     "completed": "Completed",
@@ -142,6 +144,8 @@ def status_words(run: dict[str, Any]) -> str:
         words = (
             f"Running ({phase}, step {run.get('step') or 0} of {total})" if total else f"Running ({phase})"
         )
+    elif status == "waiting" and run.get("depends_on"):
+        words = f"Waiting for its base model (run {', '.join(str(i) for i in run['depends_on'])})"
     elif status == "queued" and run.get("cancel_requested"):
         words = "Cancelling"
     if run.get("cancel_requested") and status == "running":
@@ -173,6 +177,31 @@ def run_rows(runs: Iterable[dict[str, Any]], now: datetime | None = None) -> lis
             }
         )
     return rows
+
+
+def split_roles(runs: Iterable[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """A comparison's runs as (the methods' runs, the base runs that pre-train their base model)."""
+    methods, bases = [], []
+    for run in runs:
+        (bases if run.get("role") == ROLE_BASE else methods).append(run)
+    return methods, bases
+
+
+def base_run_words(run: dict[str, Any], result: dict[str, Any] | None) -> str:
+    """What a base run did, in a line: its state, then its evaluation and training time once done."""
+    words = f"Run {run['id']}: pre-training {run['method']} · {status_words(run)}"
+    result = result or {}
+    evaluation = result.get("eval") or {}
+    if evaluation.get("value") is not None:
+        words += (
+            f" · {METRIC_LABELS.get(evaluation['metric'], evaluation['metric'])} {evaluation['value']:.2f}"
+        )
+    train_time = (result.get("throughput") or {}).get("train_time_s")
+    if train_time:
+        words += f" · {duration_words(train_time)} training"
+    if (result.get("environment") or {}).get("reused_artifact"):
+        words += " · reused the model an earlier run saved"
+    return words
 
 
 # --- memory and accuracy per method ---------------------------------------------------------------

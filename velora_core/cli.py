@@ -18,55 +18,86 @@ from collections.abc import Sequence
 from importlib.metadata import entry_points
 
 from velora_core.cli_input import BadInput, load_spec_file, parse_assignments
-from velora_core.cli_output import print_table, progress_columns
+from velora_core.cli_output import base_run_line, print_table, progress_columns
 from velora_core.contract.comparison_presets import COMPARISON_PRESETS, comparison_preset
+from velora_core.contract.plan import ROLE_BASE, dependency_outcome, plan_runs
 from velora_core.contract.presets import DATASETS, MODEL_PRESETS
+from velora_core.contract.result import ANSWERED_RUN_STATUSES
 from velora_core.contract.spec import ComparisonSpec, RunSpec
 
 EXIT_BAD_INPUT = 2
 DEFAULT_ARTIFACTS = ".velora-bench/artifacts"
 
 
-def run_comparison(runs: list[RunSpec], artifacts: str, title: str) -> list:
-    """Execute the runs one after another with progress bars; returns their RunResults."""
+def run_comparison(runs: list[RunSpec], artifacts: str, title: str) -> tuple[list, list]:
+    """Execute ``runs`` one after another with progress bars, each base run (the pre-training of a
+    fine-tune's base model, ``contract/plan.py``) before the runs that need it.
+
+    Returns:
+        The runs' RunResults, in order, and the base runs' results.
+    """
     from rich.progress import Progress
 
-    from velora_core.bench.engine import execute
+    from velora_core.bench.engine import execute, execute_base
+    from velora_core.contract.result import RunResult, RunStatus
 
-    results = []
+    plan = plan_runs(runs)
+    results: list = []
     with Progress(*progress_columns(), transient=False) as progress:
         progress.console.print(f"[bold]{title}[/]: {len(runs)} run(s)")
-        for spec in runs:
-            label = f"{spec.method} (seed {spec.seed})"
+        for planned in plan:
+            spec = planned.spec
+            base = planned.role == ROLE_BASE
+            label = f"base: pre-train {spec.method}" if base else f"{spec.method} (seed {spec.seed})"
             task = progress.add_task(label, total=None, info="starting")
 
-            def on_progress(event, task=task, label=label) -> None:
-                if event.phase.endswith("train") and event.total_steps:
-                    prefix = "base " if event.phase.startswith("base") else ""
+            def on_progress(event, task=task) -> None:
+                if event.phase == "train" and event.total_steps:
                     progress.update(
-                        task,
-                        total=event.total_steps,
-                        completed=event.step,
-                        description=f"{label} {prefix}".strip(),
-                        info=f"{prefix}loss {event.loss:.3f}",
+                        task, total=event.total_steps, completed=event.step, info=f"loss {event.loss:.3f}"
                     )
                 else:
                     progress.update(task, info=f"{event.phase} {event.message}".strip())
 
-            result = execute(spec, on_progress, artifacts)
+            needs = [results[i] for i in planned.depends_on]
+            blocked = next(
+                (
+                    outcome
+                    for i, need in zip(planned.depends_on, needs, strict=True)
+                    if (outcome := dependency_outcome(f"base run {i + 1}", need.status, need.error))
+                ),
+                None,
+            )
+            if blocked is not None:
+                result = RunResult(
+                    method=spec.method,
+                    status=RunStatus(blocked[0]),
+                    error=blocked[1],
+                    spec_hash=spec.spec_hash(),
+                    spec=spec.model_dump(mode="json"),
+                )
+            elif base:
+                result = execute_base(spec, on_progress, artifacts)
+            else:
+                base_model = needs[0].artifact_path if needs else None
+                result = execute(spec, on_progress, artifacts, base_model=base_model)
             progress.update(task, info=f"{result.status}" + (f": {result.error}" if result.error else ""))
             results.append(result)
-    return results
+    bases = [r for p, r in zip(plan, results, strict=True) if p.role == ROLE_BASE]
+    return [r for p, r in zip(plan, results, strict=True) if p.role != ROLE_BASE], bases
 
 
-def _finish(results: list, out: str | None) -> int:
+def _finish(outcome: tuple[list, list], out: str | None) -> int:
     from velora_core.contract.table import write_outputs
 
+    results, bases = outcome
+    for base in bases:
+        print(base_run_line(base))
     print_table(results)
     if out:
         json_path, csv_path = write_outputs(results, out)
         print(f"wrote {json_path} and {csv_path}")
-    return 0 if all(r.status in ("completed", "out_of_memory") for r in results) else 1
+    return 0 if all(r.status in ANSWERED_RUN_STATUSES for r in results) else 1
 
 
 def cmd_run(args: argparse.Namespace) -> int:

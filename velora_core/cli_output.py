@@ -74,3 +74,21 @@ def print_table(results: list) -> None:
     for row in summary_rows(results):
         if row["error"]:
             print(f"{row['method']}: {row['error']}", file=sys.stderr)
+
+
+def base_run_line(result: Any) -> str:
+    """One line for a base run (the pre-training of the fine-tunes' base model): status, metric, time."""
+    spec = result.spec or {}
+    model = (spec.get("model") or {}).get("name") or "?"
+    parts = [
+        f"base model: pre-training {result.method} on {model}, {result.steps_done} steps: {result.status}"
+    ]
+    if result.eval is not None and result.eval.value is not None:
+        parts.append(f"{result.eval.metric} {result.eval.value:.2f}")
+    if result.throughput is not None and result.throughput.train_time_s:
+        parts.append(f"{result.throughput.train_time_s:.0f} s training")
+    if (result.environment or {}).get("reused_artifact"):
+        parts.append(f"reused {result.environment['reused_artifact']}")
+    if result.error:
+        parts.append(result.error)
+    return "; ".join(parts)

@@ -1,11 +1,13 @@
 """What ``run_benchmark`` does, step by step (kept apart from Celery so it reads top to bottom).
 
 1. Claim the run (an atomic update: only a *queued* run is taken; anything else is a duplicate
-   delivery and is left alone).
+   delivery and is left alone). A run that depends on a base run is only queued once that completed
+   (the store's rule, ``settle_waiting_runs``); it gets the base's artifact folder.
 2. While the engine runs: a heartbeat thread proves the worker alive and picks up cancellation;
    progress events are buffered and written every ``VELORA_METRICS_FLUSH_S`` (one metrics row per
    ``spec.progress_every`` steps); the ``on_progress`` answer stops the engine within a step.
-3. Store the result (an out-of-memory is a result too), guarded by the claim.
+3. Store the result (an out-of-memory is a result too), guarded by the claim; then settle the runs
+   waiting for this one (queue and dispatch them, or fail/cancel them naming it).
 """
 
 from __future__ import annotations
@@ -15,13 +17,18 @@ import os
 import threading
 import time
 import traceback
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from backend import store
 from backend.db import Database
 from backend.settings import Settings, get_settings
+from velora_core.contract.plan import ROLE_BASE
 from velora_core.contract.result import ProgressEvent, RunResult, RunStatus
 from velora_core.contract.spec import RunSpec
+
+#: Sends (run id, queue) pairs to the broker; returns the ids sent (``backend.broker.Dispatcher.dispatch``).
+DispatchFunction = Callable[[Sequence[tuple[int, str]]], list[int]]
 
 log = logging.getLogger(__name__)
 
@@ -125,41 +132,96 @@ def _device_label(result: RunResult) -> str | None:
     return f"{env['device']} ({name})" if name else str(env["device"])
 
 
+def _base_model(db: Database, run_id: int) -> str | None:
+    """The artifact folder of the run's base run (None when it has none).
+
+    Raises:
+        ValueError: a base run that did not complete or saved no artifact (the store only queues a
+            run whose bases completed, so this means the row was changed by hand or by another version).
+    """
+    with db.session() as session:
+        bases = store.base_artifacts(session, run_id=run_id)
+    for base_id, status, path in bases:
+        if status != RunStatus.COMPLETED.value or not path:
+            raise ValueError(f"its base run {base_id} is {status} with no saved model; it cannot start")
+    return bases[0][2] if bases else None
+
+
+def _settle_dependents(db: Database, dispatch: DispatchFunction | None) -> None:
+    """Queue (and send) or fail the runs that waited for the run just finished."""
+    try:
+        with db.write_session() as session:
+            ready = store.settle_waiting_runs(session)
+        if ready and dispatch is not None:
+            sent = dispatch(ready)
+            with db.write_session() as session:
+                store.mark_dispatched(session, run_ids=sent)
+    except Exception:  # the reaper settles them on its next pass
+        log.exception("could not settle the runs waiting for a finished run")
+
+
 def execute_run(
-    run_id: int, *, worker_name: str, device: str | None, settings: Settings | None = None
+    run_id: int,
+    *,
+    worker_name: str,
+    device: str | None,
+    settings: Settings | None = None,
+    dispatch: DispatchFunction | None = None,
 ) -> str:
     """Run ``run_id`` if it is still queued; returns what happened, in a word or two (for logs)."""
     settings = settings or get_settings()
     db = process_db(settings)
+    outcome = _execute_claimed(run_id, worker_name=worker_name, device=device, settings=settings, db=db)
+    if outcome != "claim lost" and not outcome.startswith("skipped"):
+        _settle_dependents(db, dispatch)
+    return outcome
+
+
+def _fail(db: Database, run_id: int, claim_id: str, error: str) -> None:
+    with db.write_session() as session:
+        store.fail_run(session, run_id=run_id, claim_id=claim_id, error=error)
+
+
+def _execute_claimed(
+    run_id: int, *, worker_name: str, device: str | None, settings: Settings, db: Database
+) -> str:
     with db.write_session() as session:
         claim_id = store.claim_run(session, run_id=run_id, worker_host=worker_name, worker_device=device)
         if claim_id is None:
             status = store.get_run_status(session, run_id=run_id)
             log.info("run %s not taken: %s", run_id, status or "no such run")
             return f"skipped ({status or 'missing'})"
-        spec_json = store.get_run(session, run_id=run_id).spec
+        row = store.get_run(session, run_id=run_id)
+        spec_json, role = row.spec, row.role
     try:
         spec = RunSpec.model_validate(spec_json)
     except ValueError as exc:  # stored by another version of the code, say
-        with db.write_session() as session:
-            store.fail_run(session, run_id=run_id, claim_id=claim_id, error=f"invalid stored spec: {exc}")
+        _fail(db, run_id, claim_id, f"invalid stored spec: {exc}")
         return "failed (invalid spec)"
+    try:
+        base_model = _base_model(db, run_id)
+    except ValueError as exc:
+        _fail(db, run_id, claim_id, str(exc))
+        return "failed (no base model)"
     artifact_dir = Path(settings.resolved_artifact_dir)
     with ProgressRecorder(db, settings, run_id=run_id, claim_id=claim_id, spec=spec) as recorder:
         try:
-            from velora_core.bench.engine import execute  # torch is imported here, in the pool process only
+            # torch is imported here, in the pool process only
+            from velora_core.bench.engine import execute, execute_base
 
-            result = execute(spec, recorder.on_progress, artifact_dir)
+            if role == ROLE_BASE:
+                result = execute_base(spec, recorder.on_progress, artifact_dir)
+            else:
+                result = execute(spec, recorder.on_progress, artifact_dir, base_model=base_model)
         except Exception as exc:  # a programming error in the engine: record it, keep the worker alive
             log.exception("engine raised on run %s", run_id)
             recorder.flush()
-            with db.write_session() as session:
-                store.fail_run(
-                    session,
-                    run_id=run_id,
-                    claim_id=claim_id,
-                    error=f"engine error: {type(exc).__name__}: {exc}\n{traceback.format_exc(limit=6)}",
-                )
+            _fail(
+                db,
+                run_id,
+                claim_id,
+                f"engine error: {type(exc).__name__}: {exc}\n{traceback.format_exc(limit=6)}",
+            )
             return "failed (engine error)"
         recorder.flush()
     if recorder.timed_out and result.status == RunStatus.CANCELLED:

@@ -6,8 +6,9 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import Path, Query
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from velora_core.contract.plan import RunRole
 from velora_core.contract.result import ComparisonStatus, RunStatus
 
 #: The largest id, step or offset the API accepts: ids and steps are 32-bit INTEGER columns (in
@@ -45,6 +46,13 @@ class RunPublic(BaseModel):
     method: str
     seed: int
     status: RunStatus
+    role: RunRole = Field(
+        description="`method`: a run of the request; `base`: it pre-trains the base model of the runs "
+        "that list it in `depends_on` (not a row of the comparison table)."
+    )
+    depends_on: list[int] = Field(
+        description="Runs that must complete before this one starts (it is `waiting` until then)."
+    )
     queue: str
     spec_hash: str
     created_at: datetime
@@ -61,6 +69,11 @@ class RunPublic(BaseModel):
     message: str | None
     error: str | None
     artifact_path: str | None
+
+    @field_validator("depends_on", mode="before")
+    @classmethod
+    def _no_dependencies(cls, value: list[int] | None) -> list[int]:
+        return value or []  # rows written before dependencies existed hold NULL
 
 
 class RunDetail(RunPublic):

@@ -8,12 +8,13 @@ worker that lost its claim (reaped, requeued) can no longer change the run.
 """
 
 from backend.models import utcnow  # the store's clock, as callers compare with it
-from backend.store.base import FINISHED_STATUSES, QUEUED, RUNNING, StoreError
+from backend.store.base import FINISHED_STATUSES, QUEUED, RUNNING, WAITING, StoreError
 from backend.store.comparisons import create_comparison, get_comparison, list_comparisons
 from backend.store.idempotency import add_idempotency_key, find_idempotency_key, request_hash
 from backend.store.metrics import METRIC_COLUMNS, list_metrics
 from backend.store.run_lifecycle import (
     AbandonOutcome,
+    base_artifacts,
     claim_run,
     fail_run,
     finish_run,
@@ -21,11 +22,13 @@ from backend.store.run_lifecycle import (
     reap_lost_runs,
     record_progress,
     release_worker_runs,
+    settle_waiting_runs,
     stop_worker_runs,
 )
 from backend.store.runs import (
     RUN_SUMMARY_COLUMNS,
-    create_run,
+    add_planned_runs,
+    dispatchable,
     get_run,
     get_run_status,
     list_runs,
@@ -53,15 +56,18 @@ __all__ = [
     "RUNNING",
     "RUN_SUMMARY_COLUMNS",
     "TOKEN_PREFIX",
+    "WAITING",
     "AbandonOutcome",
     "StoreError",
     "add_idempotency_key",
+    "add_planned_runs",
     "add_token",
+    "base_artifacts",
     "claim_run",
     "count_active_tokens",
     "create_comparison",
-    "create_run",
     "create_token",
+    "dispatchable",
     "fail_run",
     "find_idempotency_key",
     "find_token",
@@ -84,6 +90,7 @@ __all__ = [
     "request_hash",
     "revoke_token",
     "runs_to_dispatch",
+    "settle_waiting_runs",
     "stop_worker",
     "stop_worker_runs",
     "touch_token",

@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 
 from velora_core.contract.result import FINISHED_RUN_STATUSES, RunStatus
 
-QUEUED, RUNNING = RunStatus.QUEUED.value, RunStatus.RUNNING.value
+WAITING, QUEUED, RUNNING = RunStatus.WAITING.value, RunStatus.QUEUED.value, RunStatus.RUNNING.value
 FINISHED_STATUSES = tuple(sorted(FINISHED_RUN_STATUSES))  # a sequence, for SQL IN
 
 

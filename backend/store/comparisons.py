@@ -8,7 +8,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, selectinload
 
 from backend.models import Comparison, Run
-from backend.store.runs import _new_run
+from backend.store.runs import add_planned_runs
 from velora_core.contract.hashing import content_hash
 from velora_core.contract.spec import ComparisonSpec
 
@@ -16,7 +16,7 @@ from velora_core.contract.spec import ComparisonSpec
 def create_comparison(
     session: Session, *, spec: ComparisonSpec, queue: str, preset: str | None = None
 ) -> Comparison:
-    """Add a comparison and one queued run per (method, seed)."""
+    """Add a comparison, one run per (method, seed), and a base run for each pre-training they need."""
     payload = spec.model_dump(mode="json")
     comparison = Comparison(
         name=spec.name,
@@ -24,9 +24,10 @@ def create_comparison(
         spec=payload,
         spec_hash=content_hash(payload),
     )
-    comparison.runs = [_new_run(spec=run_spec, queue=queue) for run_spec in spec.runs()]
     session.add(comparison)
     session.flush()
+    add_planned_runs(session, specs=spec.runs(), queue=queue, comparison_id=comparison.id)
+    session.refresh(comparison, ["runs"])
     return comparison
 
 

@@ -17,7 +17,8 @@ from sqlalchemy import Select, delete, func, select, update
 from sqlalchemy.orm import Session
 
 from backend.models import Run, RunMetric, utcnow
-from backend.store.base import QUEUED, RUNNING
+from backend.store.base import FINISHED_STATUSES, QUEUED, RUNNING, WAITING
+from velora_core.contract.plan import dependency_outcome
 from velora_core.contract.result import LossPoint, ProgressEvent, RunResult, RunStatus
 
 
@@ -286,3 +287,72 @@ def stop_worker_runs(session: Session, *, worker_name: str, reason: str) -> list
             .execution_options(synchronize_session=False)
         ).scalars()
     )
+
+
+def settle_waiting_runs(session: Session) -> list[tuple[int, str]]:
+    """Decide the waiting runs whose dependencies have all finished: queue those whose bases all
+    completed, fail (or cancel) those with a base that did not, naming it. Returns (id, queue) of the
+    runs now queued, for the caller to dispatch.
+
+    Called after every run that may be a base finishes (by the worker, the API's cancel and every
+    reaper pass); conditional on the run still waiting, so concurrent callers agree. Waiting runs are
+    few (those of the comparisons in flight), so all are read at once rather than through an index.
+    """
+    waiting = session.execute(
+        select(Run.id, Run.queue, Run.depends_on).where(Run.status == WAITING).order_by(Run.id)
+    ).all()
+    if not waiting:
+        return []
+    needed = {dep for row in waiting for dep in row.depends_on or ()}
+    bases = {
+        row.id: row
+        for row in session.execute(
+            select(Run.id, Run.method, Run.status, Run.error).where(Run.id.in_(needed))
+        ).all()
+    }
+    ready: list[tuple[int, str]] = []
+    now = utcnow()
+    for row in waiting:
+        values: dict[str, Any] | None = None
+        for dep in row.depends_on or ():
+            base = bases.get(dep)
+            if base is None:
+                values = {"status": RunStatus.FAILED.value, "error": f"its base run {dep} no longer exists"}
+                break
+            if base.status not in FINISHED_STATUSES:
+                values = {}  # still waiting for this one
+                break
+            outcome = dependency_outcome(f"run {base.id} ({base.method})", base.status, base.error)
+            if outcome is not None:
+                values = {"status": outcome[0], "error": outcome[1]}
+                break
+        if values == {}:
+            continue
+        if values is None:  # every base completed
+            values = {"status": QUEUED, "dispatched_at": None, "message": None}
+        else:
+            values |= {"finished_at": now, "phase": "done"}
+        changed = session.execute(
+            update(Run)
+            .where(Run.id == row.id, Run.status == WAITING)
+            .values(**values)
+            .execution_options(synchronize_session=False)
+        )
+        if changed.rowcount == 1 and values["status"] == QUEUED:
+            ready.append((row.id, row.queue))
+    return ready
+
+
+def base_artifacts(session: Session, *, run_id: int) -> list[tuple[int, str, str | None]]:
+    """(id, status, artifact path) of each run that ``run_id`` depends on, in its order."""
+    needs = session.scalar(select(Run.depends_on).where(Run.id == run_id)) or []
+    rows = {
+        row.id: row
+        for row in session.execute(
+            select(Run.id, Run.status, Run.artifact_path).where(Run.id.in_(needs))
+        ).all()
+    }
+    return [
+        (dep, rows[dep].status, rows[dep].artifact_path) if dep in rows else (dep, "missing", None)
+        for dep in needs
+    ]

@@ -11,32 +11,46 @@ from sqlalchemy import Select, bindparam, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from backend.models import Run, utcnow
-from backend.store.base import FINISHED_STATUSES, QUEUED, StoreError, _plain_rows
+from backend.store.base import FINISHED_STATUSES, QUEUED, WAITING, StoreError, _plain_rows
+from velora_core.contract.plan import plan_runs
 from velora_core.contract.result import RunStatus
 from velora_core.contract.spec import RunSpec
 
 
-def _new_run(*, spec: RunSpec, queue: str) -> Run:
-    return Run(
-        method=spec.method,
-        seed=spec.seed,
-        spec=spec.model_dump(mode="json"),
-        spec_hash=spec.spec_hash(),
-        queue=queue,
-        status=QUEUED,
-        attempts=0,
-        cancel_requested=False,
-        step=0,
-        total_steps=spec.steps or 0,
-    )
+def add_planned_runs(
+    session: Session, *, specs: Sequence[RunSpec], queue: str, comparison_id: int | None = None
+) -> list[Run]:
+    """Add the runs of ``specs`` and a base run for each pre-training they need (``plan_runs``),
+    flushed, in plan order (bases first). A run with dependencies starts ``waiting``; the rest ``queued``.
+    """
+    rows: list[Run] = []
+    for planned in plan_runs(specs):
+        spec = planned.spec
+        needs = [rows[i].id for i in planned.depends_on]
+        run = Run(
+            comparison_id=comparison_id,
+            method=spec.method,
+            seed=spec.seed,
+            spec=spec.model_dump(mode="json"),
+            spec_hash=spec.spec_hash(),
+            queue=queue,
+            status=WAITING if needs else QUEUED,
+            role=planned.role,
+            depends_on=needs,
+            attempts=0,
+            cancel_requested=False,
+            step=0,
+            total_steps=spec.steps or 0,
+        )
+        session.add(run)
+        session.flush()  # its id, for the runs that depend on it
+        rows.append(run)
+    return rows
 
 
-def create_run(session: Session, *, spec: RunSpec, queue: str) -> Run:
-    """Add one queued run outside any comparison."""
-    run = _new_run(spec=spec, queue=queue)
-    session.add(run)
-    session.flush()
-    return run
+def dispatchable(runs: Sequence[Run]) -> list[tuple[int, str]]:
+    """(id, queue) of the ``runs`` that may go to the broker now (queued, not waiting)."""
+    return [(run.id, run.queue) for run in runs if run.status == QUEUED]
 
 
 def get_run(session: Session, *, run_id: int) -> Run | None:
@@ -131,7 +145,7 @@ def request_cancel(session: Session, *, run_id: int) -> Run:
     if run.status in FINISHED_STATUSES:
         raise StoreError(f"Run {run_id} has already finished ({run.status}); there is nothing to cancel")
     run.cancel_requested = True
-    if run.status == QUEUED:
+    if run.status in (QUEUED, WAITING):
         run.status = RunStatus.CANCELLED.value
         run.finished_at = utcnow()
         run.error = "cancelled before it started"

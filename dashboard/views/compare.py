@@ -10,14 +10,17 @@ from dashboard.summary import (
     ACTIVE_STATUSES,
     GIB,
     MAX_QUERY_ID,
+    base_run_words,
     comparison_json,
     comparison_status_words,
     display_table,
     format_bytes,
     method_rows,
+    progress_fraction,
     query_number,
     rows_csv,
     run_record,
+    split_roles,
 )
 from velora_core.contract.result import FINISHED_RUN_STATUSES, ComparisonStatus
 
@@ -99,7 +102,7 @@ def comparison_view() -> None:
         return
     if active and comparison["status"] not in ACTIVE_STATUSES:
         st.rerun()  # finished: redraw the whole page once, which also stops this timer
-    runs = comparison["runs"]
+    runs, bases = split_roles(comparison["runs"])
     counts = ", ".join(f"{n} {status.replace('_', ' ')}" for status, n in comparison["status_counts"].items())
     st.subheader(comparison["name"])
     words = comparison_status_words(comparison)
@@ -109,18 +112,40 @@ def comparison_view() -> None:
         st.markdown(f"**{words}**")
     st.caption(
         f"Comparison #{comparison['id']} · {'preset ' + comparison['preset'] + ' · ' if comparison['preset'] else ''}"
-        f"{len(runs)} runs: {counts} · created {comparison['created_at'][:19].replace('T', ' ')} UTC"
+        f"{len(runs) + len(bases)} runs: {counts} · created {comparison['created_at'][:19].replace('T', ' ')} UTC"
     )
-    done = sum(run["status"] in FINISHED_RUN_STATUSES for run in runs)
-    if done < len(runs):
+    everything = bases + runs
+    done = sum(run["status"] in FINISHED_RUN_STATUSES for run in everything)
+    if done < len(everything):
         c1, c2 = st.columns([6, 1], vertical_alignment="bottom")
-        c1.progress(done / len(runs), text=f"{done} of {len(runs)} runs finished")
+        c1.progress(done / len(everything), text=f"{done} of {len(everything)} runs finished")
         if c2.button("Cancel all", key="compare.cancel"):
             try:
                 api.cancel_comparison(comparison_id)
             except ApiError as exc:
                 st.error(exc.message)
-    for run in runs:
+    for base in bases:  # the pre-training of the fine-tunes' base model: a run of its own
+        st.markdown("**Base model**")
+        detail = details.get(base["id"]) or {}
+        st.page_link(
+            "views/run_detail.py",
+            label=base_run_words(base, detail.get("result")),
+            query_params={"run": str(base["id"])},
+            icon=":material/model_training:",
+        )
+        if base["status"] in ACTIVE_STATUSES:
+            st.progress(progress_fraction(base))
+        points = ((detail.get("result") or {}).get("loss_curve")) or []
+        if not points and base["status"] == "running":
+            try:
+                points = api.metrics(base["id"])["data"]
+            except ApiError:
+                points = []
+        if points:
+            with st.expander("Base model's training curve"):
+                curve = {"method": f"pre-training ({base['method']})", "seed": base["seed"], "points": points}
+                st.plotly_chart(loss_figure([curve]), key=f"compare.base_loss.{base['id']}")
+    for run in everything:
         if run["status"] in ("failed", "out_of_memory"):
             st.error(
                 f"{run['method']} (seed {run['seed']}) {run['status'].replace('_', ' ')}: {run.get('error') or 'no message'}"
@@ -185,7 +210,7 @@ def comparison_view() -> None:
     )
     c3.page_link("views/compare.py", label="Link to this view", icon=":material/link:", query_params=view)
     with st.expander("Runs and spec"):
-        for run in runs:
+        for run in everything:
             st.page_link(
                 "views/run_detail.py",
                 label=f"Run {run['id']}: {run['method']}, seed {run['seed']} ({run['status']})",

@@ -72,6 +72,15 @@ def run_view() -> None:
     else:
         eta = duration_words(eta_seconds(run))
         st.progress(progress_fraction(run), text=state + (f" · about {eta} left" if eta else ""))
+    if run.get("role") == "base":
+        st.caption("A base run: it pre-trains the model that the fine-tunes of its comparison start from.")
+    for base_id in run.get("depends_on") or []:
+        st.page_link(
+            "views/run_detail.py",
+            label=f"Base model: run {base_id} (its pre-training)",
+            icon=":material/model_training:",
+            query_params={"run": str(base_id)},
+        )
     c1, c2 = st.columns([6, 1])
     if run.get("comparison_id"):
         c1.page_link(

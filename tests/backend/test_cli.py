@@ -217,7 +217,7 @@ def test_up_starts_everything_and_stops_cleanly(tmp_path: Path) -> None:
         assert "Comparison 1 (cpu-smoke) queued" in submitted.stdout
         first_run = up.get("/comparisons/1").json()["run_ids"][0]
         wait_until(
-            lambda: up.get(f"/runs/{first_run}").json()["phase"] in ("train", "base-train"),
+            lambda: up.get(f"/runs/{first_run}").json()["phase"] == "train",
             timeout=90,
             message=lambda: f"the worker never started training run {first_run}:\n{up.log()}",
         )

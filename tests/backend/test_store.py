@@ -25,7 +25,7 @@ SPEC = RunSpec.model_validate(
 
 def new_run(db: Database) -> int:
     with db.write_session() as session:
-        return store.create_run(session, spec=SPEC, queue="cpu").id
+        return store.add_planned_runs(session, specs=[SPEC], queue="cpu")[-1].id
 
 
 def claim(db: Database, run_id: int, worker: str = "w1@host") -> str | None:

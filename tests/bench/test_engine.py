@@ -9,9 +9,10 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from velora_core.bench.batch_search import find_max_micro_batch
-from velora_core.bench.engine import execute
+from velora_core.bench.engine import execute, execute_base
 from velora_core.bench.trainer import lr_lambda
 from velora_core.contract.comparison_presets import comparison_preset
+from velora_core.contract.plan import ROLE_BASE, plan_runs
 from velora_core.contract.result import RunResult, RunStatus
 from velora_core.contract.spec import RunSpec
 
@@ -22,13 +23,20 @@ def artifacts(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def smoke_results(artifacts):
+def base_result(artifacts):
+    """cpu-smoke's base run: the pre-training its fine-tunes start from, a run of its own."""
+    (base,) = [p.spec for p in plan_runs(comparison_preset("cpu-smoke").runs()) if p.role == ROLE_BASE]
+    return execute_base(base, None, artifacts)
+
+
+@pytest.fixture(scope="module")
+def smoke_results(artifacts, base_result):
     """The real cpu-smoke preset, every method, with the progress events each run sent."""
     spec = comparison_preset("cpu-smoke")
     out = {}
     for run in spec.runs():
         events = []
-        out[run.method] = (execute(run, events.append, artifacts), events)
+        out[run.method] = (execute(run, events.append, artifacts, base_model=base_result.artifact_path), events)
     return out
 
 
@@ -58,13 +66,34 @@ def test_cpu_smoke_memory_ordering(smoke_results):
     assert memory["full"].optimizer_bytes == pytest.approx(2 * memory["full"].trainable_bytes, rel=0.01)
 
 
-def test_base_model_is_pretrained_once_and_reused(smoke_results, artifacts):
+def test_the_base_run_saves_its_model_and_a_second_one_reuses_it(base_result, artifacts):
     base = comparison_preset("cpu-smoke").base.model.pretrain
+    assert base_result.status == RunStatus.COMPLETED, base_result.error
+    assert base_result.artifact_path == str(artifacts / base.spec_hash())
     assert (artifacts / base.spec_hash() / "COMPLETE").exists()
-    full_events = smoke_results["full"][1]
-    lora_events = smoke_results["lora"][1]
-    assert any(e.phase == "base-train" for e in full_events)  # the first run pre-trained the base
-    assert not any(e.phase == "base-train" for e in lora_events)  # the others reused it
+    assert base_result.eval.metric == "perplexity" and base_result.eval.value > 1
+    assert not list(artifacts.glob(".*.partial"))  # saved under a temporary name, then renamed
+    events = []
+    again = execute_base(base, events.append, artifacts)  # a later comparison with the same base
+    assert again.status == RunStatus.COMPLETED and again.eval == base_result.eval
+    assert again.environment["reused_artifact"] == base_result.artifact_path
+    assert [e.phase for e in events] == ["done"] and "reused" in events[0].message
+    assert not any(e.phase == "train" for e in events)
+
+
+def test_a_fine_tune_needs_its_base_model_and_never_trains_one(smoke_results, base_result, tmp_path):
+    run = comparison_preset("cpu-smoke", {"steps": 2}).runs()[0]
+    events = []
+    result = execute(run, events.append, tmp_path)  # no base_model: fails, does not pre-train
+    assert result.status == RunStatus.FAILED
+    assert "needs its base model, saved by a pre-training run of its own" in result.error
+    assert not any(e.phase == "train" for e in events) and not list(tmp_path.iterdir())
+    other = comparison_preset("cpu-smoke", {"pretrain": {"steps": 7}}).base.model.pretrain
+    wrong = run.model_copy(update={"model": run.model.model_copy(update={"pretrain": other})})
+    result = execute(wrong, None, tmp_path, base_model=base_result.artifact_path)
+    assert result.status == RunStatus.FAILED and "saved by another pre-training spec" in result.error
+    result = execute(run, None, tmp_path, base_model=tmp_path / "nowhere")
+    assert result.status == RunStatus.FAILED and "missing or was not saved completely" in result.error
 
 
 def test_results_round_trip_through_json(smoke_results):

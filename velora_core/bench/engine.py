@@ -4,6 +4,11 @@ The training loop is in ``trainer``, the artifacts on disk in ``artifacts``, the
 search in ``batch_search``. :func:`execute` keeps no state between runs and reports through
 ``on_progress``; it does not know whether a CLI progress bar or a Celery task is listening. A run
 failure (bad data, a CUDA out-of-memory, cancellation) is a :class:`RunResult`, never an exception.
+
+A fine-tune from a pre-trained base (``model.source='artifact'``) is given that base's folder
+(``base_model``): the pre-training is a run of its own, which the caller runs first (the worker when
+the store says its base completed, the CLI in plan order; ``contract/plan.py``). The engine never
+starts one run from inside another.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from velora_core.bench.artifacts import ensure_artifact, save_artifact
+from velora_core.bench.artifacts import check_base_artifact, save_artifact, stored_result, write_result
 from velora_core.bench.batch_search import search_max_micro_batch
 from velora_core.bench.data import LMEvalData, MCEvalData, load_eval_data, load_train_data
 from velora_core.bench.environment import environment
@@ -60,13 +65,13 @@ def seed_everything(seed: int) -> None:
         torch.cuda.manual_seed_all(seed)
 
 
-def model_source(spec: RunSpec, device: torch.device, artifact_root: str | Path, on_progress) -> ModelSource:
+def model_source(spec: RunSpec, device: torch.device, base_model: str | Path | None) -> ModelSource:
     dtype = DTYPES[spec.dtype]
     model = spec.model
     if model.source == "preset":
         return ModelSource(config=llama_config(MODEL_PRESETS[model.name]), dtype=dtype, device=str(device))
     if model.source == "artifact":
-        path = ensure_artifact(model.pretrain, artifact_root, on_progress, execute)
+        path = check_base_artifact(spec, base_model)
         return ModelSource(path=str(path), dtype=dtype, device=str(device))
     if model.source == "hub":
         check_hub_id_not_on_disk(model.name, "model.name")
@@ -107,6 +112,7 @@ def execute(
     on_progress: ProgressCallback | None = None,
     artifact_dir: str | Path = ".velora-bench/artifacts",
     model_hook: Callable[[nn.Module], None] | None = None,
+    base_model: str | Path | None = None,
 ) -> RunResult:
     """Run ``spec`` and return its :class:`RunResult`.
 
@@ -114,8 +120,10 @@ def execute(
         spec: the validated run.
         on_progress: called after every optimizer step (and at phase changes) with a
             :class:`ProgressEvent`; returning True cancels the run within that step.
-        artifact_dir: where artifacts are saved and base models are cached, by spec hash.
+        artifact_dir: where the run's artifact is saved, by spec hash.
         model_hook: called with the prepared model before training (instrumentation, tests).
+        base_model: for ``model.source='artifact'``, the folder its pre-training run saved
+            (that run's ``artifact_path``); checked against ``spec.model.pretrain``.
     Returns:
         The result; ``status`` is ``completed``, ``failed``, ``out_of_memory`` or ``cancelled``.
     """
@@ -141,7 +149,7 @@ def execute(
 
         emit("setup", f"building {spec.method} on {device}")
         seed_everything(spec.seed)
-        source = model_source(spec, device, artifact_dir, on_progress)
+        source = model_source(spec, device, base_model)
         tokenizer = load_tokenizer(spec.model, source.path if spec.model.source == "artifact" else None)
         method_config_for(spec.method, spec.method_config)  # re-validated: specs may come from storage
         seed_everything(spec.seed)
@@ -180,6 +188,7 @@ def execute(
                     "skipped: needs CUDA (the CPU has no out-of-memory error)"
                 )
         result.status = RunStatus.COMPLETED
+        write_result(result)
         emit("done")
     except RunCancelled:
         result.status = RunStatus.CANCELLED
@@ -214,4 +223,27 @@ def execute(
     return result
 
 
-__all__ = ["execute"]
+def execute_base(
+    spec: RunSpec,
+    on_progress: ProgressCallback | None = None,
+    artifact_dir: str | Path = ".velora-bench/artifacts",
+) -> RunResult:
+    """Run a base run (it pre-trains a model that others fine-tune), or answer it from the artifact
+    an earlier run with the same spec saved (its stored result, marked as reused)."""
+    stored = stored_result(spec, artifact_dir)
+    if stored is None:
+        return execute(spec.model_copy(update={"save_artifact": True}), on_progress, artifact_dir)
+    if on_progress is not None:
+        on_progress(
+            ProgressEvent(
+                phase="done",
+                message=f"reused the base model saved at {stored.artifact_path}",
+                step=stored.steps_done,
+                total_steps=stored.steps_done,
+            )
+        )
+    environment = {**stored.environment, "reused_artifact": stored.artifact_path}
+    return stored.model_copy(update={"environment": environment})
+
+
+__all__ = ["execute", "execute_base"]

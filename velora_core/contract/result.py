@@ -13,6 +13,7 @@ from pydantic import BaseModel, Field
 
 
 class RunStatus(StrEnum):
+    WAITING = "waiting"  # for the runs it depends on (its base model's pre-training) to complete
     QUEUED = "queued"
     RUNNING = "running"
     COMPLETED = "completed"
@@ -22,12 +23,12 @@ class RunStatus(StrEnum):
 
     @property
     def finished(self) -> bool:
-        return self not in (RunStatus.QUEUED, RunStatus.RUNNING)
+        return self not in (RunStatus.WAITING, RunStatus.QUEUED, RunStatus.RUNNING)
 
 
 #: The status sets, as the strings the API and the database use (defined here once).
 FINISHED_RUN_STATUSES = frozenset(s.value for s in RunStatus if s.finished)
-#: Not finished yet: a run's or a comparison's ``queued`` and ``running``.
+#: Not finished yet: a run's ``waiting``, ``queued`` and ``running`` (a comparison's ``queued`` and ``running``).
 ACTIVE_STATUSES = frozenset(s.value for s in RunStatus if not s.finished)
 #: Runs whose result answers the question asked: an out-of-memory is an answer ("it does not fit").
 ANSWERED_RUN_STATUSES = frozenset({RunStatus.COMPLETED.value, RunStatus.OUT_OF_MEMORY.value})
@@ -36,7 +37,7 @@ ANSWERED_RUN_STATUSES = frozenset({RunStatus.COMPLETED.value, RunStatus.OUT_OF_M
 class ComparisonStatus(StrEnum):
     """A comparison's state, derived from its runs' (:meth:`of`); never stored."""
 
-    QUEUED = "queued"  # no run has started
+    QUEUED = "queued"  # no run has started (each is queued or waiting for another)
     RUNNING = "running"  # some run is queued or running, and some has started or finished
     COMPLETED = "completed"  # every run completed
     PARTIAL = "partial"  # all finished, some completed, others failed, ran out of memory or were cancelled
@@ -47,7 +48,7 @@ class ComparisonStatus(StrEnum):
     def of(cls, statuses: Iterable[str]) -> ComparisonStatus:
         """The status of a comparison whose runs have ``statuses`` (RunStatus values)."""
         runs = [RunStatus(s) for s in statuses]
-        if all(s == RunStatus.QUEUED for s in runs):
+        if all(s in (RunStatus.QUEUED, RunStatus.WAITING) for s in runs):
             return cls.QUEUED
         if not all(s.finished for s in runs):
             return cls.RUNNING

@@ -35,6 +35,7 @@ from backend.api.validation import JsonContent, check_limits, from_pydantic, inv
 from backend.models import Comparison, Run
 from backend.settings import Settings
 from velora_core.contract.comparison_presets import COMPARISON_PRESETS, comparison_preset
+from velora_core.contract.plan import ROLE_METHOD
 from velora_core.contract.result import (
     MEMORY_COMPONENTS,
     ComparisonStatus,
@@ -152,16 +153,18 @@ def _summary_row(run: Run, full_totals: dict[int, int | float | None]) -> Summar
 
 def _detail(comparison: Comparison, *, include_results: bool = False) -> ComparisonDetail:
     # Each method's memory relative to full fine-tuning with the same seed (any seed where that is missing).
+    # Base runs (pre-training the fine-tunes' base model) are listed among the runs, not in the table.
+    methods = [run for run in comparison.runs if run.role == ROLE_METHOD]
     full_totals = {
         run.seed: headline_memory_bytes(run.result["memory"])
-        for run in comparison.runs
+        for run in methods
         if run.method == "full" and run.status == "completed" and run.result and run.result.get("memory")
     }
     return ComparisonDetail(
         **_public(comparison).model_dump(),
         spec=comparison.spec,
         runs=[RunPublic.model_validate(run) for run in comparison.runs],
-        summary=[_summary_row(run, full_totals) for run in comparison.runs],
+        summary=[_summary_row(run, full_totals) for run in methods],
         results={str(run.id): run.result for run in comparison.runs if run.result}
         if include_results
         else None,
@@ -212,7 +215,7 @@ def create_comparison(
     )
     if comparison is None:
         return committed(session, _load_detail(session, comparison_id))
-    sent = dispatcher.dispatch([(run.id, run.queue) for run in comparison.runs])
+    sent = dispatcher.dispatch(store.dispatchable(comparison.runs))
     store.mark_dispatched(session, run_ids=sent)
     return committed(session, _load_detail(session, comparison.id))
 

@@ -57,21 +57,25 @@ def create_run(
     response: Response,
     idempotency_key: IdempotencyKeyHeader = None,
 ) -> RunDetail:
-    """Queue a single run (a ``RunSpec``)."""
+    """Queue a single run (a ``RunSpec``). A fine-tune from ``model.source='artifact'`` gets a base
+    run of its own for the pre-training (listed in its ``depends_on``); it waits for that run."""
     check_limits([spec], settings, ("body",))
     scope = f"POST /runs {principal.scope}"
     payload_hash = store.request_hash(spec.model_dump(mode="json"))
+    added: list = []
+
+    def create():  # the run and its base run, if it needs one; the run is the resource
+        added.extend(
+            store.add_planned_runs(session, specs=[spec], queue=settings.queue_for_device(spec.device))
+        )
+        return added[-1]
+
     run_id, run = create_once(
-        session,
-        response,
-        scope=scope,
-        key=idempotency_key,
-        payload_hash=payload_hash,
-        create=lambda: store.create_run(session, spec=spec, queue=settings.queue_for_device(spec.device)),
+        session, response, scope=scope, key=idempotency_key, payload_hash=payload_hash, create=create
     )
     if run is None:
         return committed(session, _read_run(session, run_id))
-    store.mark_dispatched(session, run_ids=dispatcher.dispatch([(run.id, run.queue)]))
+    store.mark_dispatched(session, run_ids=dispatcher.dispatch(store.dispatchable(added)))
     return committed(session, _read_run(session, run.id))
 
 
@@ -147,5 +151,6 @@ def cancel_run(run_id: IdPath, session: WriteSessionDep, _: WriteAccess) -> RunP
         raise HTTPException(status_code=404, detail="Run not found") from None
     except store.StoreError as exc:
         raise HTTPException(status_code=409, detail=str(exc)) from None
+    store.settle_waiting_runs(session)  # a cancelled base run cancels the runs waiting for it
     session.commit()
     return RunPublic.model_validate(run)
