@@ -263,7 +263,12 @@ def submit_and_follow(
 
     comparison = client.create_comparison(body)
     comparison_id = comparison["id"]
-    print(f"Comparison {comparison_id} ({comparison['name']}) queued: {len(comparison['run_ids'])} run(s)")
+    bases = sum(run["role"] == ROLE_BASE for run in comparison["runs"])
+    extra = f", after {bases} base run(s) that pre-train their model" if bases else ""
+    print(
+        f"Comparison {comparison_id} ({comparison['name']}) queued: "
+        f"{len(comparison['run_ids']) - bases} run(s){extra}"
+    )
     print(f"  API:        {str(client.http.base_url).rstrip('/')}/comparisons/{comparison_id}")
     if dashboard_url:
         print(f"  Dashboard:  {dashboard_url.rstrip('/')}/compare?comparison={comparison_id}", flush=True)

@@ -58,11 +58,60 @@ def test_create_comparison_from_preset_with_overrides(
     assert response.status_code == 201, response.text
     body = response.json()
     assert body["preset"] == "cpu-smoke"
-    assert [r["method"] for r in body["runs"]] == ["full", "velora+lora"]
+    methods = [r for r in body["runs"] if r["role"] == "method"]
+    assert [r["method"] for r in methods] == ["full", "velora+lora"]
     assert body["spec"]["base"]["steps"] == 3
-    assert all(r["total_steps"] == 3 for r in body["runs"])
-    # device "auto" goes to the default queue (gpu).
-    assert queued_messages(settings) == {"gpu": 2, "cpu": 0}
+    assert all(r["total_steps"] == 3 for r in methods)
+    # device "auto" goes to the default queue (gpu); only the base run is sent, the others wait for it.
+    assert queued_messages(settings) == {"gpu": 1, "cpu": 0}
+
+
+def test_a_fine_tune_comparison_lists_its_base_run_which_is_dispatched_alone(
+    client: TestClient, auth: dict, db: Database, settings: Settings
+) -> None:
+    body = {"preset": "cpu-smoke", "overrides": {"methods": ["lora", "velora+lora"], "device": "cpu"}}
+    created = client.post("/api/v1/comparisons", json=body, headers=auth)
+    assert created.status_code == 201, created.text
+    runs = created.json()["runs"]
+    base = runs[0]
+    assert (base["role"], base["method"], base["status"], base["depends_on"]) == (
+        "base",
+        "full",
+        "queued",
+        [],
+    )
+    assert [(r["role"], r["method"], r["status"], r["depends_on"]) for r in runs[1:]] == [
+        ("method", "lora", "waiting", [base["id"]]),
+        ("method", "velora+lora", "waiting", [base["id"]]),
+    ]
+    assert created.json()["status"] == "queued" and created.json()["status_counts"] == {
+        "queued": 1,
+        "waiting": 2,
+    }
+    assert [row["method"] for row in created.json()["summary"]] == ["lora", "velora+lora"]  # no base row
+    assert queued_messages(settings) == {"gpu": 0, "cpu": 1}  # only the base run is sent
+    listed = client.get("/api/v1/runs", params={"status": "waiting"}, headers=auth).json()
+    assert sorted(r["id"] for r in listed["data"]) == [r["id"] for r in runs[1:]]
+    # the base completes: its dependents are queued (by the worker, or the reaper's next pass)
+    with db.write_session() as session:
+        claim_id = store.claim_run(session, run_id=base["id"], worker_host="w@h", worker_device="cpu")
+        result = RunResult(method="full", status=RunStatus.COMPLETED, artifact_path="/a/b")
+        store.finish_run(session, run_id=base["id"], claim_id=claim_id, result=result)
+        assert [i for i, _ in store.settle_waiting_runs(session)] == [r["id"] for r in runs[1:]]
+    detail = client.get(f"/api/v1/comparisons/{created.json()['id']}", headers=auth).json()
+    assert [r["status"] for r in detail["runs"]] == ["completed", "queued", "queued"]
+    assert detail["status"] == "running"
+
+
+def test_cancelling_a_base_run_cancels_the_runs_waiting_for_it(client: TestClient, auth: dict) -> None:
+    created = client.post(
+        "/api/v1/comparisons", json={"preset": "cpu-smoke", "overrides": {"methods": ["lora"]}}, headers=auth
+    ).json()
+    base_id, lora_id = created["run_ids"]
+    assert client.post(f"/api/v1/runs/{base_id}/cancel", headers=auth).status_code == 200
+    lora = client.get(f"/api/v1/runs/{lora_id}", headers=auth).json()
+    assert lora["status"] == "cancelled"
+    assert lora["error"].startswith(f"its base model's pre-training, run {base_id} (full), cancelled")
 
 
 def test_read_comparison_has_runs_and_summary(client: TestClient, auth: dict, db: Database) -> None:

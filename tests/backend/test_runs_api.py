@@ -22,6 +22,24 @@ def test_create_run(client: TestClient, auth: dict) -> None:
     assert client.get(f"/api/v1/runs/{body['id']}", headers=auth).json()["spec"] == body["spec"]
 
 
+def test_a_single_fine_tune_gets_its_base_run_and_waits_for_it(client: TestClient, auth: dict) -> None:
+    from velora_core.contract.comparison_presets import comparison_preset
+
+    spec = comparison_preset("cpu-smoke", {"methods": ["lora"]}).runs()[0].model_dump(mode="json")
+    response = client.post("/api/v1/runs", json=spec, headers=auth)
+    assert response.status_code == 201, response.text
+    run = response.json()
+    assert (run["role"], run["status"], run["method"]) == ("method", "waiting", "lora")
+    (base_id,) = run["depends_on"]
+    base = client.get(f"/api/v1/runs/{base_id}", headers=auth).json()
+    assert (base["role"], base["status"], base["spec"]["workload"]) == ("base", "queued", "pretrain")
+    # the idempotent retry answers the run, and creates no second base
+    again = client.post("/api/v1/runs", json=spec, headers={**auth, "Idempotency-Key": "k1"})
+    retry = client.post("/api/v1/runs", json=spec, headers={**auth, "Idempotency-Key": "k1"})
+    assert again.json()["id"] == retry.json()["id"]
+    assert client.get("/api/v1/runs", headers=auth).json()["count"] == 4
+
+
 def test_read_run_not_found(client: TestClient, auth: dict) -> None:
     for path in ("/api/v1/runs/424242", "/api/v1/runs/424242/metrics"):
         response = client.get(path, headers=auth)

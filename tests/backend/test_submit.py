@@ -41,8 +41,10 @@ def test_up_submit_runs_a_preset_prints_the_table_and_exits(tmp_path: Path) -> N
     )
     output = done.stdout + done.stderr
     assert done.returncode == 0, output
-    assert "Comparison 1 (cpu-smoke) queued: 2 run(s)" in done.stdout
+    assert "Comparison 1 (cpu-smoke) queued: 2 run(s), after 1 base run(s)" in done.stdout
     assert f"http://127.0.0.1:{port}/api/v1/comparisons/1" in done.stdout
+    # The base model's pre-training ran as a run of its own, first, and is reported on its own line.
+    assert "base model: pre-training full on tiny, 3 steps: completed; perplexity " in done.stdout
     table = done.stdout[done.stdout.index("VeLoRA Bench comparison") :]
     assert "│ full " in table and "│ velora+lora " in table
     assert table.count("completed") == 2
@@ -93,12 +95,13 @@ def test_submit_queues_and_rejects_bad_input(tmp_path: Path) -> None:
             "submit", "--preset", "cpu-smoke", "--methods", "full", "--api", url, VELORA_API_TOKEN=token
         )
         assert ok.returncode == 0, ok.stderr
-        assert "Comparison 1 (cpu-smoke) queued: 1 run(s)" in ok.stdout
+        assert "Comparison 1 (cpu-smoke) queued: 1 run(s), after 1 base run(s)" in ok.stdout
         assert "/compare?comparison=1" in ok.stdout
         body = httpx.get(
             f"{url}/api/v1/comparisons/1", headers={"Authorization": f"Bearer {token}"}, timeout=5
         ).json()
-        assert [r["method"] for r in body["runs"]] == ["full"] and body["status"] == "queued"
+        assert [(r["role"], r["method"]) for r in body["runs"]] == [("base", "full"), ("method", "full")]
+        assert body["status"] == "queued"
         # --token comes first: a wrong one is refused even with a good one in the environment.
         wrong = run_cli(
             "submit", "--preset", "cpu-smoke", "--api", url, "--token", "vb_wrong", VELORA_API_TOKEN=token

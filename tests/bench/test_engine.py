@@ -36,7 +36,10 @@ def smoke_results(artifacts, base_result):
     out = {}
     for run in spec.runs():
         events = []
-        out[run.method] = (execute(run, events.append, artifacts, base_model=base_result.artifact_path), events)
+        out[run.method] = (
+            execute(run, events.append, artifacts, base_model=base_result.artifact_path),
+            events,
+        )
     return out
 
 
