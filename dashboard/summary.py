@@ -165,7 +165,7 @@ def run_rows(runs: Iterable[dict[str, Any]], now: datetime | None = None) -> lis
             {
                 "Run": run["id"],
                 "Comparison": run.get("comparison_id"),
-                "Method": run["method"],
+                "Method": run["method"] + (" (base model)" if run.get("role") == ROLE_BASE else ""),
                 "Seed": run["seed"],
                 "Status": run["status"],
                 "Progress": progress_fraction(run),

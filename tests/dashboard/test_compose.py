@@ -307,7 +307,7 @@ def test_compose_services_run_a_comparison_and_the_dashboard_shows_it(
         interval=1.0,
         message=lambda: f"the comparison did not finish:\n{compose_stack.logs()}",
     )
-    assert detail["status_counts"] == {"completed": 2}, detail["runs"]
+    assert detail["status_counts"] == {"completed": 3}, detail["runs"]  # the base run and two methods
     assert all(row["total_bytes"] and row["eval_metric"] == "mc_accuracy" for row in detail["summary"])
     artifacts = Path(detail["runs"][0]["artifact_path"])
     assert artifacts.is_relative_to(compose_stack.tmp / "container" / "artifacts")  # the artifacts volume

@@ -206,7 +206,12 @@ def test_compare_shows_every_method_with_the_api_numbers(
         )
     assert "No measured peak" in " ".join(texts(at.caption))  # CPU runs: analytic total, and it says so
 
-    memory, pareto, loss = plotly_specs(at)
+    # The base model's pre-training is shown on its own (above the methods), with its curve.
+    base = next(run for run in smoke_comparison["runs"] if run["role"] == "base")
+    link = next(p.proto for p in at.get("page_link") if p.proto.label.startswith(f"Run {base['id']}: "))
+    assert "pre-training full · Completed · Perplexity " in link.label
+    base_loss, memory, pareto, loss = plotly_specs(at)
+    assert [t["name"] for t in base_loss["data"]] == ["pre-training (full)"]
     bars = {trace["name"]: trace for trace in memory["data"] if trace.get("type") == "bar"}
     assert list(bars) == COMPONENT_LABELS
     for i, method in enumerate(methods):
@@ -215,7 +220,7 @@ def test_compare_shows_every_method_with_the_api_numbers(
         assert bars["Activations"]["y"][i] == pytest.approx(row["activation_bytes"] / MIB)
         assert bars["Frozen weights"]["y"][i] == pytest.approx(row["weight_bytes"] / MIB)
     assert [t["name"] for t in pareto["data"]] == [*methods, "Pareto front"]
-    assert len(loss["data"]) == len(smoke_comparison["runs"])
+    assert len(loss["data"]) == len(smoke_comparison["runs"]) - 1  # the methods' runs
 
     assert [b.proto.label for b in at.get("download_button")] == [
         "Download table (CSV)",

@@ -14,6 +14,7 @@ from dashboard.api import describe_error
 from dashboard.forms import parse_seeds
 from dashboard.summary import (
     COMPARISON_STATUS_WORDS,
+    base_run_words,
     comparison_status_words,
     display_table,
     eta_seconds,
@@ -24,6 +25,8 @@ from dashboard.summary import (
     query_number,
     rows_csv,
     run_record,
+    run_rows,
+    split_roles,
     status_words,
 )
 from velora_core.contract.result import ComparisonStatus
@@ -111,6 +114,27 @@ def test_progress_and_eta_of_a_running_run() -> None:
     done = run(1, "lora", 0, "completed", step=100, total_steps=0)
     assert progress_fraction(done) == 1.0 and eta_seconds(done, now + timedelta(days=1)) is None
     assert progress_fraction(run(1, "lora", 0, "queued", step=0, total_steps=0)) == 0.0
+
+
+def test_base_runs_are_shown_apart_from_the_methods() -> None:
+    base = run(1, "full", 0, "running", role="base", depends_on=[], step=30, total_steps=200, phase="train")
+    waiting = run(2, "lora", 0, "waiting", role="method", depends_on=[1])
+    methods, bases = split_roles([base, waiting, run(3, "qlora", 0, "waiting", depends_on=[1])])
+    assert [r["id"] for r in methods] == [2, 3] and bases == [base]
+    assert status_words(waiting) == "Waiting for its base model (run 1)"
+    assert base_run_words(base, None) == "Run 1: pre-training full · Running (train, step 30 of 200)"
+    finished = {
+        "eval": {"metric": "perplexity", "value": 12.345},
+        "throughput": {"train_time_s": 75.0},
+        "environment": {"reused_artifact": "/a/b"},
+    }
+    assert base_run_words(run(1, "full", 0, role="base"), finished) == (
+        "Run 1: pre-training full · Completed · Perplexity 12.35 · 1 min 15 s training"
+        " · reused the model an earlier run saved"
+    )
+    assert [row["Method"] for row in run_rows([base, waiting])] == ["full (base model)", "lora"]
+    failed = run(2, "lora", 0, "failed", error="its base model's pre-training, run 1 (full), failed: boom")
+    assert status_words(failed) == "Failed: its base model's pre-training, run 1 (full), failed: boom"
 
 
 def test_failures_are_told_in_words() -> None:

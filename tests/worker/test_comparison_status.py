@@ -35,6 +35,16 @@ def test_comparison_status_is_partial_or_failed_when_runs_fail(tmp_path: Path) -
                 base={"model": {"source": "hub", "name": "velora-tests/no-such-model"}},
             ),
             "completed": comparison("all complete", ["full", "lora"]),
+            # The base model's pre-training fails (its hub model is not here): the fine-tunes
+            # waiting for it fail too, naming it, without ever being claimed.
+            "failed base": {
+                "preset": "cpu-smoke",
+                "overrides": {
+                    "methods": ["lora", "velora+lora"],
+                    "device": "cpu",
+                    "pretrain": {"model": {"source": "hub", "name": "velora-tests/no-such-base"}},
+                },
+            },
             "cancelled": comparison("all cancelled", ["full"], seeds=[0, 1]),
         }
         created = {}
@@ -63,12 +73,21 @@ def test_comparison_status_is_partial_or_failed_when_runs_fail(tmp_path: Path) -
             "failed": "failed",
             "completed": "completed",
             "cancelled": "cancelled",
+            "failed base": "failed",
         }, {k: [(r["method"], r["status"], r["error"]) for r in b["runs"]] for k, b in final.items()}
+        base, *dependents = final["failed base"]["runs"]
+        assert base["role"] == "base" and base["status"] == "failed" and "no-such-base" in base["error"]
+        for run in dependents:
+            assert run["status"] == "failed" and run["attempts"] == 0 and run["started_at"] is None
+            assert run["error"].startswith(
+                f"its base model's pre-training, run {base['id']} (full), failed: "
+            )
         assert final["partial"]["status_counts"] == {"completed": 1, "cancelled": 1}
         assert final["failed"]["status_counts"] == {"failed": 2}
         # The list shows the same word as the detail (one definition).
         listed = {c["id"]: c["status"] for c in client.get("/api/v1/comparisons").json()["data"]}
         assert {listed[i] for i in created.values()} == {"partial", "failed", "completed", "cancelled"}
+        assert listed[created["failed base"]] == "failed"
 
         # The CLI says it too, above the table, and exits 1 (not every run completed).
         spec = tmp_path / "failed.json"

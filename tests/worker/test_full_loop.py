@@ -38,13 +38,17 @@ def test_cpu_smoke_end_to_end(kind: str, methods: list[str], tmp_path: Path) -> 
         response = client.post("/api/v1/comparisons", json=request, headers=headers)
         assert response.status_code == 201, response.text
         comparison = response.json()
-        assert [r["method"] for r in comparison["runs"]] == methods
-        run_ids = comparison["run_ids"]
+        # The base model's pre-training is a run of its own, first; the fine-tunes wait for it.
+        base, *runs = comparison["runs"]
+        assert (base["role"], base["status"]) == ("base", "queued")
+        assert [r["method"] for r in runs] == methods
+        assert all(r["status"] == "waiting" and r["depends_on"] == [base["id"]] for r in runs)
+        run_ids = [r["id"] for r in runs]
 
         # A retried submission answers with the same comparison and queues nothing new.
         again = client.post("/api/v1/comparisons", json=request, headers=headers)
         assert again.status_code == 201 and again.json()["id"] == comparison["id"]
-        assert client.get("/api/v1/runs", params={"limit": 1}).json()["count"] == len(methods)
+        assert client.get("/api/v1/runs", params={"limit": 1}).json()["count"] == len(methods) + 1
 
         # Watch the curves stream in, as a dashboard would: incremental polls per run.
         last_step = dict.fromkeys(run_ids, -1)
@@ -70,7 +74,7 @@ def test_cpu_smoke_end_to_end(kind: str, methods: list[str], tmp_path: Path) -> 
             time.sleep(0.2)
 
         assert detail["status"] == "completed"
-        assert detail["status_counts"] == {"completed": len(methods)}, (
+        assert detail["status_counts"] == {"completed": len(methods) + 1}, (
             [(r["method"], r["error"]) for r in detail["runs"]],
             services.logs(),
         )
@@ -94,6 +98,12 @@ def test_cpu_smoke_end_to_end(kind: str, methods: list[str], tmp_path: Path) -> 
         for run in detail["runs"]:
             assert run["worker_host"] == worker_name and run["attempts"] == 1
             assert run["started_at"] <= run["finished_at"]
+        # No fine-tune started before its base model was saved; the base has its own result.
+        base_detail = services.run(base["id"])
+        assert base_detail["result"]["eval"]["metric"] == "perplexity"
+        assert base_detail["artifact_path"] and base_detail["result"]["loss_curve"]
+        assert all(run["started_at"] >= base_detail["finished_at"] for run in detail["runs"][1:])
+        assert [row["method"] for row in detail["summary"]] == methods  # not a row of the table
         full = services.run(run_ids[0])
         assert full["result"]["status"] == "completed" and full["result"]["spec_hash"] == full["spec_hash"]
         assert full["worker_device"].startswith("cpu")
