@@ -112,15 +112,20 @@ def test_a_waiting_run_can_be_cancelled_and_the_others_still_start(db: Database)
     assert rows(db, dependent_ids[:1])[0].status == "cancelled"
 
 
+def lose_worker(session, run_id: int, *, max_attempts: int) -> store.AbandonOutcome:
+    """Claim ``run_id`` on a worker that then goes silent, and let the reaper see it."""
+    store.claim_run(session, run_id=run_id, worker_host="gone@h", worker_device="cpu")
+    session.execute(
+        update(Run).where(Run.id == run_id).values(heartbeat_at=utcnow() - timedelta(seconds=120))
+    )
+    return store.reap_lost_runs(session, heartbeat_timeout_s=30, requeue=True, max_attempts=max_attempts)
+
+
 def test_a_base_whose_worker_is_lost_fails_its_dependents_once_given_up(db: Database) -> None:
     runs = create(db)
     base_id, dependent_ids = runs[0][0], [r[0] for r in runs[1:]]
     with db.write_session() as session:
-        store.claim_run(session, run_id=base_id, worker_host="gone@h", worker_device="cpu")
-        session.execute(
-            update(Run).where(Run.id == base_id).values(heartbeat_at=utcnow() - timedelta(seconds=120))
-        )
-        outcome = store.reap_lost_runs(session, heartbeat_timeout_s=30, requeue=True, max_attempts=1)
+        outcome = lose_worker(session, base_id, max_attempts=1)
         assert outcome.failed == [base_id]
         store.settle_waiting_runs(session)
     run = rows(db, dependent_ids)[0]
@@ -131,11 +136,7 @@ def test_a_requeued_base_keeps_its_dependents_waiting(db: Database) -> None:
     runs = create(db)
     base_id, dependent_ids = runs[0][0], [r[0] for r in runs[1:]]
     with db.write_session() as session:
-        store.claim_run(session, run_id=base_id, worker_host="gone@h", worker_device="cpu")
-        session.execute(
-            update(Run).where(Run.id == base_id).values(heartbeat_at=utcnow() - timedelta(seconds=120))
-        )
-        assert store.reap_lost_runs(session, heartbeat_timeout_s=30, requeue=True, max_attempts=3).requeued
+        assert lose_worker(session, base_id, max_attempts=3).requeued
         assert store.settle_waiting_runs(session) == []
     assert {r.status for r in rows(db, dependent_ids)} == {"waiting"}
 
