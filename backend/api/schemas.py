@@ -8,6 +8,7 @@ from typing import Annotated, Any
 from fastapi import Path, Query
 from pydantic import BaseModel, ConfigDict, Field
 
+from velora_core.contract.fit import FitEstimate, FitRequest
 from velora_core.contract.result import ComparisonStatus, RunStatus
 
 #: The largest id, step or offset the API accepts: ids and steps are 32-bit INTEGER columns (in
@@ -179,3 +180,12 @@ class ErrorPublic(BaseModel):
     """The body of every error answer but 422 (whose ``detail`` is FastAPI's list of field errors)."""
 
     detail: str = Field(examples=["Run not found"])
+
+
+class FitPublic(BaseModel):
+    """``POST /fit``'s answer: the request as understood, one estimate per method in its order, and the
+    seconds the prediction took."""
+
+    request: FitRequest
+    estimates: list[FitEstimate]
+    seconds: float
