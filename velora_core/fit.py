@@ -233,7 +233,11 @@ def largest_micro_batch(
         slopes.append(slope)
         limits.append(math.floor((gpu_bytes - (low - slope * micro_batch)) / slope))
     estimate = min(min(limits, default=MAX_SEARCHED_MICRO_BATCH), MAX_SEARCHED_MICRO_BATCH)
-    notes = [] if estimate < MAX_SEARCHED_MICRO_BATCH else [f"capped at {MAX_SEARCHED_MICRO_BATCH}"]
+    notes = (
+        []
+        if estimate < MAX_SEARCHED_MICRO_BATCH
+        else [f"capped at {MAX_SEARCHED_MICRO_BATCH} (a run's limit)"]
+    )
     for _ in range(3):
         if estimate < 1:
             return None, notes

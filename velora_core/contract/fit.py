@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from velora_core.contract.method_configs import METHOD_CONFIGS
 from velora_core.contract.result import PEAK_COMPONENTS
-from velora_core.contract.spec import MAX_NAME_LENGTH, Dtype
+from velora_core.contract.spec import MAX_MICRO_BATCH, MAX_NAME_LENGTH, Dtype
 
 GIB = 1024**3
 #: A fit request's bounds: a fake step costs CPU time that grows with the micro-batch and the layers.
@@ -22,8 +22,8 @@ MAX_FIT_METHODS = 12
 MAX_FIT_MICRO_BATCH = 1024
 MAX_FIT_SEQ_LEN = 32_768
 MAX_GPU_GIB = 4096.0
-#: The largest micro-batch the search reports (it is a prediction, not a promise, beyond this).
-MAX_SEARCHED_MICRO_BATCH = 65_536
+#: The largest micro-batch the search reports: a run spec's own bound.
+MAX_SEARCHED_MICRO_BATCH = MAX_MICRO_BATCH
 
 
 class FitRequest(BaseModel):

@@ -92,10 +92,17 @@ def headline_memory_bytes(memory: Mapping[str, Any]) -> int | float | None:
     (``peak_bytes``), else the total of the components; None for a run without a memory report."""
     if not memory:
         return None
+    peak = measured_peak_bytes(memory)
+    return peak if peak is not None else memory.get("total_bytes", total_memory_bytes(memory))
+
+
+def measured_peak_bytes(memory: Mapping[str, Any]) -> int | float | None:
+    """The measured peak of a memory report (or row): the tracker's, else the CUDA allocator's of an
+    older result, else None."""
     for key in ("measured_peak_bytes", "peak_bytes"):
         if memory.get(key) is not None:
             return memory[key]
-    return memory.get("total_bytes", total_memory_bytes(memory))
+    return None
 
 
 def memory_vs_full(own: int | float | None, full: int | float | None) -> float | None:
