@@ -115,7 +115,12 @@ class SummaryRow(BaseModel):
     optimizer_bytes: int | None = None
     activation_bytes: int | None = None
     total_bytes: int | None = None
-    peak_bytes: int | None = None
+    peak_bytes: int | None = Field(default=None, description="CUDA's max_memory_allocated (None off CUDA).")
+    measured_peak_bytes: int | None = Field(
+        default=None, description="The memory tracker's peak of the first step (every device)."
+    )
+    peak_phase: str | None = Field(default=None, description="forward, backward or optimizer.")
+    temporary_bytes: int | None = Field(default=None, description="Temporaries at the measured peak.")
     predicted_activation_bytes: int | None = Field(
         default=None, description="Analytic bytes the VeLoRA-wrapped layers save for backward."
     )
@@ -126,7 +131,7 @@ class SummaryRow(BaseModel):
     memory_vs_full: float | None = Field(
         default=None,
         description="This run's memory over that of 'full' (same seed, else any): the measured peak "
-        "where there is one (CUDA), else total_bytes.",
+        "where there is one, else total_bytes.",
     )
     error: str | None = None
 
