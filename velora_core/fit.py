@@ -319,7 +319,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         rows = estimate(request_from_args(args), allow_local=not args.no_local)
     except (ValueError, OSError) as exc:
-        print(f"velora-bench fit: error: {exc}", file=sys.stderr)
+        print(f"velora-bench fit: error: {' '.join(str(exc).split())}", file=sys.stderr)  # one line
         return 2
     print_estimates(rows, args.json)
     return 0
