@@ -321,6 +321,10 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, OSError) as exc:
         print(f"velora-bench fit: error: {' '.join(str(exc).split())}", file=sys.stderr)  # one line
         return 2
+    except Exception as exc:  # a method the fake step cannot run: say which error, in one line
+        words = " ".join(str(exc).split())[:500]
+        print(f"velora-bench fit: the fake step failed: {type(exc).__name__}: {words}", file=sys.stderr)
+        return 1
     print_estimates(rows, args.json)
     return 0
 
