@@ -25,6 +25,7 @@ is the same as ``velora-bench fit …`` (the service runs this module in a subpr
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import sys
@@ -174,6 +175,16 @@ def _remap(params: Any, new: dict[int, Any]) -> Any:
 # --- one fake step --------------------------------------------------------------------------------
 
 
+def _forward_hooks(prepared: Any, tracker: MemoryTracker) -> contextlib.AbstractContextManager[None]:
+    """The saved-tensor hooks a method runs its training forward in (offloading to the host, where a
+    method sets ``PreparedModel.saved_tensors_hooks``), through the tracker's; else nothing."""
+    make = getattr(prepared, "saved_tensors_hooks", None)
+    if make is None:
+        return contextlib.nullcontext()
+    hooks = make()
+    return tracker.saving_through(hooks.pack_hook, hooks.unpack_hook)
+
+
 def fake_step(spec: RunSpec, timeline_points: int = 240) -> tuple[TrackedStep, list[str]]:
     """Predict one training step of ``spec`` (its method, model, shape and dtype) with no weights.
 
@@ -202,7 +213,8 @@ def fake_step(spec: RunSpec, timeline_points: int = 240) -> tuple[TrackedStep, l
         with tracker:  # the steps of Trainer.train's first (measured) step
             ids = torch.randint(3, vocab, shape)
             batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone()}
-            loss = model(**batch).loss
+            with _forward_hooks(prepared, tracker):
+                loss = model(**batch).loss
             tracker.set_phase("backward")
             (loss / spec.grad_accum).backward()
             tracker.set_phase("optimizer")

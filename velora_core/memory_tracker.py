@@ -27,10 +27,12 @@ gradient hook on every parameter, which raises on frozen ones (LoRA's base weigh
 
 from __future__ import annotations
 
+import contextlib
 import weakref
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -120,7 +122,7 @@ class MemoryTracker(TorchDispatchMode):
         self._hooks: list = []
         self._saved_hooks = None
         self._closed = False  # frees after the step do not matter and are not logged
-        self._meter = None  # a SavedTensorMeter fed by this tracker's saved-tensor hook
+        self._inner = None  # (pack, unpack) of hooks that run through this tracker's (see saving_through)
 
     # --- counting storages -------------------------------------------------------------
     def _allocation_of(self, storage: torch.UntypedStorage, category: str) -> int:
@@ -193,25 +195,39 @@ class MemoryTracker(TorchDispatchMode):
         self.classify(self.model.buffers(), WEIGHTS)
         self.classify((p.grad for p in self.model.parameters()), GRADIENTS)
         self.classify(self._optimizer_tensors(), OPTIMIZER)
-        self._saved_hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t)
+        self._saved_hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, self._unpack)
         self._saved_hooks.__enter__()
         return super().__enter__()
 
-    def _pack(self, t: torch.Tensor) -> torch.Tensor:
+    def _pack(self, t: torch.Tensor):
         self.classify([t], ACTIVATIONS)
-        if self._meter is not None:
-            self._meter.count(t)
-        return t
+        if self._inner is None:
+            return t
+        pack, unpack = self._inner
+        return _Packed(pack(t), unpack)
+
+    @staticmethod
+    def _unpack(packed):
+        return packed.unpack(packed.value) if isinstance(packed, _Packed) else packed
 
     @contextmanager
-    def counting_saved(self, meter) -> Iterator[None]:
-        """Feed ``meter`` (a :class:`~velora_core.memory.SavedTensorMeter`) from this tracker's hook
-        while inside: only the innermost saved-tensor hooks run, so the two cannot both register."""
-        self._meter = meter
+    def saving_through(self, pack, unpack) -> Iterator[None]:
+        """Pass every tensor saved for backward on to ``pack`` (and back through ``unpack``) while
+        inside: only the innermost saved-tensor hooks run, so other hooks (a meter, offloading to the
+        host) must run through the tracker's rather than hide them.
+
+        Args:
+            pack, unpack: a ``saved_tensors_hooks`` pair (``hooks.pack_hook, hooks.unpack_hook``).
+        """
+        outer, self._inner = self._inner, (pack, unpack)
         try:
             yield
         finally:
-            self._meter = None
+            self._inner = outer
+
+    def counting_saved(self, meter) -> contextlib.AbstractContextManager[None]:
+        """Feed ``meter`` (a :class:`~velora_core.memory.SavedTensorMeter`) while inside."""
+        return self.saving_through(meter.count, _identity)
 
     def __exit__(self, *exc):
         result = super().__exit__(*exc)
@@ -267,6 +283,18 @@ class MemoryTracker(TorchDispatchMode):
             formula_bytes=dict(self.extra_bytes),
             events=len(self._log),
         )
+
+
+@dataclass(frozen=True)
+class _Packed:
+    """What another pack hook made of a saved tensor, with the unpack hook that reads it back."""
+
+    value: Any
+    unpack: Callable[[Any], torch.Tensor]
+
+
+def _identity(t: torch.Tensor) -> torch.Tensor:
+    return t
 
 
 def _event(point: dict) -> int:

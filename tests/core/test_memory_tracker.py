@@ -104,3 +104,23 @@ def test_old_memory_reports_validate_and_headline_falls_back():
     assert report.headline_bytes == 40
     assert MemoryReport(weight_bytes=10, activation_bytes=5).headline_bytes == 15
     assert MemoryReport(peak_bytes=40, measured_peak_bytes=30).headline_bytes == 30
+
+
+def test_other_saved_tensor_hooks_run_through_the_trackers():
+    """Offloading hooks (``save_on_cpu``) chained through the tracker: the saved tensors are still
+    activations, and the gradients are those of a plain step."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 32), nn.Tanh(), nn.Linear(32, 4))
+    x = torch.randn(8, 16)
+    model(x).square().sum().backward()
+    expected = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad(set_to_none=True)
+    hooks = torch.autograd.graph.save_on_cpu(pin_memory=False)
+    tracker = MemoryTracker(model)
+    with tracker:
+        with tracker.saving_through(hooks.pack_hook, hooks.unpack_hook):
+            loss = model(x).square().sum()
+        tracker.set_phase("backward")
+        loss.backward()
+    assert all(torch.equal(p.grad, e) for p, e in zip(model.parameters(), expected, strict=True))
+    assert max(p["activations"] for p in tracker.result().timeline) > 0
