@@ -99,6 +99,8 @@ class MemoryTracker(TorchDispatchMode):
         timeline_points: the timeline's length, at most (the peak and phase changes always kept).
         extra_bytes: bytes by category counted by formula (see :attr:`TrackedStep.formula_bytes`),
             live for the whole step.
+        device: the device whose memory is tracked (default: the model's first parameter's); storages
+            elsewhere (a copy offloaded to the host) are not counted.
     """
 
     def __init__(
@@ -107,8 +109,12 @@ class MemoryTracker(TorchDispatchMode):
         optimizer: torch.optim.Optimizer | None = None,
         timeline_points: int = 240,
         extra_bytes: dict[str, int] | None = None,
+        device: torch.device | None = None,
     ):
         super().__init__()
+        if device is None:
+            device = next((p.device for p in model.parameters()), torch.device("cpu"))
+        self.device = device
         self.model = model
         self.optimizer = optimizer
         self.timeline_points = timeline_points
@@ -125,6 +131,11 @@ class MemoryTracker(TorchDispatchMode):
         self._inner = None  # (pack, unpack) of hooks that run through this tracker's (see saving_through)
 
     # --- counting storages -------------------------------------------------------------
+    def _storage(self, t: torch.Tensor) -> torch.UntypedStorage | None:
+        """``t``'s storage if it lives on the tracked device (the tensor's device: a fake tensor's
+        storage is on ``meta``), else None."""
+        return storage_of(t) if t.device == self.device else None
+
     def _allocation_of(self, storage: torch.UntypedStorage, category: str) -> int:
         key = storage._cdata
         alloc = self._live.get(key)
@@ -151,7 +162,7 @@ class MemoryTracker(TorchDispatchMode):
         for t in tensors:
             if not isinstance(t, torch.Tensor):
                 continue
-            storage = storage_of(t)
+            storage = self._storage(t)
             if storage is None:
                 continue
             alloc = self._allocation_of(storage, category)
@@ -176,7 +187,7 @@ class MemoryTracker(TorchDispatchMode):
         out = func(*args, **(kwargs or {}))
         for t in tree_leaves(out):
             if isinstance(t, torch.Tensor):
-                storage = storage_of(t)
+                storage = self._storage(t)
                 if storage is not None:
                     self._allocation_of(storage, TEMPORARY)
         return out

@@ -124,3 +124,11 @@ def test_other_saved_tensor_hooks_run_through_the_trackers():
         loss.backward()
     assert all(torch.equal(p.grad, e) for p, e in zip(model.parameters(), expected, strict=True))
     assert max(p["activations"] for p in tracker.result().timeline) > 0
+
+
+def test_only_the_tracked_devices_memory_counts():
+    model = nn.Linear(8, 8)
+    tracker = MemoryTracker(model, device=torch.device("meta"))  # a device nothing below lives on
+    with tracker:
+        torch.ones(1024)
+    assert tracker.result().peak_bytes == 0
