@@ -75,6 +75,9 @@ class Settings(BaseSettings):
     max_micro_batch: int = Field(default=MAX_MICRO_BATCH, ge=1, le=MAX_MICRO_BATCH)
     max_seq_len: int = Field(default=MAX_SEQ_LEN, ge=8, le=MAX_SEQ_LEN)
     max_runs_per_comparison: int = Field(default=64, ge=1, le=256)
+    fit_timeout_s: float = Field(
+        default=600.0, gt=0, le=3600, description="Longest a POST /fit prediction may run (then 504)."
+    )
     api_threads: int = Field(
         default=4,
         ge=1,

@@ -8,6 +8,7 @@ whose message is written for a person (what went wrong, what to do), not a trace
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +22,7 @@ API_PREFIX = "/api/v1"
 LIVE_TTL_S = 2.0  # runs, comparisons, metrics: what changes while a run trains
 STATIC_TTL_S = 300.0  # presets: change only when the server is upgraded
 FINISHED_TTL_S = 600.0  # a finished run's details are final
+FIT_TIMEOUT_S = 660.0  # POST /fit runs up to the server's VELORA_FIT_TIMEOUT_S (600 s by default)
 
 
 class ApiError(Exception):
@@ -105,6 +107,13 @@ def _get_final(base_url: str, token: str | None, timeout_s: float, path: str) ->
     return _request(ApiClient(base_url, token, timeout_s), "GET", path)
 
 
+@st.cache_data(ttl=STATIC_TTL_S, show_spinner=False, max_entries=200)
+def _post_fit(base_url: str, token: str | None, body_json: str) -> Any:
+    # A prediction depends only on the request (and the server's code): the same question is answered once.
+    client = ApiClient(base_url, token, FIT_TIMEOUT_S)
+    return _request(client, "POST", "/fit", content=body_json, headers={"Content-Type": "application/json"})
+
+
 def _flatten(params: tuple) -> list[tuple[str, Any]]:
     out = []
     for key, value in params:
@@ -184,6 +193,11 @@ class ApiClient:
     def metrics(self, run_id: int) -> dict[str, Any]:
         """The run's training curve so far."""
         return self._live(f"/runs/{int(run_id)}/metrics", {"limit": 10_000})
+
+    def fit(self, body: dict[str, Any]) -> dict[str, Any]:
+        """``POST /fit``: each method's predicted peak for a model and shape (a FitRequest), and with
+        ``gpu_gib`` whether it fits and the largest micro-batch; may take minutes, cached after."""
+        return _post_fit(self.base_url, self.token, json.dumps(body, sort_keys=True))
 
     # --- writes -----------------------------------------------------------------------------------
 

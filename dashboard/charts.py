@@ -8,6 +8,7 @@ from typing import Any
 import plotly.graph_objects as go
 
 from dashboard.summary import COMPONENTS, GIB, METRIC_LABELS, MIB, higher_is_better, pareto_front
+from velora_core.contract.result import PEAK_COMPONENTS, measured_peak_bytes
 
 #: One colour per method, the same in every chart.
 METHOD_COLORS = {
@@ -41,12 +42,14 @@ def _layout(fig: go.Figure, title: str, height: int = 420) -> go.Figure:
 
 
 def memory_figure(rows: Sequence[dict[str, Any]], *, gpu_budget_bytes: float | None = None) -> go.Figure:
-    """Stacked bars of memory by component per method. Where a peak was measured (CUDA) it is marked
-    on the bar; beside each bar its predicted (analytic) total is written, with the measured peak."""
+    """Stacked bars of memory by component per method. Where a peak was measured (the tracker, every
+    device; or an older result's CUDA peak) it is marked on the bar; beside each bar its predicted
+    (analytic) total is written, with the measured peak."""
     shown = [r for r in rows if r["total_bytes"] is not None]
     methods = [r["method"] for r in shown]
+    peak_of = {r["method"]: measured_peak_bytes(r) for r in shown}
     tallest = max(
-        [r["total_bytes"] for r in shown] + [r["peak_bytes"] or 0 for r in shown] + [gpu_budget_bytes or 0]
+        [r["total_bytes"] for r in shown] + [p or 0 for p in peak_of.values()] + [gpu_budget_bytes or 0]
     )
     scale, unit = _unit(tallest)
     fig = go.Figure()
@@ -58,12 +61,12 @@ def memory_figure(rows: Sequence[dict[str, Any]], *, gpu_budget_bytes: float | N
             marker_color=color,
             hovertemplate=f"%{{x}}<br>{label}: %{{y:.2f}} {unit}<extra></extra>",
         )
-    peaks = [r for r in shown if r["peak_bytes"] is not None]
+    peaks = [r for r in shown if peak_of[r["method"]] is not None]
     if peaks:
         fig.add_scatter(
             name="Measured peak",
             x=[r["method"] for r in peaks],
-            y=[r["peak_bytes"] / scale for r in peaks],
+            y=[peak_of[r["method"]] / scale for r in peaks],
             mode="markers",
             marker={"symbol": "line-ew-open", "size": 40, "line": {"width": 3, "color": "#222"}},
             hovertemplate=f"%{{x}}<br>measured peak: %{{y:.2f}} {unit}<extra></extra>",
@@ -71,13 +74,13 @@ def memory_figure(rows: Sequence[dict[str, Any]], *, gpu_budget_bytes: float | N
     labels = []
     for r in shown:
         text = f"predicted {r['total_bytes'] / scale:.1f}"
-        if r["peak_bytes"] is not None:
-            text += f"<br>measured {r['peak_bytes'] / scale:.1f}"
+        if peak_of[r["method"]] is not None:
+            text += f"<br>measured {peak_of[r['method']] / scale:.1f}"
         labels.append(text)
     fig.add_scatter(
         name="Predicted total",
         x=methods,
-        y=[max(r["total_bytes"], r["peak_bytes"] or 0) / scale for r in shown],
+        y=[max(r["total_bytes"], peak_of[r["method"]] or 0) / scale for r in shown],
         mode="text",
         text=labels,
         textposition="top center",
@@ -177,3 +180,82 @@ def loss_figure(curves: Sequence[dict[str, Any]]) -> go.Figure:
         )
     fig.update_layout(xaxis_title="Step", yaxis_title="Training loss")
     return _layout(fig, "Loss curves", height=380)
+
+
+#: The tracker's categories (``PEAK_COMPONENTS``), bottom to top, with their words and colours.
+PEAK_COMPONENT_STYLE = dict(
+    zip(
+        PEAK_COMPONENTS,
+        [
+            ("Frozen weights", "#9ecae9"),
+            ("Trainable parameters", "#4c78a8"),
+            ("Gradients", "#f58518"),
+            ("Optimizer state", "#ffbf79"),
+            ("Saved activations", "#54a24b"),
+            ("Temporaries", "#bab0ac"),
+        ],
+        strict=True,
+    )
+)
+
+
+def timeline_figure(timeline: Sequence[dict[str, Any]]) -> go.Figure:
+    """A run's first training step, live bytes by category over its allocations (stacked areas), with
+    the forward, backward and optimizer phases shaded and named."""
+    events = [p["event"] for p in timeline]
+    tallest = max((sum(p.get(c, 0) for c in PEAK_COMPONENTS) for p in timeline), default=0)
+    scale, unit = _unit(tallest)
+    fig = go.Figure()
+    for category, (label, color) in PEAK_COMPONENT_STYLE.items():
+        fig.add_scatter(
+            name=label,
+            x=events,
+            y=[p.get(category, 0) / scale for p in timeline],
+            mode="lines",
+            stackgroup="memory",
+            line={"width": 0.5, "color": color},
+            hovertemplate=f"allocation %{{x}}<br>{label}: %{{y:.2f}} {unit}<extra></extra>",
+        )
+    start = 0
+    for index, point in enumerate(timeline):
+        last = index == len(timeline) - 1
+        if last or timeline[index + 1]["phase"] != point["phase"]:
+            fig.add_vrect(
+                x0=timeline[start]["event"],
+                x1=point["event"] if last else timeline[index + 1]["event"],
+                fillcolor="#888" if point["phase"] == "backward" else "#fff",
+                opacity=0.08,
+                line_width=0,
+                annotation_text=point["phase"],
+                annotation_position="top left",
+            )
+            start = index + 1
+    fig.update_layout(yaxis_title=unit, xaxis_title="allocations and frees in the step")
+    return _layout(fig, "Memory over the first training step, by category")
+
+
+def fit_figure(estimates: Sequence[dict[str, Any]], gpu_bytes: float | None = None) -> go.Figure:
+    """ "Will it fit?": each method's predicted peak as stacked bars by category, against the card."""
+    methods = [e["method"] for e in estimates]
+    tallest = max([e["peak_bytes"] for e in estimates] + [gpu_bytes or 0], default=0)
+    scale, unit = _unit(tallest)
+    fig = go.Figure()
+    for category, (label, color) in PEAK_COMPONENT_STYLE.items():
+        fig.add_bar(
+            name=label,
+            x=methods,
+            y=[e[category] / scale for e in estimates],
+            marker_color=color,
+            hovertemplate=f"%{{x}}<br>{label}: %{{y:.2f}} {unit}<extra></extra>",
+        )
+    if gpu_bytes:
+        fig.add_hline(
+            y=gpu_bytes / scale,
+            line_dash="dash",
+            line_color="#d62728",
+            annotation_text=f"card: {gpu_bytes / GIB:g} GiB",
+            annotation_position="top left",
+        )
+    fig.update_layout(barmode="stack", yaxis_title=unit, xaxis_title=None)
+    fig.update_yaxes(range=[0, tallest / scale * 1.15 if tallest else 1])
+    return _layout(fig, "Predicted peak memory of one training step, by category")

@@ -19,6 +19,7 @@ from velora_core.contract.result import (
     ACTIVE_STATUSES,
     ComparisonStatus,
     headline_memory_bytes,
+    measured_peak_bytes,
     memory_vs_full,
     total_memory_bytes,
 )
@@ -223,6 +224,7 @@ def run_record(run: dict[str, Any], detail: dict[str, Any] | None) -> dict[str, 
         **{key: memory.get(key) for key, _ in COMPONENTS},
         "total_bytes": total_memory_bytes(memory) if memory else None,
         "peak_bytes": memory.get("peak_bytes"),
+        "measured_peak_bytes": memory.get("measured_peak_bytes"),
         "predicted_activation_bytes": memory.get("predicted_activation_bytes"),
         "velora_measured_bytes": memory.get("velora_measured_bytes"),
         "trainable_params": memory.get("trainable_params"),
@@ -248,8 +250,8 @@ def _spread(values: Sequence[float | int | None]) -> float | None:
 
 def memory_of(row: dict[str, Any]) -> float | None:
     """The memory a method is judged by (:func:`velora_core.contract.result.headline_memory_bytes`): the
-    measured peak where there is one (CUDA), else the total of the components."""
-    if row.get("peak_bytes") is None and row.get("total_bytes") is None:
+    measured peak where there is one, else the total of the components."""
+    if measured_peak_bytes(row) is None and row.get("total_bytes") is None:
         return None
     return headline_memory_bytes(row)
 
@@ -279,6 +281,7 @@ def method_rows(records: Sequence[dict[str, Any]], methods: Sequence[str]) -> li
         ):
             row[key] = _mean([r[key] for r in done])
         row["peak_bytes"] = _mean([r["peak_bytes"] for r in done])
+        row["measured_peak_bytes"] = _mean([r.get("measured_peak_bytes") for r in done])
         row["metric"] = next((r["metric"] for r in done if r["metric"]), None)
         values = [r["value"] for r in done]
         row["value"], row["value_spread"] = _mean(values), _spread(values)
@@ -392,6 +395,7 @@ CSV_COLUMNS = [
     *(k for k, _ in COMPONENTS),
     "total_bytes",
     "peak_bytes",
+    "measured_peak_bytes",
     "memory_bytes",
     "memory_vs_full",
     "predicted_activation_bytes",
@@ -442,7 +446,11 @@ def memory_table(memory: dict[str, Any]) -> list[dict[str, str]]:
     return [
         *(line(label, memory.get(key) or 0) for key, label in COMPONENTS),
         line("Total (predicted)", total_memory_bytes(memory)),
-        line("Measured peak (CUDA)", memory.get("peak_bytes"), missing="not measured off CUDA"),
+        line("Measured peak (tracker)", memory.get("measured_peak_bytes"), missing="not tracked"),
+        line("Temporaries at the peak", memory.get("temporary_bytes"), missing="not tracked"),
+        line("CUDA peak allocated", memory.get("peak_bytes"), missing="not measured off CUDA"),
+        line("CUDA peak reserved", memory.get("cuda_reserved_bytes"), missing="not measured off CUDA"),
+        line("Allocator gap (reserved − tracked)", memory.get("allocator_gap_bytes"), missing="–"),
         line("VeLoRA layers, predicted", memory.get("predicted_activation_bytes") or 0),
         line("VeLoRA layers, measured", memory.get("velora_measured_bytes") or 0),
     ]
@@ -483,3 +491,24 @@ def run_facts(run: dict[str, Any]) -> list[dict[str, str]]:
         ("Finished", run.get("finished_at")),
     ]
     return [{"Fact": name, "Value": "–" if value is None else str(value)} for name, value in facts]
+
+
+def fit_rows(estimates: Sequence[dict[str, Any]]) -> list[dict[str, str]]:
+    """The "Will it fit?" table: per method its predicted peak, when it happens, whether it fits the
+    card and the largest micro-batch that does (``POST /fit``'s estimates)."""
+    rows = []
+    for e in estimates:
+        fits = e.get("fits")
+        largest = e.get("max_micro_batch")
+        rows.append(
+            {
+                "Method": e["method"],
+                "Peak": format_bytes(e["peak_bytes"]),
+                "Peak during": e["peak_phase"],
+                "Activations": format_bytes(e["activations"]),
+                "Temporaries": format_bytes(e["temporary"]),
+                "Fits": "–" if fits is None else ("yes" if fits else "no"),
+                "Largest micro-batch": "–" if e.get("gpu_bytes") is None else str(largest or "none"),
+            }
+        )
+    return rows

@@ -3,6 +3,8 @@
     velora-bench run SPEC.yaml [--out DIR]           one RunSpec or a ComparisonSpec (YAML or JSON)
     velora-bench compare --preset NAME [--methods …] [--seeds …] [--set key=value …] [--out DIR]
     velora-bench presets                             list comparison presets, models and datasets
+    velora-bench fit --model M --methods A B … [--micro-batch N --seq-len L --dtype D --gpu-gib G --json]
+                                                     predicted peak memory per method (velora_core.fit)
 
 Service commands (``up``, ``token``) are added by the installed backend through the
 ``velora_bench.commands`` entry-point group, so this engine module imports no web code.
@@ -17,6 +19,7 @@ import sys
 from collections.abc import Sequence
 from importlib.metadata import entry_points
 
+from velora_core.cli_fit import add_fit_arguments
 from velora_core.cli_input import BadInput, load_spec_file, parse_assignments
 from velora_core.cli_output import base_run_line, print_table, progress_columns
 from velora_core.contract.comparison_presets import COMPARISON_PRESETS, comparison_preset
@@ -150,6 +153,12 @@ def cmd_presets(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_fit(args: argparse.Namespace) -> int:
+    from velora_core.fit import run
+
+    return run(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="velora-bench", description="Compare VeLoRA, QLoRA, LoRA and full fine-tuning."
@@ -183,6 +192,12 @@ def build_parser() -> argparse.ArgumentParser:
     presets = sub.add_parser("presets", help="list presets, models and datasets")
     presets.add_argument("--json", action="store_true")
     presets.set_defaults(func=cmd_presets)
+
+    fit = sub.add_parser(
+        "fit", help="predict each method's peak memory for a model and shape, without a GPU or weights"
+    )
+    add_fit_arguments(fit)
+    fit.set_defaults(func=cmd_fit)
 
     for entry in entry_points(group="velora_bench.commands"):
         try:

@@ -32,12 +32,14 @@ def print_table(results: list) -> None:
         return "–" if value is None else pattern.format(value)
 
     table = Table(
-        title="VeLoRA Bench comparison (memory in MiB; total = weights+trainable+grads+optimizer+activations)"
+        title="VeLoRA Bench comparison (memory in MiB; peak: measured by the tracker, in its phase; "
+        "total = weights+trainable+grads+optimizer+activations)"
     )
     for column in (
         "method",
         "status",
         "peak",
+        "phase",
         "weights",
         "activations",
         "total",
@@ -56,7 +58,8 @@ def print_table(results: list) -> None:
         table.add_row(
             row["method"] + (f" s{row['seed']}" if row["seed"] else ""),
             row["status"],
-            fmt(row["peak_mb"]),
+            fmt(row["measured_peak_mb"]),
+            row["peak_phase"] or "–",
             fmt(row["weight_mb"], "{:.2f}"),
             fmt(row["activation_mb"], "{:.2f}"),
             fmt(row["total_mb"], "{:.2f}"),

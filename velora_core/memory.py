@@ -5,7 +5,8 @@
 - Trainable / gradient / optimizer-state bytes: counted from the tensors themselves.
 - Activations: every tensor autograd saves for backward, seen through
   ``torch.autograd.graph.saved_tensors_hooks``, de-duplicated by storage, parameters excluded.
-- Peak: ``torch.cuda.max_memory_allocated`` on CUDA, None elsewhere.
+- Peak: the memory tracker's (``velora_core.memory_tracker``, every device: by component, phase and
+  over time); on CUDA also ``torch.cuda.max_memory_allocated`` and ``max_memory_reserved``.
 - Prediction: each VeLoRA layer saves ``T·G`` projections in the input's dtype plus its ``v``.
 """
 
@@ -19,6 +20,7 @@ from torch import nn
 
 from velora_core.contract.result import MemoryReport
 from velora_core.layer import VeLoRALinear, velora_modules
+from velora_core.memory_tracker import MemoryTracker, TrackedStep
 from velora_core.projection import VELORA_SAVED_ATTR
 
 
@@ -26,17 +28,23 @@ def _nbytes(t: torch.Tensor) -> int:
     return t.numel() * t.element_size()
 
 
-def _quant_state_bytes(param: torch.Tensor) -> int:
-    """Bytes of a bitsandbytes 4-bit weight's quantisation state (0 for anything else)."""
+def quant_state_tensors(param: torch.Tensor) -> list[torch.Tensor]:
+    """The tensors of a bitsandbytes 4-bit weight's quantisation state: absmax, code and, with
+    double quantisation, the nested state's (none for any other tensor)."""
     state = getattr(param, "quant_state", None)
-    total = 0
+    tensors = []
     while state is not None:
         for name in ("absmax", "code", "offset"):
             t = getattr(state, name, None)
             if isinstance(t, torch.Tensor):
-                total += _nbytes(t)
+                tensors.append(t)
         state = getattr(state, "state2", None)
-    return total
+    return tensors
+
+
+def _quant_state_bytes(param: torch.Tensor) -> int:
+    """Bytes of a bitsandbytes 4-bit weight's quantisation state (0 for anything else)."""
+    return sum(_nbytes(t) for t in quant_state_tensors(param))
 
 
 def _dtype_label(param: torch.Tensor) -> str:
@@ -88,7 +96,8 @@ class SavedTensorMeter:
         storage = t.untyped_storage()
         return (t.device.type, t.device.index, storage.data_ptr())
 
-    def _pack(self, t: torch.Tensor) -> torch.Tensor:
+    def count(self, t: torch.Tensor) -> torch.Tensor:
+        """The pack hook: count ``t`` once by storage (parameters excluded); returns it unchanged."""
         try:
             key = self._key(t)
             size = t.untyped_storage().nbytes()
@@ -110,7 +119,7 @@ class SavedTensorMeter:
 
     @contextmanager
     def measuring(self) -> Iterator[SavedTensorMeter]:
-        with torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t):
+        with torch.autograd.graph.saved_tensors_hooks(self.count, lambda t: t):
             yield self
 
 
@@ -153,13 +162,26 @@ def step_report(
     grad_bytes: int,
     optimizer: torch.optim.Optimizer,
     device: torch.device,
+    tracked: TrackedStep | None = None,
 ) -> MemoryReport:
     """The :class:`MemoryReport` of a step just taken: ``meter`` watched its forward,
-    ``grad_bytes`` was read after its backward, ``optimizer`` has stepped."""
-    peak = None
+    ``grad_bytes`` was read after its backward, ``optimizer`` has stepped, and ``tracked`` is what
+    the memory tracker saw of it (None: not tracked)."""
+    peak = reserved = None
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         peak = int(torch.cuda.max_memory_allocated(device))
+        reserved = int(torch.cuda.max_memory_reserved(device))
+    measured = {}
+    if tracked is not None:
+        measured = {
+            "measured_peak_bytes": tracked.peak_bytes,
+            "peak_phase": tracked.peak_phase,
+            "peak_components": tracked.peak_components,
+            "temporary_bytes": tracked.peak_components["temporary"],
+            "timeline": tracked.timeline,
+            "allocator_gap_bytes": None if reserved is None else reserved - tracked.peak_bytes,
+        }
     return MemoryReport(
         **parameter_bytes(model),
         gradient_bytes=grad_bytes,
@@ -168,6 +190,8 @@ def step_report(
         predicted_activation_bytes=predicted_velora_bytes(model),
         velora_measured_bytes=meter.velora_bytes,
         peak_bytes=peak,
+        cuda_reserved_bytes=reserved,
+        **measured,
     )
 
 
@@ -192,11 +216,15 @@ def measure_training_step(
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
     meter = SavedTensorMeter(model)
-    with meter.measuring():
-        loss = loss_fn(model, batch) if loss_fn is not None else model(**batch).loss
-    loss.backward()
-    grad_bytes = gradient_bytes(model)
-    optimizer.step()
-    report = step_report(model, meter, grad_bytes, optimizer, device)
+    tracker = MemoryTracker(model, optimizer)
+    with tracker:
+        with tracker.counting_saved(meter):
+            loss = loss_fn(model, batch) if loss_fn is not None else model(**batch).loss
+        tracker.set_phase("backward")
+        loss.backward()
+        grad_bytes = gradient_bytes(model)
+        tracker.set_phase("optimizer")
+        optimizer.step()
+    report = step_report(model, meter, grad_bytes, optimizer, device, tracker.result())
     optimizer.zero_grad(set_to_none=True)
     return loss.detach(), report

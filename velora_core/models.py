@@ -76,6 +76,8 @@ def load_causal_lm(source: ModelSource, quant: QuantSettings | None = None) -> n
     Raises:
         OSError / ValueError: from transformers when the path or hub id cannot be loaded.
     """
+    if source.device == "meta":
+        return _skeleton(source, quant)
     if source.config is not None and quant is None:
         # Built on the target device directly: a 7B shape in bf16 never passes through host memory.
         with torch.device(source.device):
@@ -91,6 +93,28 @@ def load_causal_lm(source: ModelSource, quant: QuantSettings | None = None) -> n
         kwargs["device_map"] = {"": source.device}
         return _keep_cpu_4bit_format(AutoModelForCausalLM.from_pretrained(source.path, **kwargs))
     return AutoModelForCausalLM.from_pretrained(source.path, **kwargs).to(source.device)
+
+
+def _skeleton(source: ModelSource, quant: QuantSettings | None) -> nn.Module:
+    """The model on the ``meta`` device, without weights (``velora_core.fit`` gives it fake tensors);
+    4-bit layers laid out by transformers' own bitsandbytes quantizer, as ``from_pretrained`` does
+    before it loads weights.
+
+    Raises:
+        ValueError: ``source`` names a path (a skeleton is built from a config).
+    """
+    if source.config is None:
+        raise ValueError("a meta-device model is built from a config, not from a path")
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(source.config, dtype=source.dtype)
+    if quant is not None:
+        from transformers.quantizers.auto import AutoHfQuantizer
+
+        quantizer = AutoHfQuantizer.from_config(bnb_config(quant), pre_quantized=False)
+        quantizer.preprocess_model(model, device_map={"": "cpu"}, dtype=source.dtype)
+        quantizer.postprocess_model(model)
+        _keep_cpu_4bit_format(model)
+    return model
 
 
 def _keep_cpu_4bit_format(model: nn.Module) -> nn.Module:

@@ -20,7 +20,7 @@ from backend import store
 from backend.api.docs import add_schemas, error_responses, serve_docs
 from backend.api.hosts import HostGuardMiddleware
 from backend.api.limits import BodySizeLimitMiddleware
-from backend.api.routes import comparisons, health, presets, runs
+from backend.api.routes import comparisons, fit, health, presets, runs
 from backend.api.validation import validation_error_response
 from backend.broker import Dispatcher
 from backend.db import Database
@@ -35,6 +35,7 @@ api_router.include_router(comparisons.router)
 api_router.include_router(runs.router)
 api_router.include_router(presets.router)
 api_router.include_router(health.router)
+api_router.include_router(fit.router)
 
 
 def provision_env_token(db: Database, settings: Settings) -> None:

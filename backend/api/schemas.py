@@ -8,6 +8,7 @@ from typing import Annotated, Any
 from fastapi import Path, Query
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from velora_core.contract.fit import FitEstimate, FitRequest
 from velora_core.contract.plan import RunRole
 from velora_core.contract.result import ComparisonStatus, RunStatus
 
@@ -127,7 +128,12 @@ class SummaryRow(BaseModel):
     optimizer_bytes: int | None = None
     activation_bytes: int | None = None
     total_bytes: int | None = None
-    peak_bytes: int | None = None
+    peak_bytes: int | None = Field(default=None, description="CUDA's max_memory_allocated (None off CUDA).")
+    measured_peak_bytes: int | None = Field(
+        default=None, description="The memory tracker's peak of the first step (every device)."
+    )
+    peak_phase: str | None = Field(default=None, description="forward, backward or optimizer.")
+    temporary_bytes: int | None = Field(default=None, description="Temporaries at the measured peak.")
     predicted_activation_bytes: int | None = Field(
         default=None, description="Analytic bytes the VeLoRA-wrapped layers save for backward."
     )
@@ -138,7 +144,7 @@ class SummaryRow(BaseModel):
     memory_vs_full: float | None = Field(
         default=None,
         description="This run's memory over that of 'full' (same seed, else any): the measured peak "
-        "where there is one (CUDA), else total_bytes.",
+        "where there is one, else total_bytes.",
     )
     error: str | None = None
 
@@ -192,3 +198,12 @@ class ErrorPublic(BaseModel):
     """The body of every error answer but 422 (whose ``detail`` is FastAPI's list of field errors)."""
 
     detail: str = Field(examples=["Run not found"])
+
+
+class FitPublic(BaseModel):
+    """``POST /fit``'s answer: the request as understood, one estimate per method in its order, and the
+    seconds the prediction took."""
+
+    request: FitRequest
+    estimates: list[FitEstimate]
+    seconds: float

@@ -22,7 +22,7 @@ from dashboard.summary import (
     run_record,
     split_roles,
 )
-from velora_core.contract.result import FINISHED_RUN_STATUSES, ComparisonStatus
+from velora_core.contract.result import FINISHED_RUN_STATUSES, ComparisonStatus, measured_peak_bytes
 
 api: ApiClient = st.session_state.api
 MAX_GPU_GIB = 1_000_000.0
@@ -157,12 +157,12 @@ def comparison_view() -> None:
     if not any(row["results"] for row in rows):
         st.info("No results yet: the table and charts appear as runs finish.")
     else:
-        measured = any(row["peak_bytes"] is not None for row in rows)
+        measured = any(measured_peak_bytes(row) is not None for row in rows)
         left, right = st.columns(2)
         left.plotly_chart(memory_figure(rows, gpu_budget_bytes=budget), key="compare.memory")
         if not measured:
             left.caption(
-                "No measured peak: these runs ran off CUDA, where no allocator peak exists. Bars show the "
+                "No measured peak: these runs finished before the memory tracker was added. Bars show the "
                 "predicted total (weights, gradients and optimizer state by formula, activations as saved "
                 "for backward)."
             )

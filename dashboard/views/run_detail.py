@@ -5,7 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from dashboard.api import ApiClient, ApiError
-from dashboard.charts import loss_figure
+from dashboard.charts import loss_figure, timeline_figure
 from dashboard.summary import (
     ACTIVE_STATUSES,
     MAX_QUERY_ID,
@@ -20,7 +20,7 @@ from dashboard.summary import (
     run_facts,
     status_words,
 )
-from velora_core.contract.result import total_memory_bytes
+from velora_core.contract.result import headline_memory_bytes, measured_peak_bytes
 
 api: ApiClient = st.session_state.api
 
@@ -99,10 +99,11 @@ def run_view() -> None:
 
     if memory:
         m1, m2, m3, m4 = st.columns(4)
-        peak = memory.get("peak_bytes")
+        peak = measured_peak_bytes(memory)
         m1.metric(
-            "Peak memory (CUDA)" if peak is not None else "Memory (analytic)",
-            format_bytes(peak or total_memory_bytes(memory)),
+            "Peak memory (measured)" if peak is not None else "Memory (analytic)",
+            format_bytes(headline_memory_bytes(memory)),
+            help=f"during the {memory['peak_phase']} phase" if memory.get("peak_phase") else None,
         )
         m2.metric(
             "Accuracy"
@@ -135,6 +136,8 @@ def run_view() -> None:
             st.json(evaluation, expanded=False)
     with tabs[1]:
         if memory:
+            if memory.get("timeline"):
+                st.plotly_chart(timeline_figure(memory["timeline"]), key="run.timeline")
             st.table(memory_table(memory))
             by_dtype = memory.get("weight_bytes_by_dtype") or {}
             st.caption(

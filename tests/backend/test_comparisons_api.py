@@ -227,8 +227,9 @@ def test_comparison_status_from_run_statuses(statuses: list[str], expected: str)
     assert ComparisonStatus.of(statuses) == expected
 
 
+@pytest.mark.parametrize("tracked", [False, True])
 def test_api_cli_and_dashboard_agree_on_memory_vs_full_when_a_peak_is_measured(
-    client: TestClient, auth: dict, db: Database
+    client: TestClient, auth: dict, db: Database, tracked: bool
 ) -> None:
     """On CUDA a run has a measured peak: every view ranks by it (was: the API by the total)."""
     from dashboard.summary import method_rows, run_record
@@ -249,6 +250,8 @@ def test_api_cli_and_dashboard_agree_on_memory_vs_full_when_a_peak_is_measured(
             components, trainable_bytes=100, gradient_bytes=100, optimizer_bytes=200, peak_bytes=2000
         ),
     }
+    if tracked:  # the tracker's peak (every device) wins over CUDA's allocator peak
+        memories["full"]["measured_peak_bytes"], memories["lora"]["measured_peak_bytes"] = 4000, 1000
     results = []
     with db.write_session() as session:
         for run_id, method in zip(created["run_ids"], ["full", "lora"], strict=True):
@@ -271,4 +274,10 @@ def test_api_cli_and_dashboard_agree_on_memory_vs_full_when_a_peak_is_measured(
         run_record(run, client.get(f"/api/v1/runs/{run['id']}", headers=auth).json()) for run in body["runs"]
     ]
     dashboard = {row["method"]: row["memory_vs_full"] for row in method_rows(records, ["full", "lora"])}
-    assert api == cli == dashboard == {"full": 1.0, "lora": 0.4}  # 2000 / 5000, not 1200 / 2000
+    expected = {"full": 1.0, "lora": 0.25 if tracked else 0.4}  # 1000 / 4000; 2000 / 5000, not 1200 / 2000
+    assert api == cli == dashboard == expected
+    if tracked:
+        assert {row["method"]: row["measured_peak_bytes"] for row in body["summary"]} == {
+            "full": 4000,
+            "lora": 1000,
+        }

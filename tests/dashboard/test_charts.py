@@ -94,3 +94,65 @@ def test_loss_figure_overlays_runs_by_method_and_seed() -> None:
     ]
     names = [trace["name"] for trace in loss_figure(curves).to_dict()["data"]]
     assert names == ["full (seed 0)", "full (seed 1)"]
+
+
+def test_memory_figure_marks_the_trackers_peak_over_an_older_cuda_peak() -> None:
+    rec = record(1, "full", 3 * MIB, 0.5, peak=20 * MIB, metric="perplexity")
+    rec["measured_peak_bytes"] = 12 * MIB
+    fig = memory_figure(method_rows([rec], ["full"]))
+    marker = next(t for t in fig.data if t.name == "Measured peak")
+    assert list(marker.y) == [12.0]
+
+
+def test_timeline_figure_stacks_the_categories_and_names_the_phases() -> None:
+    from dashboard.charts import timeline_figure
+    from velora_core.contract.result import PEAK_COMPONENTS
+
+    zero = dict.fromkeys(PEAK_COMPONENTS, 0)
+    timeline = [
+        {**zero, "event": 0, "phase": "forward", "weights": 4 * MIB},
+        {**zero, "event": 10, "phase": "forward", "weights": 4 * MIB, "activations": 2 * MIB},
+        {**zero, "event": 20, "phase": "backward", "weights": 4 * MIB, "gradients": MIB},
+        {**zero, "event": 30, "phase": "optimizer", "weights": 4 * MIB, "optimizer": 2 * MIB},
+    ]
+    fig = timeline_figure(timeline)
+    assert [t.name for t in fig.data][:2] == ["Frozen weights", "Trainable parameters"]
+    activations = next(t for t in fig.data if t.name == "Saved activations")
+    assert list(activations.y) == [0, 2, 0, 0]
+    assert [a.text for a in fig.layout.annotations] == ["forward", "backward", "optimizer"]
+    assert [s.x0 for s in fig.layout.shapes] == [0, 20, 30]
+
+
+def test_fit_figure_stacks_each_methods_peak_against_the_card() -> None:
+    from dashboard.charts import fit_figure
+    from dashboard.summary import fit_rows
+
+    gib = 1024**3
+    estimates = [
+        {
+            "method": "lora",
+            "peak_bytes": 30 * gib,
+            "peak_phase": "backward",
+            "weights": 14 * gib,
+            "trainable": 0,
+            "gradients": 0,
+            "optimizer": 0,
+            "activations": 15 * gib,
+            "temporary": gib,
+            "gpu_bytes": 24 * gib,
+            "fits": False,
+            "max_micro_batch": 4,
+        },
+    ]
+    fig = fit_figure(estimates, 24 * gib)
+    assert sum(t.y[0] for t in fig.data) == 30
+    assert fig.layout.shapes[0].y0 == 24
+    assert fit_rows(estimates)[0] == {
+        "Method": "lora",
+        "Peak": "30.00 GiB",
+        "Peak during": "backward",
+        "Activations": "15.00 GiB",
+        "Temporaries": "1.00 GiB",
+        "Fits": "no",
+        "Largest micro-batch": "4",
+    }

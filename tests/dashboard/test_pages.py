@@ -126,6 +126,28 @@ def test_will_it_fit_runs_memory_only_and_compare_checks_the_gpu_size(
 # --- Runs -----------------------------------------------------------------------------------------
 
 
+def test_will_it_fit_page_predicts_each_method_against_the_card(open_page: OpenPage) -> None:
+    at = open_page("views/fit.py")
+    assert at.title[0].value == "Will it fit?"
+    at.selectbox(key="willfit.model").set_value("tiny")
+    at.selectbox(key="willfit.gpu").set_value(8)
+    at.number_input(key="willfit.seq_len").set_value(16)
+    at.number_input(key="willfit.micro_batch").set_value(1)
+    at.selectbox(key="willfit.dtype").set_value("fp32")
+    at.multiselect(key="willfit.methods").set_value(["lora", "velora+lora"])
+    at.button(key="willfit.submit").click().run(timeout=180)
+    assert not at.exception and not at.error, texts(at.error)
+    (chart,) = plotly_specs(at)
+    assert {bar["x"][0] for bar in chart["data"]} == {"lora"} or chart["data"][0]["x"] == [
+        "lora",
+        "velora+lora",
+    ]
+    assert chart["layout"]["shapes"][0]["y0"] == 8  # the card's line, in GiB
+    table = at.table[0].value
+    assert list(table["Method"]) == ["lora", "velora+lora"]
+    assert list(table["Fits"]) == ["yes", "yes"]
+
+
 def test_runs_lists_a_comparison_and_filters_it(
     open_page: OpenPage, smoke_comparison: dict[str, Any]
 ) -> None:
@@ -312,7 +334,7 @@ def test_bad_query_values_get_a_message_and_the_defaults(
 
 
 @pytest.mark.parametrize(
-    "page", ["views/launch.py", "views/runs.py", "views/compare.py", "views/run_detail.py"]
+    "page", ["views/launch.py", "views/runs.py", "views/compare.py", "views/run_detail.py", "views/fit.py"]
 )
 def test_every_page_says_when_the_api_cannot_be_reached(page: str, monkeypatch: pytest.MonkeyPatch) -> None:
     url = f"http://127.0.0.1:{free_port()}"

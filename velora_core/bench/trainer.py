@@ -12,6 +12,7 @@ import torch
 from velora_core.contract.result import LossPoint, MemoryReport, ProgressEvent
 from velora_core.contract.spec import RunSpec
 from velora_core.memory import SavedTensorMeter, gradient_bytes, step_report
+from velora_core.memory_tracker import MemoryTracker, TrackedStep
 from velora_core.methods import PreparedModel
 
 ProgressCallback = Callable[[ProgressEvent], bool | None]
@@ -77,6 +78,7 @@ class Trainer:
         self.train_time = 0.0
         self.steps_done = 0
         self.total_steps = 0
+        self._tracker: MemoryTracker | None = None  # on for the first (measured) step only
 
     def _to_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
@@ -94,7 +96,24 @@ class Trainer:
         fill = {"input_ids": self.pad_token_id, "labels": -100, "attention_mask": 0}
         return {k: torch.nn.functional.pad(v, (0, missing), value=fill.get(k, 0)) for k, v in batch.items()}
 
+    def _phase(self, phase: str) -> None:
+        if self._tracker is not None:
+            self._tracker.set_phase(phase)
+
+    def _stop_tracking(self) -> TrackedStep | None:
+        tracker, self._tracker = self._tracker, None
+        if tracker is None:
+            return None
+        tracker.__exit__(None, None, None)
+        return tracker.result()
+
     def train(self, batches, total_steps: int) -> None:
+        try:
+            self._train(batches, total_steps)
+        finally:
+            self._stop_tracking()  # an error inside the measured step must not leave the tracker on
+
+    def _train(self, batches, total_steps: int) -> None:
         spec = self.spec
         self.total_steps = total_steps
         scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -110,7 +129,9 @@ class Trainer:
             start = time.perf_counter()
             loss_sum, step_tokens = 0.0, 0
             meter = SavedTensorMeter(self.model) if measure else None
+            self._tracker = MemoryTracker(self.model, self.optimizer).__enter__() if measure else None
             for micro in range(spec.grad_accum):
+                self._phase("forward")
                 batch = next(batches)
                 if measure:
                     batch = self._full_length(batch)
@@ -122,10 +143,13 @@ class Trainer:
                 }
                 try:
                     ctx = (
-                        meter.measuring() if (meter is not None and micro == 0) else contextlib.nullcontext()
+                        self._tracker.counting_saved(meter)
+                        if (meter is not None and micro == 0)
+                        else contextlib.nullcontext()
                     )
                     with ctx:
                         loss = self.model(**batch).loss
+                    self._phase("backward")
                     (loss / spec.grad_accum).backward()
                 except oom_types() as exc:
                     raise OutOfMemory(shape) from exc
@@ -136,19 +160,21 @@ class Trainer:
                     else batch["input_ids"].numel()
                 )
             grad_bytes = gradient_bytes(self.model) if measure else 0
+            self._phase("optimizer")
             if spec.optimizer.max_grad_norm is not None:
                 torch.nn.utils.clip_grad_norm_(self.params, spec.optimizer.max_grad_norm)
             try:
                 self.optimizer.step()
             except oom_types() as exc:
                 raise OutOfMemory({"phase": "optimizer step", "step": step}) from exc
+            tracked = self._stop_tracking()
             lr = scheduler.get_last_lr()[0]
             scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
             self._sync()
             elapsed = time.perf_counter() - start
             if measure:
-                self.memory = step_report(self.model, meter, grad_bytes, self.optimizer, self.device)
+                self.memory = step_report(self.model, meter, grad_bytes, self.optimizer, self.device, tracked)
             self.train_time += elapsed
             self.tokens += step_tokens
             self.steps_done = step

@@ -76,18 +76,34 @@ MEMORY_COMPONENTS = (
 )
 
 
+#: What the memory tracker attributes every live byte of a step to (``MemoryReport.peak_components``).
+PEAK_COMPONENTS = ("weights", "trainable", "gradients", "optimizer", "activations", "temporary")
+#: The phases of a training step, in order (``MemoryReport.peak_phase``, the timeline's ``phase``).
+PHASES = ("forward", "backward", "optimizer")
+
+
 def total_memory_bytes(memory: Mapping[str, Any]) -> int:
     """Sum of the components of a :class:`MemoryReport` (as a model dump or an API row)."""
     return sum(int(memory.get(name) or 0) for name in MEMORY_COMPONENTS)
 
 
 def headline_memory_bytes(memory: Mapping[str, Any]) -> int | float | None:
-    """The one memory figure every view shows and ranks by: the measured peak where there is one
-    (CUDA), else the total of the components; None for a run without a memory report."""
+    """The one memory figure every view shows and ranks by: the tracker's measured peak
+    (``measured_peak_bytes``, every device), else the CUDA allocator's peak of older results
+    (``peak_bytes``), else the total of the components; None for a run without a memory report."""
     if not memory:
         return None
-    peak = memory.get("peak_bytes")
+    peak = measured_peak_bytes(memory)
     return peak if peak is not None else memory.get("total_bytes", total_memory_bytes(memory))
+
+
+def measured_peak_bytes(memory: Mapping[str, Any]) -> int | float | None:
+    """The measured peak of a memory report (or row): the tracker's, else the CUDA allocator's of an
+    older result, else None."""
+    for key in ("measured_peak_bytes", "peak_bytes"):
+        if memory.get(key) is not None:
+            return memory[key]
+    return None
 
 
 def memory_vs_full(own: int | float | None, full: int | float | None) -> float | None:
@@ -104,6 +120,20 @@ def full_reference(by_seed: Mapping[Any, T], seed: Any) -> T | None:
     return next(iter(by_seed.values()), None)
 
 
+class MemoryPoint(BaseModel):
+    """One point of a step's memory timeline: live bytes by :data:`PEAK_COMPONENTS` after ``event``
+    allocations and frees, in ``phase``."""
+
+    event: int
+    phase: str
+    weights: int = 0
+    trainable: int = 0
+    gradients: int = 0
+    optimizer: int = 0
+    activations: int = 0
+    temporary: int = 0
+
+
 class MemoryReport(BaseModel):
     """Bytes one training step needs, by component (docs/architecture.md, "Memory accounting").
 
@@ -113,6 +143,14 @@ class MemoryReport(BaseModel):
     measured, de-duplicated by storage, parameters excluded; ``predicted_activation_bytes``: the
     analytic bytes the VeLoRA-wrapped layers save (``T·G·elem`` + ``v``), and the measured bytes those
     layers saved in ``velora_measured_bytes``; ``peak_bytes``: CUDA peak allocated (None off CUDA).
+
+    Measured by the memory tracker at every allocation (``velora_core.memory_tracker``, every device):
+    ``measured_peak_bytes`` the largest live total, ``peak_phase`` when (``forward``, ``backward``,
+    ``optimizer``), ``peak_components`` its bytes by :data:`PEAK_COMPONENTS` (they add up to it),
+    ``temporary_bytes`` the temporaries among them, ``timeline`` live bytes by component over the step,
+    subsampled. CUDA's allocator in fields of its own: ``cuda_reserved_bytes``
+    (``max_memory_reserved``) and ``allocator_gap_bytes`` (reserved minus the tracker's peak: what the
+    caching allocator adds, which nvidia-smi shows). All default to empty, so older results validate.
     """
 
     weight_bytes: int = 0
@@ -126,6 +164,13 @@ class MemoryReport(BaseModel):
     weight_bytes_by_dtype: dict[str, int] = Field(default_factory=dict)
     trainable_params: int = 0
     total_params: int = 0
+    measured_peak_bytes: int | None = None
+    peak_phase: str | None = None
+    peak_components: dict[str, int] = Field(default_factory=dict)
+    temporary_bytes: int | None = None
+    timeline: list[MemoryPoint] = Field(default_factory=list)
+    cuda_reserved_bytes: int | None = None
+    allocator_gap_bytes: int | None = None
 
     @property
     def total_bytes(self) -> int:

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from velora_core.contract.result import RunResult, full_reference, memory_vs_full
+from velora_core.contract.result import RunResult, full_reference, measured_peak_bytes, memory_vs_full
 
 MB = 1024 * 1024
 
@@ -20,6 +20,10 @@ COLUMNS = [
     "seed",
     "status",
     "peak_mb",
+    "measured_peak_mb",
+    "peak_phase",
+    "temporary_mb",
+    "cuda_reserved_mb",
     "weight_mb",
     "trainable_mb",
     "gradient_mb",
@@ -63,6 +67,10 @@ def summary_rows(results: Sequence[RunResult]) -> list[dict[str, Any]]:
                 "seed": seed,
                 "status": str(r.status),
                 "peak_mb": _mb(mem.peak_bytes),
+                "measured_peak_mb": _mb(measured_peak_bytes(vars(mem))),
+                "peak_phase": mem.peak_phase,
+                "temporary_mb": _mb(mem.temporary_bytes),
+                "cuda_reserved_mb": _mb(mem.cuda_reserved_bytes),
                 "weight_mb": _mb(mem.weight_bytes),
                 "trainable_mb": _mb(mem.trainable_bytes),
                 "gradient_mb": _mb(mem.gradient_bytes),

@@ -1,0 +1,126 @@
+"""A comparison preset's memory, measured on a real step, against ``velora-bench fit``'s prediction.
+
+For each method of the preset (``memory-7b`` by default: LLaMA-7B's shape, 8×512 tokens, bf16): the
+fake-tensor prediction (``velora_core.fit``, on the CPU) and one real training step on the device
+(the engine's first step, which the memory tracker measures; on CUDA also ``max_memory_allocated``
+and ``max_memory_reserved``). Prints the ratios and writes JSON named after the device.
+
+    python benchmarks/memory_vs_fit.py [--preset memory-7b] [--device cuda] [--out benchmarks/results]
+    python benchmarks/memory_vs_fit.py --model tiny --device cpu    # the same path, small, on a CPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import re
+import time
+from pathlib import Path
+
+import torch
+
+from velora_core.bench.engine import execute
+from velora_core.bench.environment import cpu_name
+from velora_core.contract.comparison_presets import comparison_preset
+from velora_core.contract.fit import FitRequest
+from velora_core.fit import estimate
+
+
+def _ratio(a: int | None, b: int | None) -> float | None:
+    return round(a / b, 4) if a is not None and b else None
+
+
+def measure(
+    preset: str, model: str | None, device: str, seq_len: int | None, micro_batch: int | None
+) -> dict:
+    overrides: dict = {"steps": 1, "device": device}
+    if model is not None:
+        overrides["model"] = {"source": "preset", "name": model, "memory_only": True}
+    if seq_len is not None:
+        overrides["seq_len"] = seq_len
+    if micro_batch is not None:
+        overrides["micro_batch"] = micro_batch
+    comparison = comparison_preset(preset, overrides)
+    cases = []
+    for spec in comparison.runs():
+        start = time.perf_counter()
+        request = FitRequest(
+            model=spec.model.name,
+            methods=[spec.method],
+            method_configs={spec.method: spec.method_config},
+            micro_batch=spec.micro_batch,
+            seq_len=spec.seq_len,
+            dtype=spec.dtype,
+        )
+        (predicted,) = estimate(request)
+        fit_s = time.perf_counter() - start
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        baseline = int(torch.cuda.memory_allocated()) if spec.device.startswith("cuda") else None
+        start = time.perf_counter()
+        result = execute(spec)
+        memory = result.memory
+        case = {
+            "method": spec.method,
+            "status": str(result.status),
+            "error": result.error,
+            "predicted_peak_bytes": predicted.peak_bytes,
+            "predicted_phase": predicted.peak_phase,
+            "predicted_components": predicted.components(),
+            "tracked_peak_bytes": memory.measured_peak_bytes,
+            "tracked_phase": memory.peak_phase,
+            "tracked_components": memory.peak_components,
+            "max_memory_allocated": memory.peak_bytes,
+            "max_memory_reserved": memory.cuda_reserved_bytes,
+            "allocated_before_run": baseline,
+            "tracked_over_predicted": _ratio(memory.measured_peak_bytes, predicted.peak_bytes),
+            "allocated_over_predicted": _ratio(memory.peak_bytes, predicted.peak_bytes),
+            "allocated_over_tracked": _ratio(memory.peak_bytes, memory.measured_peak_bytes),
+            "reserved_over_tracked": _ratio(memory.cuda_reserved_bytes, memory.measured_peak_bytes),
+            "fit_s": round(fit_s, 1),
+            "run_s": round(time.perf_counter() - start, 1),
+        }
+        del result, memory
+        cases.append(case)
+        print(
+            f"{case['method']:<13} predicted {case['predicted_peak_bytes'] / 2**30:7.2f} GiB "
+            f"tracked {(case['tracked_peak_bytes'] or 0) / 2**30:7.2f} GiB "
+            f"allocated {(case['max_memory_allocated'] or 0) / 2**30:7.2f} GiB  "
+            f"tracked/pred {case['tracked_over_predicted']}  alloc/pred {case['allocated_over_predicted']}  "
+            f"alloc/tracked {case['allocated_over_tracked']}  ({case['status']})",
+            flush=True,
+        )
+    return {"preset": preset, "spec": comparison.base.model_dump(mode="json"), "cases": cases}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--preset", default="memory-7b")
+    parser.add_argument("--model", help="another model preset (e.g. tiny, to check the path on a CPU)")
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--seq-len", type=int)
+    parser.add_argument("--micro-batch", type=int)
+    parser.add_argument("--out", default="benchmarks/results")
+    args = parser.parse_args()
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit("no CUDA device here: run with --device cpu --model tiny to check the path")
+    card = torch.cuda.get_device_name(0) if args.device.startswith("cuda") else f"{cpu_name()} (CPU)"
+    payload = {
+        "device": card,
+        "torch": torch.__version__,
+        **measure(args.preset, args.model, args.device, args.seq_len, args.micro_batch),
+    }
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    slug = re.sub(r"[^a-z0-9]+", "-", card.lower()).strip("-")[:60]
+    path = out / f"memory_vs_fit_{args.model or args.preset}_{slug}.json"
+    path.write_text(json.dumps(payload, indent=2))
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

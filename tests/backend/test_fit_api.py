@@ -1,0 +1,65 @@
+"""``POST /fit``: bounded input (422s), a real small prediction in a subprocess, and a clear 504."""
+
+from __future__ import annotations
+
+import pytest
+from fastapi.testclient import TestClient
+
+from velora_core.contract.result import PEAK_COMPONENTS
+
+pytestmark = pytest.mark.parametrize("backend_kind", ["sqlite"])  # no database work here
+
+TINY = {"model": "tiny", "methods": ["lora", "velora+lora"], "micro_batch": 1, "seq_len": 16, "dtype": "fp32"}
+
+
+@pytest.mark.parametrize(
+    ("change", "loc", "words"),
+    [
+        ({"micro_batch": 0}, ["body", "micro_batch"], "greater than or equal to 1"),
+        ({"seq_len": 10**6}, ["body", "seq_len"], "less than or equal to"),
+        ({"methods": []}, ["body", "methods"], "at least 1"),
+        ({"methods": ["lora", "dora"]}, ["body"], "unknown method(s) ['dora']"),
+        ({"methods": ["lora", "lora"]}, ["body"], "must not repeat"),
+        ({"gpu_gib": -1}, ["body", "gpu_gib"], "greater than 0"),
+        ({"dtype": "int3"}, ["body", "dtype"], "'fp32', 'bf16' or 'fp16'"),
+        ({"model": "../../etc"}, ["body", "model"], "is not a hub id"),
+        ({"method_configs": {"lora": {"lora": {"r": 2}}}}, ["body", "method_configs"], "not offered"),
+        ({"extra": 1}, ["body", "extra"], "Extra inputs are not permitted"),
+    ],
+)
+def test_bad_fit_requests_are_422(client: TestClient, auth: dict, change, loc, words) -> None:
+    response = client.post("/api/v1/fit", json={**TINY, **change}, headers=auth)
+    assert response.status_code == 422, response.text
+    detail = response.json()["detail"]
+    assert detail[0]["loc"] == loc and words in detail[0]["msg"]
+
+
+def test_fit_needs_a_token(client: TestClient) -> None:
+    assert client.post("/api/v1/fit", json=TINY).status_code == 401
+
+
+def test_a_shape_the_model_refuses_is_422_from_the_engine(client: TestClient, auth: dict) -> None:
+    response = client.post("/api/v1/fit", json={**TINY, "seq_len": 4096}, headers=auth)
+    assert response.status_code == 422
+    assert "beyond the model's limit of 512 positions" in response.json()["detail"][0]["msg"]
+
+
+@pytest.mark.slow
+def test_a_real_small_fit(client: TestClient, auth: dict) -> None:
+    response = client.post("/api/v1/fit", json={**TINY, "gpu_gib": 1}, headers=auth)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert [e["method"] for e in body["estimates"]] == TINY["methods"]
+    for estimate in body["estimates"]:
+        assert estimate["peak_bytes"] == sum(estimate[c] for c in PEAK_COMPONENTS)
+        assert estimate["fits"] is True and estimate["max_micro_batch"] >= 1
+    assert body["request"] == {**TINY, "gpu_gib": 1.0, "method_configs": {}}
+
+
+def test_a_fit_past_the_time_limit_is_504(settings, db, auth: dict) -> None:  # type: ignore[no-untyped-def]
+    from backend.api.main import create_app
+
+    with TestClient(create_app(settings.model_copy(update={"fit_timeout_s": 0.2}))) as client:
+        response = client.post("/api/v1/fit", json=TINY, headers=auth)
+    assert response.status_code == 504
+    assert "VELORA_FIT_TIMEOUT_S" in response.json()["detail"]

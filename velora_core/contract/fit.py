@@ -1,0 +1,92 @@
+""" "Will it fit?": the request and the per-method answer (no torch, so the API and dashboard share them).
+
+``velora-bench fit`` and ``POST /api/v1/fit`` take a :class:`FitRequest` and answer with one
+:class:`FitEstimate` per method: the peak bytes of one training step predicted under
+``FakeTensorMode`` (``velora_core.fit``), by component, and with a card size whether it fits and the
+largest micro-batch that does.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from velora_core.contract.method_configs import METHOD_CONFIGS
+from velora_core.contract.result import PEAK_COMPONENTS
+from velora_core.contract.spec import MAX_MICRO_BATCH, MAX_NAME_LENGTH, Dtype
+
+GIB = 1024**3
+#: A fit request's bounds: a fake step costs CPU time that grows with the micro-batch and the layers.
+MAX_FIT_METHODS = 12
+MAX_FIT_MICRO_BATCH = 1024
+MAX_FIT_SEQ_LEN = 32_768
+MAX_GPU_GIB = 4096.0
+#: The largest micro-batch the search reports: a run spec's own bound.
+MAX_SEARCHED_MICRO_BATCH = MAX_MICRO_BATCH
+
+
+class FitRequest(BaseModel):
+    """One "will it fit" question.
+
+    Args:
+        model: a model preset (``llama-7b``), a hub id (its ``config.json`` only) or a local
+            directory holding a ``config.json``.
+        methods: the training methods to predict, each once.
+        method_configs: settings per method (as in a ComparisonSpec).
+        micro_batch, seq_len, dtype: the step's shape and the weights' dtype.
+        gpu_gib: the card's memory in GiB (2³⁰ bytes); with it, ``fits`` and ``max_micro_batch``.
+    """
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    model: str = Field(min_length=1, max_length=MAX_NAME_LENGTH)
+    methods: list[Annotated[str, Field(max_length=50)]] = Field(min_length=1, max_length=MAX_FIT_METHODS)
+    method_configs: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    micro_batch: int = Field(default=8, ge=1, le=MAX_FIT_MICRO_BATCH)
+    seq_len: int = Field(default=512, ge=8, le=MAX_FIT_SEQ_LEN)
+    dtype: Dtype = "bf16"
+    gpu_gib: float | None = Field(default=None, gt=0, le=MAX_GPU_GIB)
+
+    @model_validator(mode="after")
+    def _check(self) -> FitRequest:
+        unknown = [m for m in self.methods if m not in METHOD_CONFIGS]
+        if unknown:
+            raise ValueError(f"unknown method(s) {unknown}; choose from {sorted(METHOD_CONFIGS)}")
+        if len(set(self.methods)) != len(self.methods):
+            raise ValueError("methods must not repeat")
+        stray = sorted(set(self.method_configs) - set(self.methods))
+        if stray:
+            raise ValueError(f"method_configs names methods not in the request: {stray}")
+        return self
+
+    @property
+    def gpu_bytes(self) -> int | None:
+        return None if self.gpu_gib is None else int(self.gpu_gib * GIB)
+
+
+class FitEstimate(BaseModel):
+    """One method's predicted step: the peak and its phase, the bytes at the peak by component
+    (:data:`~velora_core.contract.result.PEAK_COMPONENTS`, they add up to ``peak_bytes``), and with a
+    card size ``fits`` and ``max_micro_batch`` (None: even 1 does not fit)."""
+
+    method: str
+    micro_batch: int
+    seq_len: int
+    dtype: str
+    peak_bytes: int
+    peak_phase: str
+    weights: int = 0
+    trainable: int = 0
+    gradients: int = 0
+    optimizer: int = 0
+    activations: int = 0
+    temporary: int = 0
+    gpu_bytes: int | None = None
+    fits: bool | None = None
+    max_micro_batch: int | None = None
+    notes: list[str] = Field(default_factory=list)
+    seconds: float = 0.0
+
+    def components(self) -> dict[str, int]:
+        return {name: getattr(self, name) for name in PEAK_COMPONENTS}
