@@ -50,7 +50,7 @@ def _offline(
             "model": {"source": "artifact", "pretrain": pretrain},
             "dataset": {"source": "builtin", "name": "stdlib-next-line"},
             "seq_len": seq_len,
-            "micro_batch": 2 * batch,  # next-line examples are short (under 170 tokens)
+            "micro_batch": 2 * batch,  # next-line examples are short (at most ~170 bytes)
             "steps": finetune_steps,
             "optimizer": {"lr": 2e-3, "warmup_steps": max(1, finetune_steps // 10)},
             "eval": {"metric": "mc_accuracy", "max_examples": questions, "batch_size": 32},
@@ -117,7 +117,7 @@ PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
     "cpu-smoke": (
         "Offline, seconds per method: a tiny LLaMA pre-trained on the stdlib corpus, then fine-tuned "
         "with all six methods on stdlib-next-line, which line comes next in held-out code (CI)",
-        _offline("tiny", pretrain_steps=60, finetune_steps=20, seq_len=192, batch=8, questions=100),
+        _offline("tiny", pretrain_steps=60, finetune_steps=20, seq_len=128, batch=8, questions=100),
     ),
     "demo": (
         "Offline, under 10 minutes on 2 CPU cores: a small LLaMA pre-trained on the stdlib corpus, "

@@ -46,7 +46,7 @@ class ContinuationItem:
     source: str = ""  # the file's relative path
 
 
-def _file_items(source: SourceFile) -> list[tuple[str, str]]:
+def _file_items(source: SourceFile, thin: bool = True) -> list[tuple[str, str]]:
     """``(context, ending)`` at each usable line of one file, evenly thinned to MAX_ITEMS_PER_FILE."""
     lines = source.text.split("\n")
     found = []
@@ -64,9 +64,15 @@ def _file_items(source: SourceFile) -> list[tuple[str, str]]:
             size += len(previous) + 1
         if "".join(context).strip():
             found.append(("\n".join(context) + "\n", line + "\n"))
-    if len(found) > MAX_ITEMS_PER_FILE:
+    if thin and len(found) > MAX_ITEMS_PER_FILE:
         found = [found[k * len(found) // MAX_ITEMS_PER_FILE] for k in range(MAX_ITEMS_PER_FILE)]
     return found
+
+
+@lru_cache(maxsize=4)
+def _training_windows(root: str | None) -> frozenset[tuple[str, str]]:
+    """Every ``(context, ending)`` of the corpus' training files, unthinned: what pre-training has read."""
+    return frozenset(pair for f in source_corpus(root).split("train") for pair in _file_items(f, thin=False))
 
 
 @lru_cache(maxsize=8)
@@ -75,10 +81,14 @@ def stdlib_next_line(split: Split, seed: int = 0, root: str | None = None) -> tu
 
     ``seed`` chooses the distractors, the answer positions and the order; which contexts there are
     depends only on the sources. The distractors of an item are true endings of items from other
-    files, differing from its own ending and from each other. Chance accuracy is 1/4.
+    files, differing from its own ending and from each other. A ``test`` context and line that also
+    occur together in a training file (code copied between modules) are dropped. Chance is 1/4.
     """
     corpus_split = "validation" if split == "test" else "train"
     pairs = [(f.path, c, e) for f in source_corpus(root).split(corpus_split) for c, e in _file_items(f)]
+    if split == "test":  # code copied between modules: a window pre-training has read is no test
+        seen = _training_windows(root)
+        pairs = [(path, c, e) for path, c, e in pairs if (c, e) not in seen]
     rng = random.Random(f"stdlib-next-line:{seed}:{split}")
     items = []
     for path, context, ending in pairs:
@@ -112,15 +122,19 @@ def continuation_examples(
 ) -> list[Example]:
     """Training examples ``bos context ending``, loss on the true ending only (what the score reads).
 
-    Context and ending are encoded separately, as the evaluation does. An example longer than
-    ``seq_len`` is skipped, never cut (the task's lines are short: a few hundred tokens at most).
+    Context and ending are encoded separately, as the evaluation does. A training example longer
+    than ``seq_len`` loses the oldest context tokens (bos kept); one whose ending alone does not
+    fit is skipped. (Evaluation never cuts: see ``continuation_accuracy``.)
     """
     out: list[Example] = []
     for item in items:
         context = tokenizer.encode(item.context, add_bos=True)
         ending = tokenizer.encode(item.endings[item.answer])
-        if len(context) + len(ending) > seq_len:
+        room = seq_len - len(ending)
+        if room < 2:
             continue
+        if len(context) > room:
+            context = context[:1] + context[len(context) - room + 1 :]
         labels = [IGNORE_INDEX] * len(context) + ending
         out.append((torch.tensor(context + ending), torch.tensor(labels)))
     return out
