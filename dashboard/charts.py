@@ -7,7 +7,7 @@ from typing import Any
 
 import plotly.graph_objects as go
 
-from dashboard.summary import COMPONENTS, GIB, METRIC_LABELS, MIB, higher_is_better, pareto_front
+from dashboard.summary import COMPONENTS, GIB, METRIC_LABELS, MIB, front_places, higher_is_better
 from velora_core.contract.result import PEAK_COMPONENTS, measured_peak_bytes
 
 #: One colour per method, the same in every chart.
@@ -101,33 +101,47 @@ def memory_figure(rows: Sequence[dict[str, Any]], *, gpu_budget_bytes: float | N
 
 
 def pareto_figure(rows: Sequence[dict[str, Any]]) -> go.Figure:
-    """The evaluation metric against memory, one point per method (error bars: spread over seeds),
-    with the Pareto front and chance level drawn."""
+    """The evaluation metric against memory, one point per method with its 95 % interval as error
+    bars, the Pareto front (never ranking a method ahead of one whose interval overlaps it: such a
+    point is labelled "not distinguishable from …") and chance level."""
     shown = [r for r in rows if r["value"] is not None and r["memory_bytes"] is not None]
     metric = next((r["metric"] for r in shown), None)
     label = METRIC_LABELS.get(metric or "", metric or "metric")
     percent = metric == "mc_accuracy"
     factor = 100.0 if percent else 1.0
     scale, unit = _unit(max([r["memory_bytes"] for r in shown], default=0))
+    places = front_places(shown)
     fig = go.Figure()
-    for i, r in enumerate(shown):
-        spread = r["value_spread"]
+    for i, (r, place) in enumerate(zip(shown, places, strict=True)):
+        ci = r["ci95"]
+        words = r["method"]
+        if not place.on_front and place.not_distinguishable_from:
+            words += "<br>not distinguishable from " + ", ".join(
+                shown[k]["method"] for k in place.not_distinguishable_from
+            )
         fig.add_scatter(
             name=r["method"],
             x=[r["memory_bytes"] / scale],
             y=[r["value"] * factor],
-            error_y={"type": "data", "array": [spread * factor], "visible": True}
-            if spread is not None
+            error_y={
+                "type": "data",
+                "symmetric": False,
+                "array": [(ci[1] - r["value"]) * factor],
+                "arrayminus": [(r["value"] - ci[0]) * factor],
+                "visible": True,
+            }
+            if ci is not None
             else None,
             mode="markers+text",
-            text=[r["method"]],
+            text=[words],
             textposition="top center",
             marker={"size": 14, "color": method_color(r["method"], i)},
             hovertemplate=f"%{{text}}<br>{unit}: %{{x:.2f}}<br>{label}: %{{y:.2f}}<extra></extra>",
         )
     if shown:
-        points = [(r["memory_bytes"], r["value"]) for r in shown]
-        front = [shown[i] for i in pareto_front(points, higher_better=higher_is_better(metric))]
+        front = sorted(
+            (r for r, p in zip(shown, places, strict=True) if p.on_front), key=lambda r: r["memory_bytes"]
+        )
         fig.add_scatter(
             name="Pareto front",
             x=[r["memory_bytes"] / scale for r in front],
@@ -149,7 +163,7 @@ def pareto_figure(rows: Sequence[dict[str, Any]]) -> go.Figure:
     fig.update_layout(
         xaxis_title=f"Memory ({unit})", yaxis_title=f"{label}{' (%)' if percent else ''} — {direction}"
     )
-    return _layout(fig, f"{label} against memory")
+    return _layout(fig, f"{label} against memory (bars: 95 % intervals)")
 
 
 def loss_figure(curves: Sequence[dict[str, Any]]) -> go.Figure:

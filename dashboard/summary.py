@@ -1,5 +1,6 @@
-"""What the pages show, computed from API responses: per-method rows (mean ± spread over seeds,
-deltas against full fine-tuning and chance), the Pareto front, downloads, run status in words,
+"""What the pages show, computed from API responses: per-method rows (mean ± spread over seeds, 95 %
+intervals, deltas against full fine-tuning and chance), the Pareto front judged with the intervals
+and the sentence about chance, downloads, run status in words,
 progress and ETA. Pure functions of plain dicts, no Streamlit, so they are tested directly.
 """
 
@@ -14,6 +15,14 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from velora_core.contract.intervals import (
+    FrontPlace,
+    FrontPoint,
+    chance_sentence,
+    mean_and_spread,
+    pareto_front,
+    seeds_interval,
+)
 from velora_core.contract.plan import ROLE_BASE
 from velora_core.contract.result import (
     ACTIVE_STATUSES,
@@ -231,6 +240,8 @@ def run_record(run: dict[str, Any], detail: dict[str, Any] | None) -> dict[str, 
         "total_params": memory.get("total_params"),
         "metric": evaluation.get("metric"),
         "value": evaluation.get("value"),
+        "ci95": tuple(evaluation["ci95"]) if evaluation.get("ci95") else None,
+        "num_examples": evaluation.get("num_examples"),
         "chance": evaluation.get("chance"),
         "tokens_per_s": throughput.get("tokens_per_s"),
         "step_time_s": throughput.get("step_time_s"),
@@ -241,11 +252,6 @@ def run_record(run: dict[str, Any], detail: dict[str, Any] | None) -> dict[str, 
 def _mean(values: Sequence[float | int | None]) -> float | None:
     present = [float(v) for v in values if v is not None]
     return statistics.fmean(present) if present else None
-
-
-def _spread(values: Sequence[float | int | None]) -> float | None:
-    present = [float(v) for v in values if v is not None]
-    return statistics.stdev(present) if len(present) >= 2 else None
 
 
 def memory_of(row: dict[str, Any]) -> float | None:
@@ -284,8 +290,12 @@ def method_rows(records: Sequence[dict[str, Any]], methods: Sequence[str]) -> li
         row["measured_peak_bytes"] = _mean([r.get("measured_peak_bytes") for r in done])
         row["metric"] = next((r["metric"] for r in done if r["metric"]), None)
         values = [r["value"] for r in done]
-        row["value"], row["value_spread"] = _mean(values), _spread(values)
+        row["value"], row["value_spread"] = mean_and_spread(values)
         row["value_n"] = sum(v is not None for v in values)
+        # One seed: its interval; several: the envelope of theirs (velora_core.contract.intervals).
+        row["ci95"] = seeds_interval([r["ci95"] for r in done if r["value"] is not None])
+        row["ci95_low"], row["ci95_high"] = row["ci95"] or (None, None)
+        row["num_examples"] = _mean([r["num_examples"] for r in done])
         row["chance"] = _mean([r["chance"] for r in done])
         row["tokens_per_s"] = _mean([r["tokens_per_s"] for r in done])
         rows.append(row)
@@ -309,20 +319,19 @@ def higher_is_better(metric: str | None) -> bool:
     return metric != "perplexity"
 
 
-def pareto_front(points: Sequence[tuple[float, float]], *, higher_better: bool) -> list[int]:
-    """Indices of the points no other point beats on both memory (lower is better, x) and the metric
-    (y), ordered by memory."""
-    order = sorted(
-        range(len(points)), key=lambda i: (points[i][0], -points[i][1] if higher_better else points[i][1])
-    )
-    front: list[int] = []
-    best: float | None = None
-    for i in order:
-        y = points[i][1]
-        if best is None or (y > best if higher_better else y < best):
-            front.append(i)
-            best = y
-    return front
+def front_places(rows: Sequence[dict[str, Any]]) -> list[FrontPlace]:
+    """Where :func:`velora_core.contract.intervals.pareto_front` puts each row (with a value and a
+    memory): never ahead of a method whose 95 % interval overlaps its own."""
+    metric = next((r["metric"] for r in rows if r["metric"]), None)
+    points = [FrontPoint(r["memory_bytes"], r["value"], r["ci95"]) for r in rows]
+    return pareto_front(points, higher_better=higher_is_better(metric))
+
+
+def chance_words(rows: Sequence[dict[str, Any]]) -> str | None:
+    """The sentence under the accuracy chart about chance level (None for perplexity)."""
+    shown = [r for r in rows if r["value"] is not None]
+    chance = next((r["chance"] for r in shown if r["chance"] is not None), None)
+    return chance_sentence([r["method"] for r in shown], [r["ci95"] for r in shown], chance)
 
 
 # --- formatting -----------------------------------------------------------------------------------
@@ -344,6 +353,14 @@ def format_metric(metric: str | None, value: float | None, spread: float | None 
         return f"{text} ± {100 * spread:.1f}" if spread is not None else text
     text = f"{value:.3f}"
     return f"{text} ± {spread:.3f}" if spread is not None else text
+
+
+def format_interval(metric: str | None, interval: tuple[float, float] | None) -> str:
+    if interval is None:
+        return "–"
+    if metric == "mc_accuracy":
+        return f"{100 * interval[0]:.1f}–{100 * interval[1]:.1f} %"
+    return f"{interval[0]:.3f}–{interval[1]:.3f}"
 
 
 def format_delta(metric: str | None, value: float | None) -> str:
@@ -374,6 +391,7 @@ def display_table(
                 "vs full": f"{row['memory_vs_full']:.2f}×" if row["memory_vs_full"] is not None else "–",
                 "Activations": format_bytes(row["activation_bytes"]),
                 label: format_metric(row["metric"], row["value"], row["value_spread"]),
+                "95 % interval": format_interval(row["metric"], row["ci95"]),
                 "Δ vs full": format_delta(row["metric"], row["delta_vs_full"]),
                 "Δ vs chance": format_delta(row["metric"], row["delta_vs_chance"]),
                 "Tokens/s": f"{row['tokens_per_s']:.0f}" if row["tokens_per_s"] is not None else "–",
@@ -404,6 +422,9 @@ CSV_COLUMNS = [
     "value",
     "value_spread",
     "value_n",
+    "ci95_low",
+    "ci95_high",
+    "num_examples",
     "chance",
     "delta_vs_full",
     "delta_vs_chance",

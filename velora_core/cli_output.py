@@ -26,6 +26,7 @@ def print_table(results: list) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from velora_core.contract.intervals import chance_sentence
     from velora_core.contract.table import summary_rows
 
     def fmt(value: Any, pattern: str = "{:.1f}") -> str:
@@ -44,17 +45,28 @@ def print_table(results: list) -> None:
         "activations",
         "total",
         "metric",
-        "value",
+        "value [95 % CI]",
+        "n",
         "chance",
         "Δ vs full",
         "mem vs full",
         "tok/s",
     ):
         table.add_column(column, justify="left" if column in ("method", "status", "metric") else "right")
-    for row in summary_rows(results):
+    rows = summary_rows(results)
+    for row in rows:
         percent = row["metric"] == "mc_accuracy"
         value_fmt = "{:.1%}" if percent else "{:.2f}"
         delta_fmt = "{:+.1%}" if percent else "{:+.2f}"
+        value = fmt(row["value"], value_fmt)
+        if row["ci95_low"] is not None:
+            bounds = (row["ci95_low"], row["ci95_high"])
+            value += " [" + "–".join(f"{100 * b:.1f}" if percent else f"{b:.2f}" for b in bounds) + "]"
+        if row["seeds_spread"] is not None:
+            value += f" (seeds {fmt(row['seeds_mean'], value_fmt)} ± {fmt(row['seeds_spread'], value_fmt)})"
+        delta = fmt(row["delta_vs_full"], delta_fmt)
+        if row["distinguishable_from_full"] is False:
+            delta += " ~"
         table.add_row(
             row["method"] + (f" s{row['seed']}" if row["seed"] else ""),
             row["status"],
@@ -64,17 +76,28 @@ def print_table(results: list) -> None:
             fmt(row["activation_mb"], "{:.2f}"),
             fmt(row["total_mb"], "{:.2f}"),
             row["metric"],
-            fmt(row["value"], value_fmt),
+            value,
+            fmt(row["num_examples"], "{}"),
             fmt(row["chance"], "{:.0%}"),
-            fmt(row["delta_vs_full"], delta_fmt),
+            delta,
             fmt(row["memory_vs_full"], "{:.2f}x"),
             fmt(row["tokens_per_s"], "{:.0f}"),
         )
     console = Console()
     if not console.is_terminal:
-        console = Console(width=170)  # logs and pipes: the whole table, not an 80-column squeeze
+        console = Console(width=200)  # logs and pipes: the whole table, not an 80-column squeeze
     console.print(table)
-    for row in summary_rows(results):
+    if any(row["distinguishable_from_full"] is False for row in rows):
+        console.print("~ : the 95 % intervals of this run and full's overlap (not distinguishable)")
+    completed = [r for r in rows if r["status"] == "completed" and r["chance"] is not None]
+    sentence = chance_sentence(
+        [r["method"] + (f" s{r['seed']}" if r["seed"] else "") for r in completed],
+        [(r["ci95_low"], r["ci95_high"]) if r["ci95_low"] is not None else None for r in completed],
+        completed[0]["chance"] if completed else None,
+    )
+    if sentence:
+        console.print(sentence)
+    for row in rows:
         if row["error"]:
             print(f"{row['method']}: {row['error']}", file=sys.stderr)
 

@@ -120,6 +120,18 @@ class SummaryRow(BaseModel):
     eval_metric: str | None = None
     eval_value: float | None = None
     eval_chance: float | None = Field(default=None, description="Chance level of an accuracy metric.")
+    eval_ci95: tuple[float, float] | None = Field(
+        default=None,
+        description="95 % interval of eval_value: Wilson for an accuracy, a t interval over evaluation "
+        "blocks for a perplexity.",
+    )
+    eval_num_examples: int | None = Field(default=None, description="Questions or blocks evaluated.")
+    eval_seeds_mean: float | None = Field(
+        default=None, description="With several seeds: the mean eval_value of this method's completed runs."
+    )
+    eval_seeds_spread: float | None = Field(
+        default=None, description="With several seeds: their sample standard deviation."
+    )
     tokens_per_s: float | None = None
     train_time_s: float | None = None
     weight_bytes: int | None = None

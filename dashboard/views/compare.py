@@ -11,6 +11,7 @@ from dashboard.summary import (
     GIB,
     MAX_QUERY_ID,
     base_run_words,
+    chance_words,
     comparison_json,
     comparison_status_words,
     display_table,
@@ -168,6 +169,9 @@ def comparison_view() -> None:
             )
         if any(row["value"] is not None for row in rows):
             right.plotly_chart(pareto_figure(rows), key="compare.pareto")
+            sentence = chance_words(rows)
+            if sentence:
+                right.caption(sentence)
         else:
             right.info("No evaluation metric in these runs (memory only), so no accuracy chart.")
         st.table(display_table(rows, measured_peak=measured, gpu_budget_bytes=budget))

@@ -19,6 +19,7 @@ from velora_core.bench.data import (
 )
 from velora_core.bench.evaluate import mc_accuracy, perplexity
 from velora_core.bench.tokenizer import ByteTokenizer
+from velora_core.contract.intervals import perplexity_interval, wilson
 
 BYTE = ByteTokenizer()
 VOCAB = 320
@@ -104,6 +105,14 @@ def test_perplexity_weights_tokens_not_batches() -> None:
         assert result.details["tokens"] == 6
     # The mean of per-row means would be different: the test tells the two apart.
     assert math.exp((repeat_nll + change_nll) / 2) != pytest.approx(expected, rel=1e-3)
+    # The interval is over the blocks, each by its own mean NLL, in any batching.
+    assert result.ci95 == pytest.approx(perplexity_interval([repeat_nll, change_nll]), rel=1e-4)
+
+
+def test_one_block_has_no_interval_and_equal_blocks_a_point() -> None:
+    assert perplexity(UniformLM(), torch.randint(0, VOCAB, (1, 12)), batch_size=1).ci95 is None
+    ci = perplexity(UniformLM(), torch.randint(0, VOCAB, (4, 12)), batch_size=3).ci95
+    assert ci == pytest.approx((VOCAB, VOCAB), rel=1e-6)  # every block costs log V: no spread
 
 
 def test_perplexity_of_tiny_llama_matches_its_own_loss_and_restores_training_mode() -> None:
@@ -158,17 +167,42 @@ def test_letters_are_read_at_each_rows_last_real_token(batch_size: int) -> None:
         qs.append(MCQuestion(q.question, q.choices, (length - 1) % 4))
     assert len({q.answer for q in qs}) == 4  # all four letters occur
     result = mc_accuracy(PositionLetterLM(letters), BYTE, shots, qs, num_shots=2, batch_size=batch_size)
-    assert result.value == 1.0 and result.details["truncated"] == 0
+    assert result.value == 1.0 and result.details["questions_with_fewer_shots"] == 0
+    assert result.details["shots_used"] == {"min": 2, "max": 2, "mean": 2.0}
 
 
-def test_long_prompts_are_left_truncated() -> None:
-    _, letters = answer_tokens(BYTE, 4)
+def test_long_prompts_keep_fewer_shots_and_are_never_cut() -> None:
+    suffix, letters = answer_tokens(BYTE, 4)
     shots, qs = questions(5), questions(6)
-    result = mc_accuracy(PositionLetterLM(letters), BYTE, shots, qs, num_shots=5, batch_size=4, max_length=40)
-    assert result.details["truncated"] == 6 and result.details["mean_prompt_tokens"] == 40
-    # Every prompt is exactly 40 tokens, so every prediction is the letter at position 39: D.
-    assert result.details["predicted_letters"] == {"D": 6}
-    assert result.value == pytest.approx(sum(q.answer == 3 for q in qs) / 6)
+    two_shots = [len(encode_mc_prompt(BYTE, build_kshot_prompt(shots[:2], q), suffix, None)[0]) for q in qs]
+    three_shots = [len(encode_mc_prompt(BYTE, build_kshot_prompt(shots[:3], q), suffix, None)[0]) for q in qs]
+    limit = max(two_shots)
+    assert min(three_shots) > limit  # so every question keeps exactly two of its five exemplars
+    result = mc_accuracy(
+        PositionLetterLM(letters), BYTE, shots, qs, num_shots=5, batch_size=4, max_length=limit
+    )
+    assert result.details["shots_used"] == {"min": 2, "max": 2, "mean": 2.0}
+    assert result.details["questions_with_fewer_shots"] == 6
+    assert result.details["mean_prompt_tokens"] == pytest.approx(sum(two_shots) / 6)  # whole prompts
+
+
+def test_a_question_too_long_even_without_shots_is_refused() -> None:
+    _, letters = answer_tokens(BYTE, 4)
+    with pytest.raises(ValueError, match="longer than the model's 20 positions; it would have to be cut"):
+        mc_accuracy(
+            PositionLetterLM(letters),
+            BYTE,
+            questions(2),
+            questions(3),
+            num_shots=2,
+            batch_size=4,
+            max_length=20,
+        )
+
+
+def test_accuracy_carries_its_wilson_interval() -> None:
+    result = mc_accuracy(UniformLM(), BYTE, [], questions(10), num_shots=0, batch_size=4)
+    assert result.ci95 == pytest.approx(wilson(3, 10))
 
 
 def test_accuracy_by_subject_and_chance_with_unequal_choice_counts() -> None:

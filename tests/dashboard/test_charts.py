@@ -3,6 +3,8 @@ predicted total, the Pareto front, chance level, the GPU budget line."""
 
 from __future__ import annotations
 
+import pytest
+
 from dashboard.charts import loss_figure, memory_figure, pareto_figure
 from dashboard.summary import method_rows, run_record
 
@@ -10,7 +12,14 @@ MIB = 1024**2
 
 
 def record(
-    run_id: int, method: str, activations: int, value: float, *, peak: int | None, metric: str
+    run_id: int,
+    method: str,
+    activations: int,
+    value: float,
+    *,
+    peak: int | None,
+    metric: str,
+    ci95: tuple[float, float] | None = None,
 ) -> dict:
     memory = {
         "weight_bytes": 4 * MIB,
@@ -22,7 +31,12 @@ def record(
     }
     result = {
         "memory": memory,
-        "eval": {"metric": metric, "value": value, "chance": 0.25 if metric == "mc_accuracy" else None},
+        "eval": {
+            "metric": metric,
+            "value": value,
+            "chance": 0.25 if metric == "mc_accuracy" else None,
+            "ci95": ci95,
+        },
     }
     run = {"id": run_id, "method": method, "seed": 0, "status": "completed", "error": None}
     return run_record(run, {"result": result})
@@ -58,15 +72,21 @@ def test_memory_figure_without_peaks_has_no_peak_marker_and_draws_the_gpu_budget
 def test_pareto_figure_draws_the_front_and_chance_for_accuracy() -> None:
     rows = method_rows(
         [
-            record(1, "full", 8 * MIB, 0.50, peak=None, metric="mc_accuracy"),
-            record(2, "lora", 6 * MIB, 0.40, peak=None, metric="mc_accuracy"),
-            record(3, "qlora", 7 * MIB, 0.30, peak=None, metric="mc_accuracy"),
+            record(1, "full", 8 * MIB, 0.50, peak=None, metric="mc_accuracy", ci95=(0.47, 0.53)),
+            record(2, "lora", 6 * MIB, 0.40, peak=None, metric="mc_accuracy", ci95=(0.36, 0.44)),
+            record(3, "qlora", 7 * MIB, 0.30, peak=None, metric="mc_accuracy", ci95=(0.26, 0.34)),
+            record(4, "velora+full", 7.5 * MIB, 0.42, peak=None, metric="mc_accuracy", ci95=(0.38, 0.46)),
         ],
-        ["full", "lora", "qlora"],
+        ["full", "lora", "qlora", "velora+full"],
     )
     figure = pareto_figure(rows).to_dict()
     front = next(trace for trace in figure["data"] if trace["name"] == "Pareto front")
     assert list(front["y"]) == [40.0, 50.0]  # lora then full; qlora is beaten by lora on both
+    traces = {trace["name"]: trace for trace in figure["data"]}
+    assert list(traces["full"]["error_y"]["array"]) == [pytest.approx(3.0)]
+    assert list(traces["full"]["error_y"]["arrayminus"]) == [pytest.approx(3.0)]
+    # velora+full is dearer than lora with an overlapping interval: said, not ranked.
+    assert list(traces["velora+full"]["text"]) == ["velora+full<br>not distinguishable from lora"]
     assert [shape["y0"] for shape in figure["layout"]["shapes"]] == [25.0]
     assert "higher is better" in figure["layout"]["yaxis"]["title"]["text"]
 
@@ -74,8 +94,8 @@ def test_pareto_figure_draws_the_front_and_chance_for_accuracy() -> None:
 def test_pareto_figure_for_perplexity_prefers_lower() -> None:
     rows = method_rows(
         [
-            record(1, "full", 8 * MIB, 9.0, peak=None, metric="perplexity"),
-            record(2, "lora", 6 * MIB, 12.0, peak=None, metric="perplexity"),
+            record(1, "full", 8 * MIB, 9.0, peak=None, metric="perplexity", ci95=(8.8, 9.2)),
+            record(2, "lora", 6 * MIB, 12.0, peak=None, metric="perplexity", ci95=(11.7, 12.3)),
         ],
         ["full", "lora"],
     )

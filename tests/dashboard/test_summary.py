@@ -15,12 +15,13 @@ from dashboard.forms import parse_seeds
 from dashboard.summary import (
     COMPARISON_STATUS_WORDS,
     base_run_words,
+    chance_words,
     comparison_status_words,
     display_table,
     eta_seconds,
+    front_places,
     method_rows,
     metric_rows,
-    pareto_front,
     progress_fraction,
     query_number,
     rows_csv,
@@ -91,16 +92,34 @@ def test_measured_peak_is_preferred_over_the_analytic_total() -> None:
     assert "Peak memory" in display_table([full, velora], measured_peak=True)[0]
 
 
-@pytest.mark.parametrize(
-    ("points", "higher_better", "front"),
-    [
-        ([(1, 0.3), (2, 0.5), (3, 0.4), (4, 0.6)], True, [0, 1, 3]),
-        ([(1, 0.3), (1, 0.4), (2, 0.4)], True, [1]),
-        ([(1, 9.0), (2, 7.0), (3, 8.0)], False, [0, 1]),  # perplexity: lower is better
-    ],
-)
-def test_pareto_front(points: list[tuple[float, float]], higher_better: bool, front: list[int]) -> None:
-    assert pareto_front(points, higher_better=higher_better) == front
+def test_front_places_and_chance_words_read_the_intervals() -> None:
+    def with_ci(record: dict, ci: tuple[float, float]) -> dict:
+        return record | {"ci95": ci}
+
+    records = [
+        with_ci(run_record(run(1, "full", 0), result(0, 1000, 0.44)), (0.40, 0.48)),
+        with_ci(run_record(run(2, "lora", 0), result(0, 600, 0.41)), (0.37, 0.45)),
+        with_ci(run_record(run(3, "qlora", 0), result(0, 300, 0.27)), (0.23, 0.31)),
+    ]
+    rows = method_rows(records, ["full", "lora", "qlora"])
+    places = front_places(rows)
+    # full is dearer than lora and cannot be told from it: not on the front, and the chart says why.
+    assert [p.on_front for p in places] == [False, True, True]
+    assert places[0].not_distinguishable_from == (1,)
+    assert chance_words(rows) == (
+        "Above chance (25.0 %) by more than the 95 % interval: full, lora; "
+        "not distinguishable from chance: qlora."
+    )
+
+
+def test_several_seeds_give_the_envelope_of_their_intervals() -> None:
+    records = [
+        run_record(run(1, "full", 0), result(0, 1000, 0.50)) | {"ci95": (0.45, 0.55)},
+        run_record(run(2, "full", 1), result(0, 1000, 0.40)) | {"ci95": (0.35, 0.45)},
+    ]
+    (full,) = method_rows(records, ["full"])
+    assert full["ci95"] == (0.35, 0.55)
+    assert display_table([full], measured_peak=False)[0]["95 % interval"] == "35.0–55.0 %"
 
 
 def test_progress_and_eta_of_a_running_run() -> None:

@@ -23,9 +23,16 @@ from torch import nn
 
 from velora_core.bench.artifacts import check_base_artifact, save_artifact, stored_result, write_result
 from velora_core.bench.batch_search import search_max_micro_batch
-from velora_core.bench.data import LMEvalData, MCEvalData, load_eval_data, load_train_data
+from velora_core.bench.data import (
+    ContinuationEvalData,
+    LMEvalData,
+    MCEvalData,
+    load_eval_data,
+    load_train_data,
+)
 from velora_core.bench.environment import environment
 from velora_core.bench.evaluate import mc_accuracy, perplexity
+from velora_core.bench.evaluate_choice import continuation_accuracy
 from velora_core.bench.tokenizer import Tokenizer, load_tokenizer
 from velora_core.bench.trainer import (
     OutOfMemory,
@@ -101,7 +108,9 @@ def evaluate(spec: RunSpec, model: nn.Module, tokenizer: Tokenizer, device: torc
         result = mc_accuracy(
             model, tokenizer, data.shots, data.questions, spec.eval.num_shots, spec.eval.batch_size
         )
-    else:  # pragma: no cover - load_eval_data returns one of the two
+    elif isinstance(data, ContinuationEvalData):
+        result = continuation_accuracy(model, tokenizer, data.items, spec.eval.batch_size)
+    else:  # pragma: no cover - load_eval_data returns one of these
         raise TypeError(f"unexpected evaluation data {type(data).__name__}")
     result.details = {**result.details, "dataset": data.description, "fingerprint": data.fingerprint}
     return result

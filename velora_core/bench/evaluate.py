@@ -20,11 +20,11 @@ from velora_core.bench.data import (
     LETTERS,
     MCQuestion,
     answer_tokens,
-    build_kshot_prompt,
-    encode_mc_prompt,
+    fit_kshot_prompt,
     select_shots,
 )
 from velora_core.bench.tokenizer import Tokenizer
+from velora_core.contract.intervals import perplexity_interval, wilson
 from velora_core.contract.result import EvalResult
 
 
@@ -58,7 +58,9 @@ def perplexity(
             predicted (and counted) when it and the token before it are real.
 
     The mean is over tokens, not batches: ``exp(Σ nll / Σ tokens)``, computed in float64, so rows
-    or batches with fewer tokens weigh exactly as much as their tokens.
+    or batches with fewer tokens weigh exactly as much as their tokens. ``ci95`` is
+    :func:`~velora_core.contract.intervals.perplexity_interval` over the blocks' mean NLLs (None
+    for a single block).
 
     Raises:
         ValueError: ``blocks`` is not 2-D or holds no token to predict.
@@ -70,6 +72,7 @@ def perplexity(
     device = _device(model)
     total_nll = torch.zeros((), dtype=torch.float64)
     total_tokens = 0
+    block_nlls: list[float] = []  # each block's mean NLL: the units of the interval
     with _evaluating(model):
         for start in range(0, blocks.shape[0], batch_size):
             input_ids = blocks[start : start + batch_size].to(device)
@@ -86,6 +89,8 @@ def perplexity(
             counted = (mask[:, 1:] * mask[:, :-1]).bool()
             total_nll += nll[counted].double().sum().cpu()
             total_tokens += int(counted.sum())
+            per_block = (nll.double() * counted).sum(1) / counted.sum(1).clamp(min=1)  # (B,)
+            block_nlls += [float(v) for v, n in zip(per_block, counted.sum(1), strict=True) if n > 0]
     if total_tokens == 0:
         raise ValueError("no token to predict: blocks need at least two real tokens per row")
     mean_nll = float(total_nll) / total_tokens
@@ -95,6 +100,7 @@ def perplexity(
         value=value,
         chance=None,
         num_examples=int(blocks.shape[0]),
+        ci95=perplexity_interval(block_nlls) if len(block_nlls) >= 2 else None,
         details={"mean_nll": mean_nll, "tokens": total_tokens},
     )
 
@@ -117,16 +123,18 @@ def mc_accuracy(
     compared). The highest letter is the prediction; ties go to the earlier letter.
 
     Args:
-        max_length: prompts longer than this are left-truncated (oldest exemplars go first);
-            default: the model's ``config.max_position_embeddings`` if it has one.
+        max_length: the longest prompt; a longer one keeps fewer exemplars (never cut: see
+            :func:`fit_kshot_prompt`); default: the model's ``config.max_position_embeddings``.
 
     Returns:
-        ``value`` = fraction correct; ``chance`` = mean of ``1 / len(choices)``; ``details`` holds
-        the letter token ids, how many prompts were truncated, the predicted-letter counts and, for
-        questions with a subject, the accuracy per subject.
+        ``value`` = fraction correct with its Wilson 95 % interval in ``ci95``; ``chance`` = mean of
+        ``1 / len(choices)``; ``details`` holds the letter token ids, the exemplars used (min, max,
+        mean, and how many questions got fewer than ``num_shots``), the predicted-letter counts and,
+        for questions with a subject, the accuracy per subject.
 
     Raises:
-        ValueError: no questions, or the tokenizer cannot score answer letters.
+        ValueError: no questions, a question too long even without exemplars, or a tokenizer that
+            cannot score answer letters.
     """
     if not questions:
         raise ValueError("no questions to evaluate")
@@ -135,13 +143,9 @@ def mc_accuracy(
     suffix, letter_ids = answer_tokens(tokenizer, max(len(q.choices) for q in questions))
     if max_length is None:
         max_length = getattr(getattr(model, "config", None), "max_position_embeddings", None)
-    encoded = [
-        encode_mc_prompt(
-            tokenizer, build_kshot_prompt(select_shots(shots, q, num_shots), q), suffix, max_length
-        )
-        for q in questions
-    ]
+    encoded = [fit_kshot_prompt(tokenizer, shots, q, num_shots, suffix, max_length) for q in questions]
     prompts = [ids for ids, _ in encoded]
+    shots_used = [kept for _, kept in encoded]
     # Longest first, so each batch pads to similar lengths; predictions go back to question order.
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
     predictions = [0] * len(prompts)
@@ -167,7 +171,15 @@ def mc_accuracy(
         "num_shots": num_shots,
         "letter_token_ids": letter_ids,
         "suffix_token_ids": suffix,
-        "truncated": sum(cut for _, cut in encoded),
+        "shots_used": {
+            "min": min(shots_used),
+            "max": max(shots_used),
+            "mean": sum(shots_used) / len(shots_used),
+        },
+        "questions_with_fewer_shots": sum(
+            kept < len(select_shots(shots, q, num_shots))
+            for kept, q in zip(shots_used, questions, strict=True)
+        ),
         "mean_prompt_tokens": sum(map(len, prompts)) / len(prompts),
         "predicted_letters": {LETTERS[k]: n for k, n in sorted(Counter(predictions).items())},
     }
@@ -181,6 +193,7 @@ def mc_accuracy(
     return EvalResult(
         metric="mc_accuracy",
         value=sum(correct) / len(questions),
+        ci95=wilson(sum(correct), len(questions)),
         chance=sum(1 / len(q.choices) for q in questions) / len(questions),
         num_examples=len(questions),
         details=details,

@@ -86,6 +86,10 @@ MODEL_PRESETS: dict[str, ModelPreset] = {
 DATASETS: dict[str, tuple[str, str]] = {
     "stdlib-corpus": ("lm", "Offline: the running Python's standard-library sources, split by file"),
     "stdlib-mc": ("mc", "Offline: docstring -> which of four function names, from the standard library"),
+    "stdlib-next-line": (
+        "mc",
+        "Offline: which of four lines comes next in held-out standard-library code (scored by likelihood)",
+    ),
     "c4": ("lm", "allenai/c4 'en', streamed from the hub"),
     "alpaca": ("instruct", "yahma/alpaca-cleaned with the Alpaca prompt template, from the hub"),
     "mmlu": ("mc", "cais/mmlu 'all', 5-shot by answer-letter log-likelihood, from the hub"),

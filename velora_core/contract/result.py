@@ -187,7 +187,10 @@ class EvalResult(BaseModel):
     metric: str  # "perplexity", "mc_accuracy" or "none"
     value: float | None = None
     chance: float | None = None  # chance level for accuracy; None for perplexity
-    num_examples: int = 0
+    num_examples: int = 0  # questions (accuracy) or evaluation blocks (perplexity)
+    #: 95 % interval of ``value`` (velora_core.contract.intervals): Wilson for an accuracy, a t interval
+    #: over blocks for a perplexity; None where there is none (under two blocks, no metric).
+    ci95: tuple[float, float] | None = None
     details: dict[str, Any] = Field(default_factory=dict)
 
 

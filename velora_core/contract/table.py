@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from velora_core.contract.intervals import distinguishable, mean_and_spread
 from velora_core.contract.result import RunResult, full_reference, measured_peak_bytes, memory_vs_full
 
 MB = 1024 * 1024
@@ -33,8 +34,14 @@ COLUMNS = [
     "total_mb",
     "metric",
     "value",
+    "ci95_low",
+    "ci95_high",
+    "num_examples",
+    "seeds_mean",
+    "seeds_spread",
     "chance",
     "delta_vs_full",
+    "distinguishable_from_full",
     "memory_vs_full",
     "tokens_per_s",
     "error",
@@ -47,19 +54,30 @@ def _mb(value: int | None) -> float | None:
 
 def summary_rows(results: Sequence[RunResult]) -> list[dict[str, Any]]:
     """One row per result. ``delta_vs_full`` is the metric minus full fine-tuning's (same seed when
-    there is one); ``memory_vs_full`` is :func:`velora_core.contract.result.memory_vs_full` (the measured peak
-    where there is one, else the total, over full's)."""
+    there is one), and ``distinguishable_from_full`` whether their 95 % intervals are disjoint
+    (:func:`velora_core.contract.intervals.distinguishable`); ``ci95_low``/``ci95_high`` the metric's
+    interval over ``num_examples``; with several seeds of a method, ``seeds_mean`` and
+    ``seeds_spread`` (standard deviation) of its completed runs; ``memory_vs_full`` is
+    :func:`velora_core.contract.result.memory_vs_full` (the measured peak where there is one, else the
+    total, over full's)."""
     full = {(r.spec or {}).get("seed"): r for r in results if r.method == "full" and r.status == "completed"}
+    over_seeds = {
+        method: mean_and_spread(
+            [r.eval.value for r in results if r.method == method and r.status == "completed"]
+        )
+        for method in {r.method for r in results}
+    }
     rows = []
     for r in results:
         seed = (r.spec or {}).get("seed")
         mem = r.memory
         total = mem.total_bytes
         base = full_reference(full, seed)
-        delta = memory_ratio = None
+        delta = memory_ratio = apart = None
         if base is not None and r.status == "completed":
             if r.eval.value is not None and base.eval.value is not None:
                 delta = r.eval.value - base.eval.value
+                apart = distinguishable(r.eval.ci95, base.eval.ci95) if r is not base else None
             memory_ratio = memory_vs_full(mem.headline_bytes, base.memory.headline_bytes)
         rows.append(
             {
@@ -80,8 +98,14 @@ def summary_rows(results: Sequence[RunResult]) -> list[dict[str, Any]]:
                 "total_mb": _mb(total),
                 "metric": r.eval.metric,
                 "value": r.eval.value,
+                "ci95_low": r.eval.ci95[0] if r.eval.ci95 else None,
+                "ci95_high": r.eval.ci95[1] if r.eval.ci95 else None,
+                "num_examples": r.eval.num_examples or None,
+                "seeds_mean": over_seeds[r.method][0] if over_seeds[r.method][1] is not None else None,
+                "seeds_spread": over_seeds[r.method][1],
                 "chance": r.eval.chance,
                 "delta_vs_full": delta,
+                "distinguishable_from_full": apart,
                 "memory_vs_full": memory_ratio,
                 "tokens_per_s": round(r.throughput.tokens_per_s, 1),
                 "error": r.error,

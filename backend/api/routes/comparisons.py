@@ -35,6 +35,7 @@ from backend.api.validation import JsonContent, check_limits, from_pydantic, inv
 from backend.models import Comparison, Run
 from backend.settings import Settings
 from velora_core.contract.comparison_presets import COMPARISON_PRESETS, comparison_preset
+from velora_core.contract.intervals import mean_and_spread
 from velora_core.contract.plan import ROLE_METHOD
 from velora_core.contract.result import (
     MEMORY_COMPONENTS,
@@ -136,6 +137,8 @@ def _summary_row(run: Run, full_totals: dict[int, int | float | None]) -> Summar
             "eval_metric": evaluation.get("metric"),
             "eval_value": evaluation.get("value"),
             "eval_chance": evaluation.get("chance"),
+            "eval_ci95": evaluation.get("ci95"),
+            "eval_num_examples": evaluation.get("num_examples") or None,
             "tokens_per_s": throughput.get("tokens_per_s"),
             "train_time_s": throughput.get("train_time_s"),
             **{name: memory.get(name) for name in MEMORY_COMPONENTS},
@@ -154,6 +157,22 @@ def _summary_row(run: Run, full_totals: dict[int, int | float | None]) -> Summar
     )
 
 
+def _with_seed_spread(rows: list[SummaryRow]) -> list[SummaryRow]:
+    """Each row with its method's mean and spread over seeds (completed runs; only with several)."""
+    done = [r for r in rows if r.status == "completed"]
+    spread = {
+        m: mean_and_spread([r.eval_value for r in done if r.method == m]) for m in {r.method for r in rows}
+    }
+    return [
+        r.model_copy(
+            update={"eval_seeds_mean": spread[r.method][0], "eval_seeds_spread": spread[r.method][1]}
+        )
+        if spread[r.method][1] is not None
+        else r
+        for r in rows
+    ]
+
+
 def _detail(comparison: Comparison, *, include_results: bool = False) -> ComparisonDetail:
     # Each method's memory relative to full fine-tuning with the same seed (any seed where that is missing).
     # Base runs (pre-training the fine-tunes' base model) are listed among the runs, not in the table.
@@ -167,7 +186,7 @@ def _detail(comparison: Comparison, *, include_results: bool = False) -> Compari
         **_public(comparison).model_dump(),
         spec=comparison.spec,
         runs=[RunPublic.model_validate(run) for run in comparison.runs],
-        summary=[_summary_row(run, full_totals) for run in methods],
+        summary=_with_seed_spread([_summary_row(run, full_totals) for run in methods]),
         results={str(run.id): run.result for run in comparison.runs if run.result}
         if include_results
         else None,

@@ -16,6 +16,9 @@ Built-in datasets (``velora_core.contract.presets.DATASETS``):
   files. Its ``test`` questions come only from the corpus' validation files, so a model pre-trained
   on ``stdlib-corpus`` has never seen them; ``dev`` (the k-shot exemplars) and ``train`` come from
   disjoint sets of the other files.
+- ``stdlib-next-line``: which of four lines comes next in standard-library code (HellaSwag's
+  form, scored by log-likelihood, see ``next_line``): ``test`` items from the corpus' validation
+  files, ``train`` items from its training files.
 - ``c4``, ``alpaca``, ``mmlu``: ``allenai/c4`` ('en', streamed), ``yahma/alpaca-cleaned`` and
   ``cais/mmlu`` ('all') through ``datasets.load_dataset``. Where they load from is a parameter
   (``dataset_paths``), so the same code reads a local folder laid out like the hub repository.
@@ -25,7 +28,7 @@ Datasets without a separate evaluation split (Alpaca, and hub or local data with
 training skips exactly those records.
 
 The package, by responsibility: ``sources`` (the standard-library corpus), ``stdlib_questions``
-(the ``stdlib-mc`` task), ``multiple_choice`` (question layout and answer-letter tokens),
+(the ``stdlib-mc`` task), ``next_line`` (the ``stdlib-next-line`` task), ``multiple_choice`` (question layout and answer-letter tokens),
 ``examples`` (tokenised examples and the three shapes above), ``records`` (hub and local records,
 hold-out), ``loaders`` (:func:`load_train_data`, :func:`load_eval_data`) and ``hashing``.
 """
@@ -54,8 +57,15 @@ from velora_core.bench.data.multiple_choice import (
     answer_tokens,
     build_kshot_prompt,
     encode_mc_prompt,
+    fit_kshot_prompt,
     format_mc_question,
     select_shots,
+)
+from velora_core.bench.data.next_line import (
+    ContinuationEvalData,
+    ContinuationItem,
+    continuation_examples,
+    stdlib_next_line,
 )
 from velora_core.bench.data.records import (
     HOLDOUT_FRACTION,
@@ -95,6 +105,8 @@ __all__ = [
     "MAX_SOURCE_FILE_BYTES",
     "STDLIB_MC_DEV_FRACTION",
     "STDLIB_VALIDATION_FRACTION",
+    "ContinuationEvalData",
+    "ContinuationItem",
     "DataKind",
     "Example",
     "LMEvalData",
@@ -107,7 +119,9 @@ __all__ = [
     "alpaca_prompt",
     "answer_tokens",
     "build_kshot_prompt",
+    "continuation_examples",
     "encode_mc_prompt",
+    "fit_kshot_prompt",
     "format_mc_question",
     "hub_records",
     "instruct_examples",
@@ -121,5 +135,6 @@ __all__ = [
     "source_corpus",
     "stdlib_documents",
     "stdlib_mc",
+    "stdlib_next_line",
     "stdlib_split",
 ]

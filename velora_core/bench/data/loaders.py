@@ -18,6 +18,7 @@ from velora_core.bench.data.examples import (
     mc_examples,
 )
 from velora_core.bench.data.multiple_choice import MCQuestion, format_mc_question
+from velora_core.bench.data.next_line import ContinuationEvalData, continuation_examples, stdlib_next_line
 from velora_core.bench.data.records import (
     HUB_DATASETS,
     dataset_records,
@@ -84,6 +85,11 @@ def load_train_data(
         examples, kind = mc_examples(questions, tokenizer, seq_len), "mc"
         header["source"], header["seed"] = source_corpus().fingerprint, seed
         where = "stdlib-mc train (docstring -> function name, 4 choices)"
+    elif dataset_spec.source == "builtin" and dataset_spec.name == "stdlib-next-line":
+        items = stdlib_next_line("train", seed)[:limit]
+        examples, kind = continuation_examples(items, tokenizer, seq_len), "instruct"
+        header["source"], header["seed"] = source_corpus().fingerprint, seed
+        where = "stdlib-next-line train (context -> true next line, loss on the line)"
     else:
         records, where = dataset_records(dataset_spec, "train", paths)
         kind, records = peek_kind(dataset_spec, records)
@@ -105,12 +111,16 @@ def load_train_data(
     )
 
 
+def _sample_indices(size: int, count: int, seed: int) -> list[int]:
+    """A seeded sample of ``count`` of ``range(size)``, in order (all of them if fewer)."""
+    if size <= count:
+        return list(range(size))
+    return sorted(random.Random(f"eval:{seed}").sample(range(size), count))
+
+
 def _sample(items: Sequence[MCQuestion], count: int, seed: int) -> list[MCQuestion]:
     """A seeded sample of ``count`` items in their original order (all of them if fewer)."""
-    if len(items) <= count:
-        return list(items)
-    chosen = sorted(random.Random(f"eval:{seed}").sample(range(len(items)), count))
-    return [items[i] for i in chosen]
+    return [items[i] for i in _sample_indices(len(items), count, seed)]
 
 
 def load_eval_data(
@@ -121,7 +131,7 @@ def load_eval_data(
     seed: int,
     *,
     dataset_paths: Mapping[str, str] | None = None,
-) -> LMEvalData | MCEvalData | None:
+) -> LMEvalData | MCEvalData | ContinuationEvalData | None:
     """The evaluation data of a run (None for ``metric='none'``).
 
     ``perplexity``: up to ``eval_spec.max_examples`` blocks of ``seq_len`` tokens of held-out text
@@ -151,6 +161,9 @@ def load_eval_data(
         elif spec.source == "builtin" and spec.name == "stdlib-mc":
             texts = (format_mc_question(q, with_answer=True) for q in stdlib_mc(seed)["test"])
             where = "stdlib-mc test questions with answers"
+        elif spec.source == "builtin" and spec.name == "stdlib-next-line":
+            texts = (i.context + i.endings[i.answer] for i in stdlib_next_line("test", seed))
+            where = "stdlib-next-line test contexts with their true line"
         else:
             records, where = dataset_records(spec, "eval", paths)
             kind, records = peek_kind(spec, records)
@@ -161,6 +174,14 @@ def load_eval_data(
         fingerprint = fingerprint_examples(header, [(blocks, blocks[:0])])
         return LMEvalData(blocks, fingerprint, f"{where}: {len(blocks)} blocks x {seq_len} tokens")
 
+    if spec.source == "builtin" and spec.name == "stdlib-next-line":
+        # The same test items for every seed (the seed changes the model, not the exam).
+        items = stdlib_next_line("test")
+        chosen = [items[i] for i in _sample_indices(len(items), eval_spec.max_examples, 0)]
+        content = json.dumps([[i.context, i.endings, i.answer] for i in chosen])
+        fingerprint = short_hash(json.dumps(header | {"source": source_corpus().fingerprint}), content)
+        description = f"stdlib-next-line test (held-out files): {len(chosen)} of {len(items)} items"
+        return ContinuationEvalData(chosen, fingerprint, description)
     if spec.source == "builtin" and spec.name == "stdlib-mc":
         task = stdlib_mc(seed)
         shots, questions, where = list(task["dev"]), list(task["test"]), "stdlib-mc dev/test"

@@ -100,3 +100,31 @@ def encode_mc_prompt(
     if bos is not None and ids[0] == bos and max_length > 1:
         return [bos, *ids[len(ids) - max_length + 1 :]], True
     return ids[len(ids) - max_length :], True
+
+
+def fit_kshot_prompt(
+    tokenizer: Tokenizer,
+    shots: Sequence[MCQuestion],
+    question: MCQuestion,
+    num_shots: int,
+    suffix: Sequence[int],
+    max_length: int | None,
+) -> tuple[list[int], int]:
+    """``bos + k-shot prompt + suffix`` as ids, with as many of ``num_shots`` exemplars as fit.
+
+    Never cuts a prompt: with ``max_length``, exemplars are dropped from the last one until the
+    prompt fits, and the number kept is returned with the ids (record it: a 5-shot score is not a
+    2-shot score).
+
+    Raises:
+        ValueError: the question alone, without any exemplar, is longer than ``max_length``.
+    """
+    chosen = select_shots(shots, question, num_shots)
+    for kept in range(len(chosen), -1, -1):
+        ids = tokenizer.encode(build_kshot_prompt(chosen[:kept], question), add_bos=True) + list(suffix)
+        if max_length is None or len(ids) <= max_length:
+            return ids, kept
+    raise ValueError(
+        f"a question of {len(ids)} tokens with no exemplar is longer than the model's {max_length} "
+        f"positions; it would have to be cut: {question.question[:80]!r}"
+    )

@@ -1,0 +1,139 @@
+"""Continuation-choice accuracy (HellaSwag's form): which ending a causal LM finds most likely after a context.
+
+Each ending is scored by its log-likelihood after the context minus its log-likelihood after a
+neutral prefix (a line break): the domain-conditional PMI of Holtzman et al. 2021 ("Surface Form
+Competition"). Plain log-likelihood ranks short and common lines first whatever the context; the
+difference measures how much the context raised each ending, which is what the task asks. The
+plain-likelihood and per-token (HellaSwag's ``acc_norm``) accuracies are recorded beside it.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from velora_core.bench.data.next_line import ContinuationItem
+from velora_core.bench.evaluate import _device, _evaluating
+from velora_core.bench.tokenizer import Tokenizer
+from velora_core.contract.intervals import wilson
+from velora_core.contract.result import EvalResult
+
+#: What an ending is scored against without its context: the start of a line.
+NEUTRAL_PREFIX = "\n"
+
+
+def _loglikelihoods(
+    model: nn.Module, rows: Sequence[tuple[list[int], list[int]]], pad_id: int, batch_size: int
+) -> list[float]:
+    """``Σ log p(ending | prefix)`` for each ``(prefix ids, ending ids)`` row, in row order."""
+    out = [0.0] * len(rows)
+    order = sorted(range(len(rows)), key=lambda i: -(len(rows[i][0]) + len(rows[i][1])))
+    device = _device(model)
+    for start in range(0, len(order), batch_size):
+        chosen = order[start : start + batch_size]
+        length = max(len(rows[i][0]) + len(rows[i][1]) for i in chosen)
+        input_ids = torch.full((len(chosen), length), pad_id, dtype=torch.long)
+        mask = torch.zeros_like(input_ids)
+        for row, i in enumerate(chosen):
+            ids = rows[i][0] + rows[i][1]
+            input_ids[row, : len(ids)] = torch.tensor(ids)
+            mask[row, : len(ids)] = 1
+        logits = model(input_ids=input_ids.to(device), attention_mask=mask.to(device)).logits  # (B, L, V)
+        logprobs = F.log_softmax(logits.float(), dim=-1).cpu()
+        for row, i in enumerate(chosen):
+            prefix, ending = rows[i]
+            # Position t predicts token t + 1: the ending's tokens are predicted from len(prefix) - 1 on.
+            positions = torch.arange(len(prefix) - 1, len(prefix) + len(ending) - 1)
+            out[i] = float(logprobs[row, positions, torch.tensor(ending)].double().sum())
+    return out
+
+
+def continuation_accuracy(
+    model: nn.Module,
+    tokenizer: Tokenizer,
+    items: Sequence[ContinuationItem],
+    batch_size: int,
+    max_length: int | None = None,
+) -> EvalResult:
+    """The share of items whose true ending scores highest (see the module docstring); ties go first.
+
+    Args:
+        max_length: the longest ``context + ending`` in tokens; default: the model's
+            ``config.max_position_embeddings`` if it has one.
+
+    Returns:
+        ``value`` = fraction correct with its Wilson 95 % interval in ``ci95``; ``chance`` = mean of
+        ``1 / len(endings)``; ``details``: the scoring, the accuracies by plain and per-token
+        log-likelihood, the mean tokens scored and how often each position was chosen.
+
+    Raises:
+        ValueError: no items, or an item longer than ``max_length`` (it is never cut).
+    """
+    if not items:
+        raise ValueError("no items to evaluate")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    if max_length is None:
+        max_length = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    neutral = tokenizer.encode(NEUTRAL_PREFIX, add_bos=True)
+    conditional: list[tuple[list[int], list[int]]] = []
+    endings: dict[str, list[int]] = {}
+    for item in items:
+        context = tokenizer.encode(item.context, add_bos=True)
+        for ending in item.endings:
+            ids = endings.setdefault(ending, tokenizer.encode(ending))
+            if max_length is not None and len(context) + len(ids) > max_length:
+                raise ValueError(
+                    f"an item of {len(context) + len(ids)} tokens is longer than the model's "
+                    f"{max_length} positions; it would have to be cut (use shorter contexts)"
+                )
+            conditional.append((context, ids))
+    unique = list(endings)
+    with _evaluating(model):
+        scored = _loglikelihoods(model, conditional, tokenizer.pad_token_id, batch_size)
+        unconditional = dict(
+            zip(
+                unique,
+                _loglikelihoods(
+                    model, [(neutral, endings[e]) for e in unique], tokenizer.pad_token_id, batch_size
+                ),
+                strict=True,
+            )
+        )
+    correct = {"pmi": 0, "loglikelihood": 0, "per_token": 0}
+    chosen_positions: Counter[int] = Counter()
+    position = 0
+    for item in items:
+        k = len(item.endings)
+        own = scored[position : position + k]
+        position += k
+        scores = {
+            "pmi": [s - unconditional[e] for s, e in zip(own, item.endings, strict=True)],
+            "loglikelihood": own,
+            "per_token": [s / max(1, len(endings[e])) for s, e in zip(own, item.endings, strict=True)],
+        }
+        for name, values in scores.items():
+            best = max(range(k), key=values.__getitem__)
+            correct[name] += best == item.answer
+            if name == "pmi":
+                chosen_positions[best] += 1
+    n = len(items)
+    return EvalResult(
+        metric="mc_accuracy",
+        value=correct["pmi"] / n,
+        ci95=wilson(correct["pmi"], n),
+        chance=sum(1 / len(item.endings) for item in items) / n,
+        num_examples=n,
+        details={
+            "scoring": "log p(ending | context) - log p(ending | line start) (domain-conditional PMI)",
+            "correct": correct["pmi"],
+            "accuracy_by_loglikelihood": correct["loglikelihood"] / n,
+            "accuracy_by_per_token_loglikelihood": correct["per_token"] / n,
+            "mean_tokens_scored": sum(len(c) + len(e) for c, e in conditional) / len(conditional),
+            "predicted_positions": {str(k): v for k, v in sorted(chosen_positions.items())},
+        },
+    )
