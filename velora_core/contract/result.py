@@ -138,10 +138,11 @@ class MemoryReport(BaseModel):
 
 
 class EvalResult(BaseModel):
-    metric: str  # "perplexity", "mc_accuracy" or "none"
+    metric: str  # "perplexity", "mc_accuracy", "accuracy", "matthews", "pearson" or "none"
     value: float | None = None
     chance: float | None = None  # chance level for accuracy; None for perplexity
     num_examples: int = 0
+    ci95: list[float] | None = None  # [low, high], the 95% interval of value where there is one
     details: dict[str, Any] = Field(default_factory=dict)
 
 
