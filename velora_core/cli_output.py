@@ -27,6 +27,7 @@ def print_table(results: list) -> None:
     from rich.table import Table
 
     from velora_core.contract.table import summary_rows
+    from velora_core.contract.workloads import PERCENT_METRICS
 
     def fmt(value: Any, pattern: str = "{:.1f}") -> str:
         return "–" if value is None else pattern.format(value)
@@ -50,9 +51,12 @@ def print_table(results: list) -> None:
     ):
         table.add_column(column, justify="left" if column in ("method", "status", "metric") else "right")
     for row in summary_rows(results):
-        percent = row["metric"] == "mc_accuracy"
+        percent = row["metric"] in PERCENT_METRICS
         value_fmt = "{:.1%}" if percent else "{:.2f}"
         delta_fmt = "{:+.1%}" if percent else "{:+.2f}"
+        interval = row.get("ci95_low") is not None and row.get("value") is not None
+        if interval:  # the value with its 95% interval
+            value_fmt += f" [{value_fmt.format(row['ci95_low'])}, {value_fmt.format(row['ci95_high'])}]"
         table.add_row(
             row["method"] + (f" s{row['seed']}" if row["seed"] else ""),
             row["status"],

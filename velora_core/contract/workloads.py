@@ -56,6 +56,15 @@ CLASSIFICATION_METRICS = {
     "matthews": "Matthews correlation",
     "pearson": "Pearson correlation",
 }
+#: How a built-in shape of each family is pre-trained before it is fine-tuned (the spec builder's
+#: "pre-train it first"): (workload, built-in dataset, metric).
+PRETRAINING = {
+    "llama": ("pretrain", "stdlib-corpus", "perplexity"),
+    "vit": ("image-classification", "digits-rotation", "accuracy"),
+    "roberta": ("masked-lm", "stdlib-corpus", "perplexity"),
+}
+#: The metrics the views show as percentages.
+PERCENT_METRICS = frozenset({"mc_accuracy", "accuracy"})
 
 
 @dataclass(frozen=True)
