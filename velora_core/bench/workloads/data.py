@@ -30,7 +30,7 @@ import json
 import random
 import textwrap
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -58,8 +58,8 @@ class ClassificationData(TrainData):
     turns a list of them into a batch (``pixel_values`` or ``input_ids``/``attention_mask``, and
     ``labels`` of shape ``(B,)``)."""
 
-    collate: Callable[[Sequence[tuple[Any, Any]]], dict[str, Tensor]] = field(default=lambda items: {})
-    label_names: tuple[str, ...] = ()
+    collate: Callable[[Sequence[tuple[Any, Any]]], dict[str, Tensor]]
+    label_names: tuple[str, ...]
     regression: bool = False
 
     @property
@@ -126,12 +126,13 @@ def _data(
     description: str,
     regression: bool = False,
     pad_token_id: int = 0,
+    fingerprint: str | None = None,
 ) -> ClassificationData:
     return ClassificationData(
         examples=examples,
         pad_token_id=pad_token_id,
         kind="classification",
-        fingerprint=_fingerprint(header, examples),
+        fingerprint=fingerprint or _fingerprint(header, examples),
         description=description,
         collate=collate,
         label_names=tuple(names),
@@ -336,16 +337,9 @@ def hub_data(
             }
 
         description = f"{spec.name} {split} ({len(examples)} images, {len(names)} classes)"
-        return ClassificationData(
-            examples=examples,
-            pad_token_id=0,
-            kind="classification",
-            fingerprint=short_hash(json.dumps(header, sort_keys=True, default=str), repr(labels)),
-            description=description,
-            collate=collate,
-            label_names=tuple(names),
-            regression=False,
-        )
+        # Decoded images have no stable bytes to hash: the dataset's own fingerprint and the labels.
+        fingerprint = short_hash(json.dumps(header, sort_keys=True, default=str), repr(labels))
+        return _data(examples, collate, names, header, description, fingerprint=fingerprint)
     if tokenizer is None:
         raise ValueError("a text dataset needs the model's tokenizer")
     texts = dataset[spec.text_field]
