@@ -123,6 +123,7 @@ def test_sequence_classification_trains_and_evaluates_with_every_method(method, 
     assert result.eval.num_examples == 24 and result.eval.details["classes"] == ["bad", "good"]
 
 
+@pytest.mark.slow
 def test_masked_lm_base_then_sequence_classification_from_its_artifact(tmp_path, stsb_dir):
     pretrain = {
         "workload": "masked-lm",
@@ -165,6 +166,7 @@ def test_masked_lm_base_then_sequence_classification_from_its_artifact(tmp_path,
     assert 1 < base_result.eval.value < 320  # at most the vocabulary for a barely trained model
 
 
+@pytest.mark.slow
 def test_pretext_base_gets_a_new_head_for_the_digits(tmp_path):
     pretrain = {
         "workload": "image-classification",
