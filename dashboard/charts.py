@@ -9,6 +9,7 @@ import plotly.graph_objects as go
 
 from dashboard.summary import COMPONENTS, GIB, METRIC_LABELS, MIB, front_places, higher_is_better
 from velora_core.contract.result import PEAK_COMPONENTS, measured_peak_bytes
+from velora_core.contract.workloads import PERCENT_METRICS
 
 #: One colour per method, the same in every chart.
 METHOD_COLORS = {
@@ -107,7 +108,7 @@ def pareto_figure(rows: Sequence[dict[str, Any]]) -> go.Figure:
     shown = [r for r in rows if r["value"] is not None and r["memory_bytes"] is not None]
     metric = next((r["metric"] for r in shown), None)
     label = METRIC_LABELS.get(metric or "", metric or "metric")
-    percent = metric == "mc_accuracy"
+    percent = metric in PERCENT_METRICS
     factor = 100.0 if percent else 1.0
     scale, unit = _unit(max([r["memory_bytes"] for r in shown], default=0))
     places = front_places(shown)

@@ -14,6 +14,7 @@ from typing import Any
 import streamlit as st
 
 from dashboard.schema_widgets import method_settings
+from velora_core.contract.workloads import PRETRAINING, WORKLOAD_DATA_KINDS, WORKLOAD_FAMILY, WORKLOAD_METRICS
 
 GPU_SIZES_GIB = [8, 12, 16, 24, 32, 40, 48, 80, 96, 141, 192]
 
@@ -173,7 +174,8 @@ def spec_form(presets: dict[str, Any]) -> LaunchRequest:
     problems: list[str] = []
     c1, c2, c3 = st.columns(3)
     name = c1.text_input("Name", value="my-comparison", key="spec.name")
-    workload = c2.selectbox("Workload", ["finetune", "pretrain"], key="spec.workload")
+    workload = c2.selectbox("Workload", list(WORKLOAD_FAMILY), key="spec.workload")
+    family = WORKLOAD_FAMILY[workload]
     source = c3.selectbox(
         "Model from",
         ["preset", "hub"],
@@ -187,23 +189,24 @@ def spec_form(presets: dict[str, Any]) -> LaunchRequest:
     if source == "preset":
         shape = c1.selectbox(
             "Model",
-            list(models),
+            [m for m in models if models[m].get("family", "llama") == family],
             key="spec.model",
             format_func=lambda m: f"{m} — {models[m].get('description') or ''}",
         )
-        if workload == "finetune":
+        if workload == "finetune" or workload.endswith("classification"):
             start = c2.radio(
                 "Fine-tune from",
-                ["pretrain", "memory_only"],
+                ["pretrain", "memory_only" if workload == "finetune" else "scratch"],
                 key="spec.start",
                 horizontal=True,
                 format_func=lambda s: {
                     "pretrain": "pre-train it first",
                     "memory_only": "random weights (memory only)",
+                    "scratch": "random weights (train from scratch)",
                 }[s],
             )
             memory_only = start == "memory_only"
-            if not memory_only:
+            if start == "pretrain":
                 pretrain_steps = int(
                     c3.number_input(
                         "Pre-training steps", 1, limits["max_steps"], 60, key="spec.pretrain_steps"
@@ -218,12 +221,12 @@ def spec_form(presets: dict[str, Any]) -> LaunchRequest:
     c1, c2, c3 = st.columns(3)
     dataset = c1.selectbox(
         "Dataset",
-        list(datasets),
+        [d for d in datasets if datasets[d]["kind"] in WORKLOAD_DATA_KINDS[workload]],
         key="spec.dataset",
         format_func=lambda d: f"{d} — {datasets[d]['description'][:60]}",
     )
-    default_metric = "mc_accuracy" if datasets[dataset]["kind"] == "mc" else "perplexity"
-    metrics = ["perplexity", "mc_accuracy", "none"]
+    metrics = list(WORKLOAD_METRICS[workload])
+    default_metric = "mc_accuracy" if datasets[dataset]["kind"] == "mc" else metrics[0]
     metric = c2.selectbox("Evaluation", metrics, index=metrics.index(default_metric), key="spec.metric")
     eval_examples = c3.number_input("Eval examples", 1, 100_000, 24, key="spec.eval_examples")
     c1, c2, c3, c4, c5, c6 = st.columns(6)
@@ -270,14 +273,15 @@ def spec_form(presets: dict[str, Any]) -> LaunchRequest:
         "eval": {"metric": metric, "max_examples": int(eval_examples)},
     }
     if pretrain_steps is not None:
-        # A preset shape has random weights: pre-train it once (full training on the stdlib corpus),
-        # then every method fine-tunes that artifact.
+        # A preset shape has random weights: pre-train it once (full training on the stdlib corpus,
+        # or the family's pretext task), then every method fine-tunes that artifact.
+        base_workload, base_data, base_metric = PRETRAINING[family]
         model = {
             "source": "artifact",
             "pretrain": {
-                "workload": "pretrain",
+                "workload": base_workload,
                 "model": {"source": "preset", "name": shape},
-                "dataset": {"source": "builtin", "name": "stdlib-corpus"},
+                "dataset": {"source": "builtin", "name": base_data},
                 "method": "full",
                 "seq_len": int(seq_len),
                 "micro_batch": int(micro_batch),
@@ -285,7 +289,7 @@ def spec_form(presets: dict[str, Any]) -> LaunchRequest:
                 "dtype": dtype,
                 "device": device,
                 "optimizer": {"lr": 3e-3, "warmup_steps": max(1, pretrain_steps // 10)},
-                "eval": {"metric": "perplexity", "max_examples": 16},
+                "eval": {"metric": base_metric, "max_examples": 16},
             },
         }
     base["model"] = model
@@ -301,7 +305,7 @@ def fit_form(presets: dict[str, Any]) -> LaunchRequest:
     a chosen GPU memory size; Compare draws that size across the memory chart."""
     limits = presets["limits"]
     models = presets["models"]
-    names = list(models)
+    names = [m for m in models if models[m].get("family", "llama") == "llama"]  # memory-only: causal LMs
     c1, c2 = st.columns([2, 1])
     shape = c1.selectbox(
         "Model shape",

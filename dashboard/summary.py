@@ -32,6 +32,7 @@ from velora_core.contract.result import (
     memory_vs_full,
     total_memory_bytes,
 )
+from velora_core.contract.workloads import CLASSIFICATION_METRICS, PERCENT_METRICS
 
 MIB = 1024**2
 GIB = 1024**3
@@ -45,7 +46,12 @@ COMPONENTS: list[tuple[str, str]] = [
     ("activation_bytes", "Activations"),
 ]
 
-METRIC_LABELS = {"mc_accuracy": "Accuracy", "perplexity": "Perplexity", "none": "No evaluation"}
+METRIC_LABELS = {
+    "mc_accuracy": "Accuracy",
+    "perplexity": "Perplexity",
+    **CLASSIFICATION_METRICS,
+    "none": "No evaluation",
+}
 STATUS_WORDS = {
     "waiting": "Waiting for its base model",
     "queued": "Waiting for a worker",
@@ -348,7 +354,7 @@ def format_bytes(value: float | None) -> str:
 def format_metric(metric: str | None, value: float | None, spread: float | None = None) -> str:
     if value is None:
         return "–"
-    if metric == "mc_accuracy":
+    if metric in PERCENT_METRICS:
         text = f"{100 * value:.1f} %"
         return f"{text} ± {100 * spread:.1f}" if spread is not None else text
     text = f"{value:.3f}"
@@ -358,15 +364,29 @@ def format_metric(metric: str | None, value: float | None, spread: float | None 
 def format_interval(metric: str | None, interval: tuple[float, float] | None) -> str:
     if interval is None:
         return "–"
-    if metric == "mc_accuracy":
+    if metric in PERCENT_METRICS:
         return f"{100 * interval[0]:.1f}–{100 * interval[1]:.1f} %"
     return f"{interval[0]:.3f}–{interval[1]:.3f}"
+
+
+def metric_help(evaluation: Mapping[str, Any]) -> str | None:
+    """A run's evaluation in words beside its value: the 95% interval, the examples and chance."""
+    metric = evaluation.get("metric")
+    parts = []
+    if evaluation.get("ci95"):
+        low, high = evaluation["ci95"]
+        parts.append(f"95% interval {format_metric(metric, low)} to {format_metric(metric, high)}")
+    if evaluation.get("num_examples"):
+        parts.append(f"{evaluation['num_examples']} examples")
+    if evaluation.get("chance"):
+        parts.append(f"chance {format_metric(metric, evaluation['chance'])}")
+    return "; ".join(parts) or None
 
 
 def format_delta(metric: str | None, value: float | None) -> str:
     if value is None:
         return "–"
-    if metric == "mc_accuracy":
+    if metric in PERCENT_METRICS:
         return f"{100 * value:+.1f} pts"
     return f"{value:+.3f}"
 
@@ -500,7 +520,11 @@ def metric_rows(points: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 def run_facts(run: dict[str, Any]) -> list[dict[str, str]]:
     """Where and when a run ran, and where its artifact is."""
     result = run.get("result") or {}
+    spec = run.get("spec") or result.get("spec") or {}
+    evaluation = result.get("eval") or {}
     facts = [
+        ("Workload", spec.get("workload")),
+        ("Metric", METRIC_LABELS.get(evaluation.get("metric") or "", evaluation.get("metric"))),
         ("Artifact", run.get("artifact_path") or result.get("artifact_path") or "none"),
         ("Worker", run.get("worker_host")),
         ("Device", run.get("worker_device")),

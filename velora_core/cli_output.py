@@ -28,6 +28,7 @@ def print_table(results: list) -> None:
 
     from velora_core.contract.intervals import chance_sentence
     from velora_core.contract.table import summary_rows
+    from velora_core.contract.workloads import PERCENT_METRICS
 
     def fmt(value: Any, pattern: str = "{:.1f}") -> str:
         return "–" if value is None else pattern.format(value)
@@ -55,7 +56,7 @@ def print_table(results: list) -> None:
         table.add_column(column, justify="left" if column in ("method", "status", "metric") else "right")
     rows = summary_rows(results)
     for row in rows:
-        percent = row["metric"] == "mc_accuracy"
+        percent = row["metric"] in PERCENT_METRICS
         value_fmt = "{:.1%}" if percent else "{:.2f}"
         delta_fmt = "{:+.1%}" if percent else "{:+.2f}"
         value = fmt(row["value"], value_fmt)

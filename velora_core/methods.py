@@ -42,15 +42,18 @@ def _trainable(model: nn.Module) -> list[nn.Parameter]:
     return [p for p in model.parameters() if p.requires_grad]
 
 
-def _with_lora(model: nn.Module, settings: LoRAMethodSettings) -> nn.Module:
+def _with_lora(model: nn.Module, settings: LoRAMethodSettings, workload: str = "finetune") -> nn.Module:
     from peft import LoraConfig, get_peft_model
 
+    # A classification head is new, so it trains in full beside the adapters (peft's modules_to_save).
+    task = {"modules_to_save": ["classifier"]} if workload.endswith("classification") else {}
     config = LoraConfig(
         r=settings.lora.r,
         lora_alpha=settings.lora.alpha,
         lora_dropout=settings.lora.dropout,
         target_modules=list(settings.lora.target_modules),
-        task_type="CAUSAL_LM",
+        task_type="CAUSAL_LM" if workload in ("pretrain", "finetune") else None,
+        **task,
     )
     # peft freezes the base model and leaves only the adapters trainable.
     return get_peft_model(model, config)
@@ -63,14 +66,14 @@ def prepare_full(source: ModelSource, settings: FullSettings) -> PreparedModel:
 
 
 def prepare_lora(source: ModelSource, settings: LoRAMethodSettings) -> PreparedModel:
-    model = _with_lora(load_causal_lm(source), settings)
+    model = _with_lora(load_causal_lm(source), settings, source.workload)
     return PreparedModel(model, _trainable(model))
 
 
 def prepare_qlora(source: ModelSource, settings: QLoRAMethodSettings) -> PreparedModel:
     # No peft.prepare_model_for_kbit_training: it upcasts every non-quantised weight to fp32, which
     # would make QLoRA's embeddings and head twice LoRA's and blur the comparison.
-    model = _with_lora(load_causal_lm(source, settings.quant), settings)
+    model = _with_lora(load_causal_lm(source, settings.quant), settings, source.workload)
     return PreparedModel(model, _trainable(model))
 
 

@@ -1,4 +1,5 @@
-"""Loading a causal language model: from a directory or hub id, or random weights from a config.
+"""Loading a model: from a directory or hub id, or random weights from a config; a causal LM, or
+for the encoder workloads the Auto class of ``contract.workloads.AUTO_CLASS`` (ViT, RoBERTa).
 
 4-bit loading goes through transformers' ``BitsAndBytesConfig``; a random-weight model that must be
 quantised is first written to a temporary directory with ``save_pretrained`` and loaded back, so
@@ -8,14 +9,17 @@ that every 4-bit model is made by the same library path.
 from __future__ import annotations
 
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
+import transformers
 from torch import nn
-from transformers import AutoModelForCausalLM, BitsAndBytesConfig, LlamaConfig, PretrainedConfig
+from transformers import BitsAndBytesConfig, LlamaConfig, PretrainedConfig
 
 from velora_core.contract.method_configs import QuantSettings
 from velora_core.contract.presets import ModelPreset
+from velora_core.contract.workloads import AUTO_CLASS
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -30,6 +34,8 @@ class ModelSource:
         revision: hub revision for ``path``.
         dtype: dtype of the weights that are not quantised.
         device: ``cpu``, ``cuda`` or ``cuda:N``.
+        workload: the run's workload; it picks the transformers Auto class (``contract.workloads``).
+        head: ``from_pretrained`` arguments of a classification head (``num_labels``, ``id2label``…).
     """
 
     path: str | None = None
@@ -37,6 +43,8 @@ class ModelSource:
     revision: str | None = None
     dtype: torch.dtype = torch.float32
     device: str = "cpu"
+    workload: str = "finetune"
+    head: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if (self.path is None) == (self.config is None):
@@ -60,14 +68,21 @@ def llama_config(preset: ModelPreset) -> LlamaConfig:
     )
 
 
-def bnb_config(quant: QuantSettings) -> BitsAndBytesConfig:
-    """transformers' 4-bit config for the settings (NF4/FP4, double quantisation, compute dtype)."""
+def bnb_config(quant: QuantSettings, skip: list[str] | None = None) -> BitsAndBytesConfig:
+    """transformers' 4-bit config for the settings (NF4/FP4, double quantisation, compute dtype);
+    ``skip`` names modules kept unquantised (a classification head, which trains)."""
     return BitsAndBytesConfig(
         load_in_4bit=True,
         bnb_4bit_quant_type=quant.quant_type,
         bnb_4bit_use_double_quant=quant.double_quant,
         bnb_4bit_compute_dtype=DTYPES[quant.compute_dtype],
+        **({"llm_int8_skip_modules": skip} if skip else {}),
     )
+
+
+def auto_class(source: ModelSource) -> Any:
+    """The transformers Auto class of the source's workload (``AutoModelForCausalLM`` …)."""
+    return getattr(transformers, AUTO_CLASS[source.workload])
 
 
 def load_causal_lm(source: ModelSource, quant: QuantSettings | None = None) -> nn.Module:
@@ -81,18 +96,21 @@ def load_causal_lm(source: ModelSource, quant: QuantSettings | None = None) -> n
     if source.config is not None and quant is None:
         # Built on the target device directly: a 7B shape in bf16 never passes through host memory.
         with torch.device(source.device):
-            return AutoModelForCausalLM.from_config(source.config, dtype=source.dtype)
+            return auto_class(source).from_config(source.config, dtype=source.dtype)
     if source.config is not None:
         # Quantise random weights through the same from_pretrained path as real checkpoints.
         with tempfile.TemporaryDirectory(prefix="velora-random-") as tmp:
-            AutoModelForCausalLM.from_config(source.config, dtype=source.dtype).save_pretrained(tmp)
-            return load_causal_lm(ModelSource(path=tmp, dtype=source.dtype, device=source.device), quant)
-    kwargs = {"dtype": source.dtype, "trust_remote_code": False, "revision": source.revision}
+            auto_class(source).from_config(source.config, dtype=source.dtype).save_pretrained(tmp)
+            saved = ModelSource(path=tmp, dtype=source.dtype, device=source.device, workload=source.workload)
+            return load_causal_lm(saved, quant)
+    kwargs = {"dtype": source.dtype, "trust_remote_code": False, "revision": source.revision, **source.head}
     if quant is not None:
-        kwargs["quantization_config"] = bnb_config(quant)
+        kwargs["quantization_config"] = bnb_config(
+            quant, ["classifier"] if source.workload.endswith("classification") else None
+        )
         kwargs["device_map"] = {"": source.device}
-        return _keep_cpu_4bit_format(AutoModelForCausalLM.from_pretrained(source.path, **kwargs))
-    return AutoModelForCausalLM.from_pretrained(source.path, **kwargs).to(source.device)
+        return _keep_cpu_4bit_format(auto_class(source).from_pretrained(source.path, **kwargs))
+    return auto_class(source).from_pretrained(source.path, **kwargs).to(source.device)
 
 
 def _skeleton(source: ModelSource, quant: QuantSettings | None) -> nn.Module:
@@ -106,7 +124,7 @@ def _skeleton(source: ModelSource, quant: QuantSettings | None) -> nn.Module:
     if source.config is None:
         raise ValueError("a meta-device model is built from a config, not from a path")
     with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(source.config, dtype=source.dtype)
+        model = auto_class(source).from_config(source.config, dtype=source.dtype)
     if quant is not None:
         from transformers.quantizers.auto import AutoHfQuantizer
 

@@ -117,6 +117,9 @@ class SummaryRow(BaseModel):
     seed: int
     status: RunStatus
     steps_done: int
+    workload: str | None = Field(
+        default=None, description="The run's workload (finetune, image-classification …)."
+    )
     eval_metric: str | None = None
     eval_value: float | None = None
     eval_chance: float | None = Field(default=None, description="Chance level of an accuracy metric.")

@@ -9,11 +9,13 @@ from dashboard.charts import loss_figure, timeline_figure
 from dashboard.summary import (
     ACTIVE_STATUSES,
     MAX_QUERY_ID,
+    METRIC_LABELS,
     duration_words,
     eta_seconds,
     format_bytes,
     format_metric,
     memory_table,
+    metric_help,
     metric_rows,
     progress_fraction,
     query_number,
@@ -106,13 +108,9 @@ def run_view() -> None:
             help=f"during the {memory['peak_phase']} phase" if memory.get("peak_phase") else None,
         )
         m2.metric(
-            "Accuracy"
-            if evaluation.get("metric") == "mc_accuracy"
-            else (evaluation.get("metric") or "metric").capitalize(),
+            METRIC_LABELS.get(evaluation.get("metric") or "", "Metric"),
             format_metric(evaluation.get("metric"), evaluation.get("value")),
-            help=f"chance {format_metric(evaluation.get('metric'), evaluation.get('chance'))}"
-            if evaluation.get("chance")
-            else None,
+            help=metric_help(evaluation),
         )
         m3.metric("Tokens/s", f"{(result.get('throughput') or {}).get('tokens_per_s', 0):.0f}")
         m4.metric(

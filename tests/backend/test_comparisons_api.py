@@ -163,6 +163,7 @@ def test_read_comparison_has_runs_and_summary(client: TestClient, auth: dict, db
     assert rows["lora"]["memory_vs_full"] == 0.6
     assert rows["lora"]["eval_metric"] == "perplexity" and rows["lora"]["eval_value"] == 12.5
     assert rows["lora"]["eval_chance"] == 0.25
+    assert {row["workload"] for row in body["summary"]} == {"pretrain"}
     assert rows["lora"]["predicted_activation_bytes"] == 64 and rows["lora"]["velora_measured_bytes"] == 72
     assert rows["lora"]["trainable_params"] == 50
     assert rows["velora+full"]["eval_chance"] is None and rows["velora+full"]["trainable_params"] is None

@@ -347,3 +347,20 @@ def test_every_page_says_when_the_api_cannot_be_reached(page: str, monkeypatch: 
     assert texts(at.error) and all(
         text.startswith(f"Cannot reach the API at {url}") for text in texts(at.error)
     )
+
+
+def test_spec_builder_offers_the_classification_workloads(open_page: OpenPage) -> None:
+    at = open_page()
+    at.radio(key="launch.mode").set_value("spec").run()
+    at.selectbox(key="spec.workload").set_value("image-classification").run()
+    assert at.selectbox(key="spec.model").options[:1] and all(
+        o.startswith("vit-") for o in at.selectbox(key="spec.model").options
+    )
+    assert [o.split(" — ")[0] for o in at.selectbox(key="spec.dataset").options] == [
+        "digits",
+        "digits-rotation",
+    ]
+    assert at.selectbox(key="spec.metric").options == ["accuracy", "none"]
+    at.selectbox(key="spec.workload").set_value("sequence-classification").run()
+    assert all(o.startswith("roberta-") for o in at.selectbox(key="spec.model").options)
+    assert at.selectbox(key="spec.metric").options == ["accuracy", "matthews", "pearson", "none"]

@@ -43,12 +43,13 @@ from velora_core.bench.trainer import (
     random_batches,
     total_steps_for,
 )
+from velora_core.bench.workloads import ENCODER_WORKLOADS, encoder_workload, preset_config
 from velora_core.contract.method_configs import method_config_for
 from velora_core.contract.presets import MODEL_PRESETS
 from velora_core.contract.result import EvalResult, ProgressEvent, RunResult, RunStatus, Throughput
 from velora_core.contract.spec import RunSpec, check_hub_id_not_on_disk
 from velora_core.methods import prepare_model
-from velora_core.models import DTYPES, ModelSource, llama_config
+from velora_core.models import DTYPES, ModelSource
 
 
 def resolve_device(name: str) -> torch.device:
@@ -76,7 +77,7 @@ def model_source(spec: RunSpec, device: torch.device, base_model: str | Path | N
     dtype = DTYPES[spec.dtype]
     model = spec.model
     if model.source == "preset":
-        return ModelSource(config=llama_config(MODEL_PRESETS[model.name]), dtype=dtype, device=str(device))
+        return ModelSource(config=preset_config(MODEL_PRESETS[model.name]), dtype=dtype, device=str(device))
     if model.source == "artifact":
         path = check_base_artifact(spec, base_model)
         return ModelSource(path=str(path), dtype=dtype, device=str(device))
@@ -159,15 +160,23 @@ def execute(
         emit("setup", f"building {spec.method} on {device}")
         seed_everything(spec.seed)
         source = model_source(spec, device, base_model)
-        tokenizer = load_tokenizer(spec.model, source.path if spec.model.source == "artifact" else None)
+        # The encoder workloads (ViT, RoBERTa) bring their own model head, data and evaluation.
+        encoder = encoder_workload(spec, source) if spec.workload in ENCODER_WORKLOADS else None
+        if encoder is not None:
+            source, tokenizer = encoder.source, encoder.processor
+        else:
+            tokenizer = load_tokenizer(spec.model, source.path if spec.model.source == "artifact" else None)
         method_config_for(spec.method, spec.method_config)  # re-validated: specs may come from storage
         seed_everything(spec.seed)
         prepared = prepare_model(spec.method, source, spec.method_config)
         _check_positions(prepared.model, spec.seq_len)
         if model_hook is not None:
             model_hook(prepared.model)
-        vocab = prepared.model.get_input_embeddings().num_embeddings
-        if spec.model.memory_only:
+        vocab = None if encoder is not None else prepared.model.get_input_embeddings().num_embeddings
+        if encoder is not None:
+            batches, num_examples = encoder.batches, encoder.num_examples
+            result.environment.update(encoder.environment)
+        elif spec.model.memory_only:
             batches = random_batches(vocab, spec.micro_batch, spec.seq_len, spec.seed)
             num_examples = spec.micro_batch
             result.environment["data"] = "random tokens (memory-only)"
@@ -184,7 +193,10 @@ def execute(
         trainer.train(batches, total)
         result.memory = trainer.memory
         emit("eval", spec.eval.metric)
-        result.eval = evaluate(spec, prepared.model, tokenizer, device)
+        if encoder is not None:
+            result.eval = encoder.evaluate(prepared.model, device)
+        else:
+            result.eval = evaluate(spec, prepared.model, tokenizer, device)
         if spec.save_artifact and not spec.model.memory_only:
             result.artifact_path = str(save_artifact(spec, prepared.model, tokenizer, artifact_dir))
         if spec.max_batch_search:

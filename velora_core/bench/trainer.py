@@ -90,11 +90,18 @@ class Trainer:
     def _full_length(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Pad a micro-batch to ``seq_len`` (pad id, label -100, mask 0), so the measured step
         is the configured shape: memory then does not depend on which examples came first."""
-        missing = self.spec.seq_len - batch["input_ids"].shape[1]
+        if "input_ids" not in batch:  # images: every batch has the configured shape already
+            return batch
+        shape = batch["input_ids"].shape
+        missing = self.spec.seq_len - shape[1]
         if missing <= 0:
             return batch
         fill = {"input_ids": self.pad_token_id, "labels": -100, "attention_mask": 0}
-        return {k: torch.nn.functional.pad(v, (0, missing), value=fill.get(k, 0)) for k, v in batch.items()}
+        # Per-token tensors only: a classification batch's labels are one per example.
+        return {
+            k: torch.nn.functional.pad(v, (0, missing), value=fill.get(k, 0)) if v.shape == shape else v
+            for k, v in batch.items()
+        }
 
     def _phase(self, phase: str) -> None:
         if self._tracker is not None:
@@ -136,11 +143,8 @@ class Trainer:
                 if measure:
                     batch = self._full_length(batch)
                 batch = self._to_device(batch)
-                shape = {
-                    "micro_batch": batch["input_ids"].shape[0],
-                    "seq_len": batch["input_ids"].shape[1],
-                    "step": step,
-                }
+                inputs = batch.get("input_ids", batch.get("pixel_values"))
+                shape = {"micro_batch": inputs.shape[0], "seq_len": inputs.shape[-1], "step": step}
                 try:
                     ctx = (
                         self._tracker.counting_saved(meter)
@@ -158,6 +162,8 @@ class Trainer:
                     int(batch["attention_mask"].sum())
                     if "attention_mask" in batch
                     else batch["input_ids"].numel()
+                    if "input_ids" in batch
+                    else inputs.shape[0]  # images: one per example
                 )
             grad_bytes = gradient_bytes(self.model) if measure else 0
             self._phase("optimizer")

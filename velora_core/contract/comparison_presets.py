@@ -10,6 +10,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from velora_core.contract.encoder_comparisons import ENCODER_COMPARISONS
 from velora_core.contract.errors import validation_message
 from velora_core.contract.method_configs import METHOD_CONFIGS
 from velora_core.contract.spec import ComparisonSpec
@@ -191,6 +192,7 @@ PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
             },
         },
     ),
+    **ENCODER_COMPARISONS,  # ViT and RoBERTa (VeLoRA Tables 1 and 2) and their offline miniatures
 }
 
 #: Preset name -> description.

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from velora_core.contract.workloads import ENCODER_PRESETS, RobertaPreset, ViTPreset
+
 
 @dataclass(frozen=True)
 class ModelPreset:
@@ -22,6 +24,7 @@ class ModelPreset:
     max_position_embeddings: int = 2048
     num_key_value_heads: int | None = None
     description: str = ""
+    family: str = "llama"
 
     def input_features(self) -> dict[str, int]:
         """Input width of each standard LLaMA projection, by module-name suffix."""
@@ -48,7 +51,7 @@ class ModelPreset:
         return layers
 
 
-MODEL_PRESETS: dict[str, ModelPreset] = {
+MODEL_PRESETS: dict[str, ModelPreset | ViTPreset | RobertaPreset] = {
     "tiny": ModelPreset(
         128,
         352,
@@ -79,10 +82,11 @@ MODEL_PRESETS: dict[str, ModelPreset] = {
     "llama-13b": ModelPreset(
         5120, 13824, 40, 40, max_position_embeddings=4096, description="LLaMA-13B shape"
     ),
+    **ENCODER_PRESETS,  # ViT and RoBERTa shapes of the classification workloads
 }
 
 #: Built-in datasets: name -> (kind, description). ``lm`` = plain text, ``mc`` = multiple choice,
-#: ``instruct`` = instruction tuning.
+#: ``instruct`` = instruction tuning, ``image`` / ``text-classes`` = labelled images / texts.
 DATASETS: dict[str, tuple[str, str]] = {
     "stdlib-corpus": ("lm", "Offline: the running Python's standard-library sources, split by file"),
     "stdlib-mc": ("mc", "Offline: docstring -> which of four function names, from the standard library"),
@@ -93,4 +97,13 @@ DATASETS: dict[str, tuple[str, str]] = {
     "c4": ("lm", "allenai/c4 'en', streamed from the hub"),
     "alpaca": ("instruct", "yahma/alpaca-cleaned with the Alpaca prompt template, from the hub"),
     "mmlu": ("mc", "cais/mmlu 'all', 5-shot by answer-letter log-likelihood, from the hub"),
+    "digits": ("image", "Offline: scikit-learn's 8x8 handwritten digits, 10 classes, 20% held out for test"),
+    "digits-rotation": (
+        "image",
+        "Offline pretext: the digits' training images turned by 0/90/180/270 degrees; predict the turn",
+    ),
+    "stdlib-package": (
+        "text-classes",
+        "Offline: a standard-library function's source -> its package; test functions from held-out files",
+    ),
 }

@@ -184,7 +184,7 @@ class MemoryReport(BaseModel):
 
 
 class EvalResult(BaseModel):
-    metric: str  # "perplexity", "mc_accuracy" or "none"
+    metric: str  # "perplexity", "mc_accuracy", "accuracy", "matthews", "pearson" or "none"
     value: float | None = None
     chance: float | None = None  # chance level for accuracy; None for perplexity
     num_examples: int = 0  # questions (accuracy) or evaluation blocks (perplexity)

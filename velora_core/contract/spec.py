@@ -13,12 +13,22 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from velora_core.contract.errors import validation_message
 from velora_core.contract.hashing import content_hash
 from velora_core.contract.method_configs import METHOD_CONFIGS, method_config_for
 from velora_core.contract.presets import DATASETS, MODEL_PRESETS
+from velora_core.contract.workloads import ENCODER_WORKLOADS, WORKLOAD_METRICS, check_workload
 
 Dtype = Literal["fp32", "bf16", "fp16"]
 
@@ -175,6 +185,25 @@ class DatasetSpec(StrictModel):
     eval_split: str | None = Field(default=None, min_length=1, max_length=MAX_NAME_LENGTH)
     text_field: str = Field(default="text", min_length=1, max_length=200)
     max_examples: int | None = Field(default=None, ge=1, le=100_000_000)
+    # Classification columns (velora_core/contract/workloads.py); left out of the dump when unset,
+    # so the specs and hashes of the causal-LM workloads stay as they were.
+    text_pair_field: str | None = Field(
+        default=None, min_length=1, max_length=200, description="Second text column (sentence pairs)."
+    )
+    image_field: str | None = Field(
+        default=None, min_length=1, max_length=200, description="Image column (default 'image')."
+    )
+    label_field: str | None = Field(
+        default=None, min_length=1, max_length=200, description="Label column (default 'label')."
+    )
+
+    @model_serializer(mode="wrap")
+    def _omit_unset_columns(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data = handler(self)
+        for name in ("text_pair_field", "image_field", "label_field"):
+            if data.get(name, "") is None:
+                data.pop(name)
+        return data
 
     @model_validator(mode="after")
     def _check_name(self) -> DatasetSpec:
@@ -214,11 +243,12 @@ class EvalSpec(StrictModel):
     """How the run is evaluated.
 
     ``metric``: ``perplexity`` on held-out text, ``mc_accuracy`` (k-shot multiple choice scored by the
-    log-likelihood of the answer letters, MMLU's protocol), or ``none``. ``dataset`` defaults to the
+    log-likelihood of the answer letters, MMLU's protocol), for the classification workloads
+    ``accuracy``, ``matthews`` (Matthews correlation, CoLA) or ``pearson`` (STS-B), or ``none``. ``dataset`` defaults to the
     training data's evaluation split; for ``mc_accuracy`` it is ``stdlib-mc`` or ``mmlu``.
     """
 
-    metric: Literal["perplexity", "mc_accuracy", "none"] = "perplexity"
+    metric: Literal["perplexity", "mc_accuracy", "accuracy", "matthews", "pearson", "none"] = "perplexity"
     dataset: DatasetSpec | None = None
     num_shots: int = Field(default=5, ge=0, le=25)
     max_examples: int = Field(default=200, ge=1, le=100_000)
@@ -228,7 +258,7 @@ class EvalSpec(StrictModel):
 class RunSpec(StrictModel):
     """One training run. See the module docstring."""
 
-    workload: Literal["pretrain", "finetune"]
+    workload: Literal["pretrain", "finetune", "masked-lm", "image-classification", "sequence-classification"]
     model: ModelSpec
     dataset: DatasetSpec
     method: str = Field(default="full", max_length=50)
@@ -267,8 +297,11 @@ class RunSpec(StrictModel):
         layers = self.model.linear_layers()
         if layers is not None:
             parsed.check_against_model(layers)
+        if self.workload in ENCODER_WORKLOADS and "metric" not in self.eval.model_fields_set:
+            self.eval = self.eval.model_copy(update={"metric": WORKLOAD_METRICS[self.workload][0]})
         if self.model.memory_only:
             self.eval = self.eval.model_copy(update={"metric": "none"})
+        check_workload(self, MODEL_PRESETS, DATASETS)
         evaluated = self.eval.dataset or self.dataset
         if (
             self.eval.metric == "mc_accuracy"

@@ -123,6 +123,7 @@ def _summary_row(run: Run, full_totals: dict[int, int | float | None]) -> Summar
         status=run.status,
         steps_done=run.step,
         error=run.error,
+        workload=(run.spec or {}).get("workload"),
     )
     result = run.result or {}
     if not result:

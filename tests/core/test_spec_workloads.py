@@ -1,0 +1,85 @@
+"""The encoder workloads in the spec: defaults, clear errors, and old specs' hashes unchanged."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from velora_core.contract.comparison_presets import comparison_preset
+from velora_core.contract.spec import RunSpec
+
+
+def _spec(**fields) -> RunSpec:
+    data = {
+        "workload": "image-classification",
+        "model": {"source": "preset", "name": "vit-digits"},
+        "dataset": {"source": "builtin", "name": "digits"},
+    }
+    data.update(fields)
+    return RunSpec.model_validate(data)
+
+
+def test_classification_defaults_to_its_metric_and_round_trips():
+    spec = _spec()
+    assert spec.eval.metric == "accuracy"
+    again = RunSpec.model_validate(spec.model_dump(mode="json"))
+    assert again.spec_hash() == spec.spec_hash() and again.eval.metric == "accuracy"
+    text = _spec(
+        workload="sequence-classification",
+        model={"source": "preset", "name": "roberta-stdlib"},
+        dataset={"source": "builtin", "name": "stdlib-package"},
+        eval={"metric": "matthews"},
+    )
+    assert text.eval.metric == "matthews"
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        (
+            {"workload": "pretrain"},
+            "workload 'pretrain' needs a llama model, but preset 'vit-digits' is a vit",
+        ),
+        ({"model": {"source": "preset", "name": "tiny"}}, "needs a vit model, but preset 'tiny' is a llama"),
+        ({"dataset": {"name": "stdlib-corpus"}}, "cannot read built-in dataset 'stdlib-corpus' (lm data)"),
+        ({"eval": {"metric": "perplexity"}}, "is evaluated by accuracy, none, not eval.metric='perplexity'"),
+        ({"max_batch_search": True}, "max_batch_search is for the causal-LM workloads"),
+        ({"workload": "segmentation"}, "workload"),
+    ],
+)
+def test_mismatched_specs_fail_with_a_clear_message(fields, message):
+    with pytest.raises(ValidationError) as info:
+        _spec(**fields)
+    assert message in str(info.value)
+
+
+def test_causal_lm_workloads_refuse_labelled_data():
+    with pytest.raises(ValidationError, match="cannot read built-in dataset 'digits'"):
+        RunSpec.model_validate(
+            {"workload": "pretrain", "model": {"name": "tiny"}, "dataset": {"name": "digits"}}
+        )
+
+
+def test_new_dataset_columns_are_left_out_of_old_specs():
+    spec = RunSpec.model_validate(
+        {"workload": "pretrain", "model": {"name": "tiny"}, "dataset": {"name": "stdlib-corpus"}}
+    )
+    dumped = spec.model_dump(mode="json")["dataset"]
+    assert not {"label_field", "image_field", "text_pair_field"} & set(dumped)
+    labelled = _spec(dataset={"source": "hub", "name": "uoft-cs/cifar100", "image_field": "img"})
+    assert labelled.model_dump(mode="json")["dataset"]["image_field"] == "img"
+
+
+def test_existing_presets_keep_their_hashes():
+    # The hashes on main before the encoder workloads existed (they name pre-trained artifacts).
+    demo = comparison_preset("demo")
+    assert demo.runs()[0].spec_hash() == "635b43d1a76c7318"
+    assert demo.base.model.pretrain.spec_hash() == "da5c2fc967e40a32"
+    assert comparison_preset("memory-7b").runs()[0].spec_hash() == "b0887cf8edbfb29c"
+
+
+@pytest.mark.parametrize("name", ["vit-digits", "roberta-stdlib", "vtab-vit-b16", "glue-roberta-base"])
+def test_encoder_presets_expand(name):
+    runs = comparison_preset(name).runs()
+    assert all(r.workload.endswith("classification") for r in runs)
+    assert {r.eval.metric for r in runs} <= {"accuracy", "matthews"}
