@@ -31,7 +31,7 @@ from velora_core.bench.trainer import (
     random_batches,
     total_steps_for,
 )
-from velora_core.contract.method_configs import method_config_for
+from velora_core.contract.method_parts import method_config_for
 from velora_core.contract.presets import MODEL_PRESETS
 from velora_core.contract.result import EvalResult, ProgressEvent, RunResult, RunStatus, Throughput
 from velora_core.contract.spec import RunSpec, check_hub_id_not_on_disk

@@ -11,9 +11,12 @@ from typing import Any
 from pydantic import ValidationError
 
 from velora_core.contract.errors import validation_message
+from velora_core.contract.presets import MODEL_PRESETS
 from velora_core.contract.spec import ComparisonSpec
 
 ALL_METHODS = ["full", "lora", "qlora", "velora+full", "velora+lora", "velora+qlora"]
+#: What the offline presets compare: the six, and the alternatives people pick first.
+OFFLINE_METHODS = [*ALL_METHODS, "full+gc", "lora+gc", "galore", "lora-fa"]
 
 # Offline fine-tuning settings shared by demo and cpu-smoke. VeLoRA's scale follows the paper's
 # fine-tuning value (0.1) only where LoRA is used; velora+full trains the base weights, as in pre-training.
@@ -25,12 +28,20 @@ _OFFLINE_METHOD_CONFIGS = {
     "velora+full": {"velora": _VELORA_FT},
     "velora+lora": {"lora": _LORA, "velora": _VELORA_FT},
     "velora+qlora": {"lora": _LORA, "quant": {"compute_dtype": "fp32"}, "velora": _VELORA_FT},
+    "lora+gc": {"lora": _LORA},
+    "lora-fa": {"lora": _LORA},
 }
+
+
+def _offline_configs(hidden: int) -> dict[str, dict]:
+    # GaLore's rank is a quarter of the width, as in the paper (128 for LLaMA-60M's 512).
+    return {**_OFFLINE_METHOD_CONFIGS, "galore": {"galore": {"rank": hidden // 4}}}
 
 
 def _offline(
     preset: str, pretrain_steps: int, finetune_steps: int, seq_len: int, batch: int, questions: int
 ) -> dict:
+    hidden = MODEL_PRESETS[preset].hidden_size
     pretrain = {
         "workload": "pretrain",
         "model": {"source": "preset", "name": preset},
@@ -55,12 +66,18 @@ def _offline(
             "eval": {"metric": "mc_accuracy", "num_shots": 5, "max_examples": questions, "batch_size": 8},
             "progress_every": 5,
         },
-        "methods": ALL_METHODS,
-        "method_configs": _OFFLINE_METHOD_CONFIGS,
+        "methods": OFFLINE_METHODS,
+        "method_configs": _offline_configs(hidden),
     }
 
 
-def _c4(preset: str, lr: float, groups: int, steps: int) -> dict:
+#: GaLore on C4 (GaLore Table 2, as VeLoRA Table 4 copies it): rank 128 (60M) or 256 (130M),
+#: projection recomputed every 200 steps, scale 0.25, learning rate 0.01.
+def _galore_c4(rank: int) -> dict:
+    return {"galore": {"rank": rank, "update_proj_gap": 200, "scale": 0.25, "lr": 0.01}}
+
+
+def _c4(preset: str, lr: float, groups: int, steps: int, galore_rank: int) -> dict:
     return {
         "base": {
             "workload": "pretrain",
@@ -75,11 +92,44 @@ def _c4(preset: str, lr: float, groups: int, steps: int) -> dict:
             "eval": {"metric": "perplexity", "max_examples": 1000, "batch_size": 64},
             "progress_every": 20,
         },
-        "methods": ["full", "lora", "velora+full"],
+        "methods": ["full", "lora", "velora+full", "galore"],
         "method_configs": {
             "lora": {"lora": {"r": 128, "alpha": 32}},
             "velora+full": {"velora": {"num_groups": groups, "scale": 1.0}},
+            "galore": _galore_c4(galore_rank),
         },
+    }
+
+
+_TABLE7_METHODS = ["full", "full+gc", "velora+full"]
+
+
+def _table7_c4(preset: str, groups: int) -> dict:
+    """VeLoRA Table 7, 60M/130M: C4 pre-training at batch 1, speed and memory of full training,
+    gradient checkpointing and VeLoRA."""
+    spec = _c4(preset, lr=1e-3, groups=groups, steps=200, galore_rank=128)
+    spec["base"] = {**spec["base"], "micro_batch": 1, "eval": {"metric": "none"}, "save_artifact": False}
+    spec["methods"] = _TABLE7_METHODS
+    spec["method_configs"] = {"velora+full": spec["method_configs"]["velora+full"]}
+    return spec
+
+
+def _table7_memory(preset: str, groups: int) -> dict:
+    """VeLoRA Table 7, 7B/13B: the model's shape with random weights at batch 1 (memory only)."""
+    return {
+        "base": {
+            "workload": "finetune",
+            "model": {"source": "preset", "name": preset, "memory_only": True},
+            "dataset": {"source": "builtin", "name": "stdlib-corpus"},
+            "seq_len": 512,
+            "micro_batch": 1,
+            "steps": 2,
+            "dtype": "bf16",
+            "save_artifact": False,
+            "eval": {"metric": "none"},
+        },
+        "methods": _TABLE7_METHODS,
+        "method_configs": {"velora+full": {"velora": {"num_groups": groups, "scale": 1.0}}},
     }
 
 
@@ -89,21 +139,43 @@ _PAPER_VELORA = {"num_groups": 32, "scale": 0.1, "init": "batch_average_once"}
 PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
     "cpu-smoke": (
         "Offline, seconds per method: a tiny LLaMA pre-trained on the stdlib corpus, then fine-tuned "
-        "with all six methods on the stdlib multiple-choice task (CI)",
+        "with ten methods (the six, full+gc, lora+gc, galore, lora-fa) on the stdlib multiple-choice "
+        "task (CI)",
         _offline("tiny", pretrain_steps=60, finetune_steps=20, seq_len=128, batch=8, questions=24),
     ),
     "demo": (
         "Offline, under 10 minutes on 2 CPU cores: a small LLaMA pre-trained on the stdlib corpus, "
-        "then fine-tuned with all six methods on the stdlib multiple-choice task, 5-shot accuracy",
+        "then fine-tuned with ten methods (the six, full+gc, lora+gc, galore, lora-fa) on the stdlib "
+        "multiple-choice task, 5-shot accuracy",
         _offline("small", pretrain_steps=200, finetune_steps=60, seq_len=256, batch=8, questions=80),
     ),
     "c4-60m": (
-        "VeLoRA Table 4: LLaMA-60M pre-trained on C4 (needs the hub and a GPU); full, LoRA, VeLoRA",
-        _c4("llama-60m", lr=1e-3, groups=64, steps=10_000),
+        "VeLoRA Table 4: LLaMA-60M pre-trained on C4 (needs the hub and a GPU); full, LoRA, VeLoRA, GaLore",
+        _c4("llama-60m", lr=1e-3, groups=64, steps=10_000, galore_rank=128),
     ),
     "c4-130m": (
-        "VeLoRA Table 4: LLaMA-130M pre-trained on C4 (needs the hub and a GPU); full, LoRA, VeLoRA",
-        _c4("llama-130m", lr=1e-3, groups=64, steps=20_000),
+        "VeLoRA Table 4: LLaMA-130M pre-trained on C4 (needs the hub and a GPU); full, LoRA, VeLoRA, GaLore",
+        _c4("llama-130m", lr=1e-3, groups=64, steps=20_000, galore_rank=256),
+    ),
+    "table7-60m": (
+        "VeLoRA Table 7: speed and memory of full, gradient checkpointing and VeLoRA at batch 1, "
+        "LLaMA-60M on C4 (needs the hub and a GPU)",
+        _table7_c4("llama-60m", groups=64),
+    ),
+    "table7-130m": (
+        "VeLoRA Table 7: speed and memory of full, gradient checkpointing and VeLoRA at batch 1, "
+        "LLaMA-130M on C4 (needs the hub and a GPU)",
+        _table7_c4("llama-130m", groups=64),
+    ),
+    "table7-7b": (
+        "VeLoRA Table 7, memory only: LLaMA-7B's shape with random weights at 1x512 tokens, bf16; "
+        "full, gradient checkpointing, VeLoRA (GPU)",
+        _table7_memory("llama-7b", groups=32),
+    ),
+    "table7-13b": (
+        "VeLoRA Table 7, memory only: LLaMA-13B's shape with random weights at 1x512 tokens, bf16; "
+        "full, gradient checkpointing, VeLoRA (GPU)",
+        _table7_memory("llama-13b", groups=32),
     ),
     "alpaca-7b": (
         "VeLoRA Table 3: LLaMA-7B fine-tuned on Alpaca, 5-shot MMLU (needs the hub and a GPU)",

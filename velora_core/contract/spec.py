@@ -17,7 +17,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from velora_core.contract.errors import validation_message
 from velora_core.contract.hashing import content_hash
-from velora_core.contract.method_configs import METHOD_CONFIGS, method_config_for
+from velora_core.contract.method_parts import (
+    canonical_method,
+    check_method_device,
+    method_config_for,
+    trains_all_weights,
+    unknown_parts,
+    valid_parts,
+)
 from velora_core.contract.presets import DATASETS, MODEL_PRESETS
 
 Dtype = Literal["fp32", "bf16", "fp16"]
@@ -115,9 +122,9 @@ class ModelSpec(StrictModel):
                 raise ValueError(
                     "model.source='artifact' needs model.pretrain (the spec of the run that makes it)"
                 )
-            if self.pretrain.method not in ("full", "velora+full"):
+            if not trains_all_weights(self.pretrain.method):
                 raise ValueError(
-                    "model.pretrain must train all weights (method 'full' or 'velora+full') so that its "
+                    "model.pretrain must train all weights (a method on base 'full' or 'galore') so that its "
                     f"artifact is a whole model, got {self.pretrain.method!r}"
                 )
             if self.pretrain.model.source == "artifact":
@@ -249,8 +256,8 @@ class RunSpec(StrictModel):
 
     @model_validator(mode="after")
     def _check(self) -> RunSpec:
-        if self.method not in METHOD_CONFIGS:
-            raise ValueError(f"unknown method {self.method!r}; choose one of {sorted(METHOD_CONFIGS)}")
+        self.method = canonical_method(self.method)  # any order of its parts; one spelling stored
+        check_method_device(self.method, self.device)
         # Validate the method's settings now (typed, with their own clear errors), keep them as plain JSON.
         parsed = method_config_for(self.method, self.method_config)
         self.method_config = parsed.model_dump(mode="json")
@@ -299,11 +306,7 @@ class ComparisonSpec(StrictModel):
 
     @model_validator(mode="after")
     def _check(self) -> ComparisonSpec:
-        unknown = [m for m in self.methods if m not in METHOD_CONFIGS]
-        if unknown:
-            raise ValueError(f"unknown method(s) {unknown}; choose from {sorted(METHOD_CONFIGS)}")
-        if len(set(self.methods)) != len(self.methods):
-            raise ValueError("methods must not repeat")
+        self.methods, self.method_configs = canonical_methods(self.methods, self.method_configs)
         stray = sorted(set(self.method_configs) - set(self.methods))
         if stray:
             raise ValueError(f"method_configs names methods not in the comparison: {stray}")
@@ -324,6 +327,39 @@ class ComparisonSpec(StrictModel):
                 except ValidationError as exc:
                     raise ValueError(f"method {method!r}: {validation_message(exc, whole=None)}") from None
         return out
+
+
+def canonical_methods(
+    methods: list[str], configs: dict[str, dict[str, Any]]
+) -> tuple[list[str], dict[str, dict[str, Any]]]:
+    """``methods`` and the keys of ``configs`` in their canonical spelling.
+
+    Raises:
+        ValueError: an invalid method (named), or two spellings of one method.
+    """
+    unknown = [name for name in methods if unknown_parts(name)]
+    if unknown:
+        raise ValueError(f"unknown method(s) {unknown}; {valid_parts()}")
+    canonical = []
+    for name in methods:
+        try:
+            canonical.append(canonical_method(name))
+        except ValueError as exc:
+            raise ValueError(f"methods: {exc}") from None
+    repeated = sorted({m for m in canonical if canonical.count(m) > 1})
+    if repeated:
+        spellings = {m: [n for n, c in zip(methods, canonical, strict=True) if c == m] for m in repeated}
+        raise ValueError(f"methods must not repeat (after putting their parts in order): {spellings}")
+    out: dict[str, dict[str, Any]] = {}
+    for name, config in configs.items():
+        try:
+            key = canonical_method(name)
+        except ValueError as exc:
+            raise ValueError(f"method_configs: {exc}") from None
+        if key in out:
+            raise ValueError(f"method_configs gives {key!r} twice (spelled differently)")
+        out[key] = config
+    return canonical, out
 
 
 ModelSpec.model_rebuild()
