@@ -153,3 +153,10 @@ def test_presets_offer_the_new_methods_with_the_paper_settings():
         assert spec.methods == ["full", "full+gc", "velora+full"] and spec.base.micro_batch == 1
         assert spec.base.model.memory_only == (size in ("7b", "13b"))
     assert all(comparison_preset(name) for name in PRESETS)
+
+
+def test_a_preset_keeps_its_settings_for_a_method_spelled_another_way():
+    spec = comparison_preset("cpu-smoke", {"methods": ["lora+velora", "gc+lora"]})
+    assert spec.methods == ["velora+lora", "lora+gc"]
+    assert spec.method_configs["velora+lora"]["velora"]["num_groups"] == 16
+    assert spec.method_configs["lora+gc"]["lora"]["r"] == 8

@@ -12,6 +12,8 @@ from velora_core.methods import prepare_model
 from velora_core.models import ModelSource
 from velora_core.optimizers import build_optimizer
 
+pytestmark = pytest.mark.slow  # ten tiny models, each trained for six steps
+
 LORA = {"r": 4, "alpha": 8, "target_modules": ["v_proj", "down_proj"]}
 GALORE = {"rank": 8, "update_proj_gap": 50, "scale": 0.25}
 SETTINGS = {

@@ -11,6 +11,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from velora_core.contract.errors import validation_message
+from velora_core.contract.method_parts import canonical_method
 from velora_core.contract.presets import MODEL_PRESETS
 from velora_core.contract.spec import ComparisonSpec
 
@@ -255,6 +256,14 @@ def _require_mapping(value: Any, field: str) -> dict[str, Any]:
     return value
 
 
+def _spelled(method: Any) -> Any:
+    """``method`` in its canonical spelling where it is a valid name (else as given: the spec says why)."""
+    try:
+        return canonical_method(method)
+    except (TypeError, ValueError):
+        return method
+
+
 def comparison_preset(name: str, overrides: dict[str, Any] | None = None) -> ComparisonSpec:
     """The preset's :class:`ComparisonSpec`, with ``overrides`` merged in.
 
@@ -284,9 +293,8 @@ def comparison_preset(name: str, overrides: dict[str, Any] | None = None) -> Com
     if "base" in top:
         data["base"] = deep_merge(data["base"], _require_mapping(top["base"], "overrides.base"))
     if "methods" in top and "method_configs" not in top and isinstance(data["methods"], list):
-        data["method_configs"] = {
-            m: c for m, c in data.get("method_configs", {}).items() if m in data["methods"]
-        }
+        chosen = [_spelled(m) for m in data["methods"]]  # the preset's settings follow any spelling
+        data["method_configs"] = {m: c for m, c in data.get("method_configs", {}).items() if m in chosen}
     try:
         return ComparisonSpec.model_validate(data)
     except ValidationError as exc:
