@@ -2,7 +2,7 @@
 
     velora-bench run SPEC.yaml [--out DIR]           one RunSpec or a ComparisonSpec (YAML or JSON)
     velora-bench compare --preset NAME [--methods …] [--seeds …] [--set key=value …] [--out DIR]
-    velora-bench presets                             list comparison presets, models and datasets
+    velora-bench presets                             list comparison presets, models, datasets, method parts
 
 Service commands (``up``, ``token``) are added by the installed backend through the
 ``velora_bench.commands`` entry-point group, so this engine module imports no web code.
@@ -20,6 +20,7 @@ from importlib.metadata import entry_points
 from velora_core.cli_input import BadInput, load_spec_file, parse_assignments
 from velora_core.cli_output import print_table, progress_columns
 from velora_core.contract.comparison_presets import COMPARISON_PRESETS, comparison_preset
+from velora_core.contract.method_parts import BASES, TECHNIQUES
 from velora_core.contract.presets import DATASETS, MODEL_PRESETS
 from velora_core.contract.spec import ComparisonSpec, RunSpec
 
@@ -102,6 +103,10 @@ def cmd_presets(args: argparse.Namespace) -> int:
                     "comparisons": COMPARISON_PRESETS,
                     "models": {k: v.description for k, v in MODEL_PRESETS.items()},
                     "datasets": {k: v[1] for k, v in DATASETS.items()},
+                    "method_parts": {
+                        "bases": {k: p.description for k, p in BASES.items()},
+                        "techniques": {k: p.description for k, p in TECHNIQUES.items()},
+                    },
                 },
                 indent=2,
             )
@@ -116,6 +121,10 @@ def cmd_presets(args: argparse.Namespace) -> int:
     print("Built-in datasets:")
     for name, (_, description) in DATASETS.items():
         print(f"  {name:<14} {description}")
+    print("Methods: a base and techniques joined by '+' (e.g. velora+lora+gc):")
+    for kind, parts in (("base", BASES), ("technique", TECHNIQUES)):
+        for name, part in parts.items():
+            print(f"  {name:<8} {kind:<9} {part.description}")
     return 0
 
 
