@@ -245,6 +245,39 @@ def canonical_method(name: str) -> str:
     return parse_method(name).name
 
 
+def canonical_methods(
+    methods: list[str], configs: dict[str, dict[str, Any]]
+) -> tuple[list[str], dict[str, dict[str, Any]]]:
+    """``methods`` and the keys of ``configs`` in their canonical spelling.
+
+    Raises:
+        ValueError: an invalid method (named), or two spellings of one method.
+    """
+    unknown = [name for name in methods if unknown_parts(name)]
+    if unknown:
+        raise ValueError(f"unknown method(s) {unknown}; {valid_parts()}")
+    canonical = []
+    for name in methods:
+        try:
+            canonical.append(canonical_method(name))
+        except ValueError as exc:
+            raise ValueError(f"methods: {exc}") from None
+    repeated = sorted({m for m in canonical if canonical.count(m) > 1})
+    if repeated:
+        spellings = {m: [n for n, c in zip(methods, canonical, strict=True) if c == m] for m in repeated}
+        raise ValueError(f"methods must not repeat (after putting their parts in order): {spellings}")
+    out: dict[str, dict[str, Any]] = {}
+    for name, config in configs.items():
+        try:
+            key = canonical_method(name)
+        except ValueError as exc:
+            raise ValueError(f"method_configs: {exc}") from None
+        if key in out:
+            raise ValueError(f"method_configs gives {key!r} twice (spelled differently)")
+        out[key] = config
+    return canonical, out
+
+
 def trains_all_weights(method: str) -> bool:
     """Whether ``method``'s model is a whole trained model (its base trains every weight)."""
     return parse_method(method).base in WHOLE_MODEL_BASES
