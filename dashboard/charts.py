@@ -19,9 +19,13 @@ METHOD_COLORS = {
     "velora+full": "#72b7b2",
     "velora+lora": "#54a24b",
     "velora+qlora": "#b279a2",
+    "full+gc": "#9ecae9",
+    "lora+gc": "#ffbf79",
+    "galore": "#eeca3b",
+    "lora-fa": "#9d755d",
 }
 COMPONENT_COLORS = ["#9ecae9", "#4c78a8", "#f58518", "#ffbf79", "#54a24b"]
-_FALLBACK_COLORS = ["#eeca3b", "#ff9da6", "#9d755d", "#bab0ac"]
+_FALLBACK_COLORS = ["#ff9da6", "#bab0ac", "#d67195", "#439894", "#88d27a", "#fcbfd2"]
 
 
 def method_color(method: str, index: int = 0) -> str:

@@ -14,6 +14,7 @@ from typing import Any
 import streamlit as st
 
 from dashboard.schema_widgets import method_settings
+from velora_core.contract.method_parts import SEPARATOR, canonical_method
 from velora_core.contract.workloads import PRETRAINING, WORKLOAD_DATA_KINDS, WORKLOAD_FAMILY, WORKLOAD_METRICS
 
 GPU_SIZES_GIB = [8, 12, 16, 24, 32, 40, 48, 80, 96, 141, 192]
@@ -50,6 +51,52 @@ def parse_seeds(text: str, max_seeds: int = 16) -> list[int]:
     return seeds
 
 
+def method_picker(
+    presets: dict[str, Any], key: str, label: str, default: list[str], container: Any = None
+) -> list[str]:
+    """The methods of a comparison: the server's named ones, plus any a person composes from a base
+    and memory techniques (``GET /presets``' ``method_parts``), added in their canonical spelling.
+
+    ``container`` holds the list (a column); the composer is an expander in the page below it, run
+    first so that "Add" can select the composed method before the list is drawn (an invalid
+    combination is shown in words, with why)."""
+    container = container or st
+    parts = presets.get("method_parts") or {}
+    composed: list[str] = st.session_state.setdefault(f"{key}.composed", [])
+    if parts:
+        with st.expander("Compose a method: a base plus memory techniques"):
+            c1, c2, c3 = st.columns([1, 2, 1])
+            bases, techniques = parts["bases"], parts["techniques"]
+            base = c1.selectbox(
+                "Base",
+                list(bases),
+                key=f"{key}.base",
+                help="; ".join(f"{n}: {p['description']}" for n, p in bases.items()),
+            )
+            chosen = c2.multiselect(
+                "Techniques",
+                list(techniques),
+                key=f"{key}.techniques",
+                help="; ".join(
+                    f"{n}: {p['description']}" + (" (CUDA only)" if p.get("needs_cuda") else "")
+                    for n, p in techniques.items()
+                ),
+            )
+            if c3.button("Add", key=f"{key}.add"):
+                try:
+                    name = canonical_method(SEPARATOR.join([base, *chosen]))
+                except ValueError as exc:
+                    st.error(str(exc))
+                else:
+                    if name not in presets["methods"] and name not in composed:
+                        composed.append(name)
+                    current = list(st.session_state.get(key, default))
+                    st.session_state[key] = [*current, name] if name not in current else current
+    options = [*presets["methods"], *(m for m in composed if m not in presets["methods"])]
+    kwargs = {} if key in st.session_state else {"default": [m for m in default if m in options]}
+    return container.multiselect(label, options, key=key, **kwargs)
+
+
 # --- preset ---------------------------------------------------------------------------------------
 
 
@@ -78,11 +125,12 @@ def preset_form(presets: dict[str, Any]) -> LaunchRequest:
         st.caption("Empty fields keep the preset's value.")
     key = f"preset.{name}"  # each preset keeps its own field values
     c1, c2 = st.columns([2, 1])
-    methods = c1.multiselect(
+    methods = method_picker(
+        presets,
+        f"{key}.methods",
         "Methods" if known else "Methods (empty: the preset's)",
-        list(presets["methods"]),
-        default=(spec or {}).get("methods", []),
-        key=f"{key}.methods",
+        (spec or {}).get("methods", []),
+        c1,
     )
     seeds_text = c2.text_input(
         "Seeds",
@@ -238,9 +286,7 @@ def spec_form(presets: dict[str, Any]) -> LaunchRequest:
     dtype = c5.selectbox("dtype", ["fp32", "bf16", "fp16"], key="spec.dtype")
     device = c6.selectbox("Device", ["auto", "cpu", "cuda"], key="spec.device")
     c1, c2 = st.columns([2, 1])
-    methods = c1.multiselect(
-        "Methods", list(presets["methods"]), default=list(presets["methods"]), key="spec.methods"
-    )
+    methods = method_picker(presets, "spec.methods", "Methods", list(presets["methods"]), c1)
     seeds_text = c2.text_input(
         "Seeds", "0", key="spec.seeds", help="Several seeds give mean ± spread per method."
     )
@@ -323,9 +369,7 @@ def fit_form(presets: dict[str, Any]) -> LaunchRequest:
     micro_batch = c2.number_input("Batch", 1, limits["max_micro_batch"], 8, key="fit.micro_batch")
     dtype = c3.selectbox("dtype", ["bf16", "fp16", "fp32"], key="fit.dtype")
     device = c4.selectbox("Device", ["auto", "cuda", "cpu"], key="fit.device")
-    methods = st.multiselect(
-        "Methods", list(presets["methods"]), default=list(presets["methods"]), key="fit.methods"
-    )
+    methods = method_picker(presets, "fit.methods", "Methods", list(presets["methods"]))
     method_configs = {}
     with st.expander("Method settings"):
         if methods:

@@ -8,6 +8,8 @@ from typing import Any
 
 import streamlit as st
 
+from velora_core.contract.method_parts import method_info
+
 
 def _resolve(schema: dict[str, Any], root: dict[str, Any]) -> dict[str, Any]:
     ref = schema.get("$ref")
@@ -72,7 +74,7 @@ def method_settings(
     ``VeLoRAConfig``'s schema says 1.0). So unless the server states the method's ``defaults``, a
     section is sent only when a person changed one of its fields; untouched, the server's own
     defaults apply."""
-    info = presets["methods"][method]
+    info = presets["methods"].get(method) or method_info(method)  # a composed method: from its parts
     root = info["config_schema"]
     defaults = info.get("defaults") or {}
     initial = initial or {}

@@ -474,8 +474,9 @@ def comparison_json(
 
 
 def memory_table(memory: dict[str, Any]) -> list[dict[str, str]]:
-    """A run's memory report: each component, the predicted total, the measured peak, and the
-    bytes VeLoRA's wrapped layers were predicted to save and did save."""
+    """A run's memory report: each component, the predicted total, the measured peak, the bytes
+    VeLoRA's wrapped layers were predicted to save and did save, and those offloading kept in host
+    memory."""
 
     def line(label: str, value: int | None, missing: str = "–") -> dict[str, str]:
         return {
@@ -494,6 +495,7 @@ def memory_table(memory: dict[str, Any]) -> list[dict[str, str]]:
         line("Allocator gap (reserved − tracked)", memory.get("allocator_gap_bytes"), missing="–"),
         line("VeLoRA layers, predicted", memory.get("predicted_activation_bytes") or 0),
         line("VeLoRA layers, measured", memory.get("velora_measured_bytes") or 0),
+        line("Activations offloaded to host (not in the total)", memory.get("host_activation_bytes") or 0),
     ]
 
 

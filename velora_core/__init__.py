@@ -1,5 +1,5 @@
-"""velora_core: VeLoRA (Miles et al., NeurIPS 2024) as a PyTorch autograd layer, the six training
-methods, memory accounting and the benchmark engine.
+"""velora_core: VeLoRA (Miles et al., NeurIPS 2024) as a PyTorch autograd layer, the training
+methods (a base plus memory techniques), memory accounting and the benchmark engine.
 
 Where things are (import them from their modules; this package imports nothing, so that its
 torch-free part, :mod:`velora_core.contract`, loads without torch):
@@ -8,6 +8,7 @@ torch-free part, :mod:`velora_core.contract`, loads without torch):
 - :class:`velora_core.layer.VeLoRALinear`, :func:`velora_core.layer.apply_velora`,
   :func:`velora_core.layer.remove_velora`: the module and its injection;
 - :class:`velora_core.contract.method_configs.VeLoRAConfig`: its settings;
-- :data:`velora_core.methods.METHODS`: the training methods by name;
+- :data:`velora_core.methods.BASE_STEPS`, :data:`velora_core.methods.TECHNIQUE_STEPS`: the code of
+  each method part by name (:mod:`velora_core.contract.method_parts` composes and checks names);
 - :func:`velora_core.bench.engine.execute`: one benchmark run.
 """

@@ -2,7 +2,7 @@
 
     velora-bench run SPEC.yaml [--out DIR]           one RunSpec or a ComparisonSpec (YAML or JSON)
     velora-bench compare --preset NAME [--methods …] [--seeds …] [--set key=value …] [--out DIR]
-    velora-bench presets                             list comparison presets, models and datasets
+    velora-bench presets                             list comparison presets, models, datasets, method parts
     velora-bench fit --model M --methods A B … [--micro-batch N --seq-len L --dtype D --gpu-gib G --json]
                                                      predicted peak memory per method (velora_core.fit)
 
@@ -23,6 +23,7 @@ from velora_core.cli_fit import add_fit_arguments
 from velora_core.cli_input import BadInput, load_spec_file, parse_assignments
 from velora_core.cli_output import base_run_line, print_table, progress_columns
 from velora_core.contract.comparison_presets import COMPARISON_PRESETS, comparison_preset
+from velora_core.contract.method_parts import BASES, TECHNIQUES
 from velora_core.contract.plan import ROLE_BASE, dependency_outcome, plan_runs
 from velora_core.contract.presets import DATASETS, MODEL_PRESETS
 from velora_core.contract.result import ANSWERED_RUN_STATUSES
@@ -136,6 +137,10 @@ def cmd_presets(args: argparse.Namespace) -> int:
                     "comparisons": COMPARISON_PRESETS,
                     "models": {k: v.description for k, v in MODEL_PRESETS.items()},
                     "datasets": {k: v[1] for k, v in DATASETS.items()},
+                    "method_parts": {
+                        "bases": {k: p.description for k, p in BASES.items()},
+                        "techniques": {k: p.description for k, p in TECHNIQUES.items()},
+                    },
                 },
                 indent=2,
             )
@@ -150,6 +155,10 @@ def cmd_presets(args: argparse.Namespace) -> int:
     print("Built-in datasets:")
     for name, (_, description) in DATASETS.items():
         print(f"  {name:<14} {description}")
+    print("Methods: a base and techniques joined by '+' (e.g. velora+lora+gc):")
+    for kind, parts in (("base", BASES), ("technique", TECHNIQUES)):
+        for name, part in parts.items():
+            print(f"  {name:<8} {kind:<9} {part.description}")
     return 0
 
 

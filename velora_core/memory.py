@@ -4,7 +4,12 @@
   plus its quantisation state (absmax, code and, with double quantisation, the nested state).
 - Trainable / gradient / optimizer-state bytes: counted from the tensors themselves.
 - Activations: every tensor autograd saves for backward, seen through
-  ``torch.autograd.graph.saved_tensors_hooks``, de-duplicated by storage, parameters excluded.
+  ``torch.autograd.graph.saved_tensors_hooks``, de-duplicated by storage, parameters excluded. Under
+  gradient checkpointing a checkpointed layer saves nothing at forward; what autograd keeps for it
+  are its inputs, counted from a forward pre-hook on each checkpointed layer. Under offloading
+  every saved tensor is copied to host memory: those bytes are host bytes, apart from device bytes.
+- Optimizer state: every tensor in the optimizer's state, as stored (8-bit state as ``uint8`` plus
+  its quantisation maps and scales), and GaLore's projection matrices.
 - Peak: the memory tracker's (``velora_core.memory_tracker``, every device: by component, phase and
   over time); on CUDA also ``torch.cuda.max_memory_allocated`` and ``max_memory_reserved``.
 - Prediction: each VeLoRA layer saves ``T·G`` projections in the input's dtype plus its ``v``.
@@ -83,31 +88,52 @@ class SavedTensorMeter:
     """Counts the bytes autograd saves for backward while active, once per storage.
 
     Parameters of ``model`` are excluded (they are counted as weights). Tensors VeLoRA saves are
-    tallied separately in ``velora_bytes``.
+    tallied separately in ``velora_bytes``. The inputs of gradient-checkpointed layers count as
+    saved. With ``offload`` (a ``saved_tensors_hooks`` such as ``save_on_cpu``), every tensor goes
+    through its hooks and its bytes count in ``host_bytes`` instead (parameters included: it copies
+    them too).
     """
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, offload: torch.autograd.graph.saved_tensors_hooks | None = None):
+        self._model = model
         self._param_storages = {self._key(p) for p in model.parameters()}
         self.storages: dict[tuple, int] = {}
         self.velora_storages: dict[tuple, int] = {}
+        self.host_storages: dict[tuple, int] = {}
+        self._offload = offload
 
     @staticmethod
     def _key(t: torch.Tensor) -> tuple:
         storage = t.untyped_storage()
         return (t.device.type, t.device.index, storage.data_ptr())
 
-    def count(self, t: torch.Tensor) -> torch.Tensor:
-        """The pack hook: count ``t`` once by storage (parameters excluded); returns it unchanged."""
+    def _count(self, t: torch.Tensor) -> None:
         try:
             key = self._key(t)
             size = t.untyped_storage().nbytes()
         except (RuntimeError, NotImplementedError):  # sparse or storage-less tensors: count elements
             key, size = ("id", id(t)), _nbytes(t)
-        if key not in self._param_storages:
+        if self._offload is not None:
+            self.host_storages.setdefault(key, size)
+        elif key not in self._param_storages:
             self.storages.setdefault(key, size)
-            if getattr(t, VELORA_SAVED_ATTR, False):
-                self.velora_storages.setdefault(key, size)
-        return t
+        if key not in self._param_storages and getattr(t, VELORA_SAVED_ATTR, False):
+            self.velora_storages.setdefault(key, size)
+
+    def _pack(self, t: torch.Tensor):
+        self._count(t)
+        return t if self._offload is None else self._offload.pack_hook(t)
+
+    def _unpack(self, packed):
+        return packed if self._offload is None else self._offload.unpack_hook(packed)
+
+    def _count_checkpoint_inputs(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        if not (module.training and torch.is_grad_enabled()):
+            return
+        for value in (*args, *kwargs.values()):
+            for t in value if isinstance(value, (tuple, list)) else (value,):
+                if isinstance(t, torch.Tensor):
+                    self._count(t)
 
     @property
     def activation_bytes(self) -> int:
@@ -117,17 +143,79 @@ class SavedTensorMeter:
     def velora_bytes(self) -> int:
         return sum(self.velora_storages.values())
 
+    @property
+    def host_bytes(self) -> int:
+        return sum(self.host_storages.values())
+
     @contextmanager
     def measuring(self) -> Iterator[SavedTensorMeter]:
-        with torch.autograd.graph.saved_tensors_hooks(self.count, lambda t: t):
+        with self.saving():
             yield self
+
+    @contextmanager
+    def saving(self, tracker: MemoryTracker | None = None) -> Iterator[None]:
+        """Count what is saved while inside, through ``tracker``'s saved-tensor hooks when one is
+        tracking the step (only the innermost hooks run, so the tracker must pass tensors on)."""
+        handles = [
+            module.register_forward_pre_hook(self._count_checkpoint_inputs, with_kwargs=True)
+            for module in checkpointed_layers(self._model).values()
+        ]
+        try:
+            if tracker is not None:
+                with tracker.saving_through(self._pack, self._unpack):
+                    yield
+            else:
+                with torch.autograd.graph.saved_tensors_hooks(self._pack, self._unpack):
+                    yield
+        finally:
+            for handle in handles:
+                handle.remove()
+
+
+def checkpointed_layers(model: nn.Module) -> dict[str, nn.Module]:
+    """The modules gradient checkpointing recomputes (transformers' ``GradientCheckpointingLayer``
+    with checkpointing on), by name."""
+    return {
+        name: module
+        for name, module in model.named_modules()
+        if getattr(module, "gradient_checkpointing", False) is True
+        and hasattr(module, "_gradient_checkpointing_func")
+    }
+
+
+@contextmanager
+def training_forward(
+    model: nn.Module,
+    offload: Callable[[], torch.autograd.graph.saved_tensors_hooks] | None,
+    meter: SavedTensorMeter | None = None,
+    tracker: MemoryTracker | None = None,
+) -> Iterator[None]:
+    """The context of a training forward: ``meter`` counting (it applies the offload hooks itself),
+    else the offload hooks alone, else nothing; through ``tracker``'s hooks when it tracks the step."""
+    if meter is not None:
+        with meter.saving(tracker):
+            yield
+    elif offload is not None:
+        hooks = offload()
+        if tracker is not None:
+            with tracker.saving_through(hooks.pack_hook, hooks.unpack_hook):
+                yield
+        else:
+            with hooks:
+                yield
+    else:
+        yield
 
 
 def predicted_velora_bytes(model: nn.Module) -> int:
     """Analytic bytes the VeLoRA layers saved in their last training forward: ``T·G`` projections
     in the input's dtype plus the vector ``v``, summed over layers."""
     total = 0
-    for module in velora_modules(model).values():
+    # A layer inside a checkpointed one keeps nothing after forward (it is recomputed).
+    recomputed = tuple(f"{name}." for name in checkpointed_layers(model))
+    for name, module in velora_modules(model).items():
+        if recomputed and name.startswith(recomputed):
+            continue
         total += predict_layer_bytes(module, module.last_num_tokens, module.last_input_dtype)
     return total
 
@@ -140,14 +228,28 @@ def predict_layer_bytes(module: VeLoRALinear, num_tokens: int, dtype: torch.dtyp
     return num_tokens * module.num_groups * element + _nbytes(module.velora_v)
 
 
+def _state_tensors(value: object) -> Iterator[torch.Tensor]:
+    """The tensors of one optimizer-state entry: a tensor, or GaLore's projector (its projection
+    matrix, or the pair of them for ``proj_type="full"``)."""
+    if isinstance(value, torch.Tensor):
+        yield value
+    elif hasattr(value, "ortho_matrix"):
+        matrix = value.ortho_matrix
+        for t in matrix if isinstance(matrix, (list, tuple)) else (matrix,):
+            if isinstance(t, torch.Tensor):
+                yield t
+
+
 def optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:
+    """Bytes of the optimizer's state as stored, each storage once."""
     seen: set[int] = set()
     total = 0
     for state in optimizer.state.values():
         for value in state.values():
-            if isinstance(value, torch.Tensor) and value.data_ptr() not in seen:
-                seen.add(value.data_ptr())
-                total += _nbytes(value)
+            for t in _state_tensors(value):
+                if t.data_ptr() not in seen:
+                    seen.add(t.data_ptr())
+                    total += _nbytes(t)
     return total
 
 
@@ -187,6 +289,7 @@ def step_report(
         gradient_bytes=grad_bytes,
         optimizer_bytes=optimizer_state_bytes(optimizer),
         activation_bytes=meter.activation_bytes,
+        host_activation_bytes=meter.host_bytes,
         predicted_activation_bytes=predicted_velora_bytes(model),
         velora_measured_bytes=meter.velora_bytes,
         peak_bytes=peak,
@@ -218,7 +321,7 @@ def measure_training_step(
     meter = SavedTensorMeter(model)
     tracker = MemoryTracker(model, optimizer)
     with tracker:
-        with tracker.counting_saved(meter):
+        with meter.saving(tracker):
             loss = loss_fn(model, batch) if loss_fn is not None else model(**batch).loss
         tracker.set_phase("backward")
         loss.backward()

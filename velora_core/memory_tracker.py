@@ -27,7 +27,6 @@ gradient hook on every parameter, which raises on frozen ones (LoRA's base weigh
 
 from __future__ import annotations
 
-import contextlib
 import weakref
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -236,10 +235,6 @@ class MemoryTracker(TorchDispatchMode):
         finally:
             self._inner = outer
 
-    def counting_saved(self, meter) -> contextlib.AbstractContextManager[None]:
-        """Feed ``meter`` (a :class:`~velora_core.memory.SavedTensorMeter`) while inside."""
-        return self.saving_through(meter.count, _identity)
-
     def __exit__(self, *exc):
         result = super().__exit__(*exc)
         self._saved_hooks.__exit__(*exc)
@@ -302,10 +297,6 @@ class _Packed:
 
     value: Any
     unpack: Callable[[Any], torch.Tensor]
-
-
-def _identity(t: torch.Tensor) -> torch.Tensor:
-    return t
 
 
 def _event(point: dict) -> int:

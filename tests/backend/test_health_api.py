@@ -87,7 +87,14 @@ def test_presets_lists_what_forms_need(client: TestClient, auth: dict) -> None:
     assert {"tiny", "llama-7b"} <= set(body["models"])
     assert body["models"]["llama-7b"]["hidden_size"] == 4096
     assert body["datasets"]["stdlib-corpus"]["kind"] == "lm"
-    assert set(body["methods"]) == {"full", "lora", "qlora", "velora+full", "velora+lora", "velora+qlora"}
+    assert {"full", "lora", "qlora", "velora+full", "velora+lora", "velora+qlora"} <= set(body["methods"])
+    assert {"full+gc", "lora+gc", "galore", "lora-fa"} <= set(body["methods"])
+    parts = body["method_parts"]
+    assert list(parts["bases"]) == ["full", "lora", "qlora", "galore", "lora-fa"]
+    assert list(parts["techniques"]) == ["velora", "gc", "8bit", "offload"]
+    assert parts["bases"]["galore"]["sections"]["galore"]["config_schema"]["properties"]["rank"]
+    assert parts["techniques"]["offload"]["needs_cuda"] and parts["order"][:2] == ["velora", "<base>"]
+    assert body["methods"]["galore"]["defaults"]["galore"]["update_proj_gap"] == 200
     velora_schema = body["methods"]["velora+lora"]["config_schema"]
     assert "velora" in velora_schema["properties"] and "lora" in velora_schema["properties"]
     assert {"cpu-smoke", "demo", "memory-7b"} <= set(body["comparisons"])

@@ -30,6 +30,32 @@ def test_unknown_method_names_the_choices(client: TestClient, auth: dict, db: Da
     assert nothing_stored(db)
 
 
+@pytest.mark.parametrize(
+    ("methods", "message"),
+    [
+        (["lora-fa+velora"], "'lora-fa' and 'velora' do not combine: LoRA-FA freezes lora_A"),
+        (["lora+gc+gc"], "repeats the technique(s) ['gc']"),
+        (["lora+velora", "velora+lora"], "methods must not repeat (after putting their parts in order)"),
+        (["lora+offload"], "needs a CUDA device, not 'cpu'"),
+        (["lora+warp"], "unknown method(s) ['lora+warp']; a method is a base (full, lora, qlora, galore"),
+    ],
+)
+def test_a_bad_composition_is_a_422_naming_the_problem(
+    client: TestClient, auth: dict, db: Database, methods: list[str], message: str
+) -> None:
+    response = client.post("/api/v1/comparisons", json=tiny_comparison(methods=methods), headers=auth)
+    assert response.status_code == 422
+    assert message in messages(response)
+    assert nothing_stored(db)
+
+
+def test_a_composed_name_is_stored_in_its_canonical_spelling(client: TestClient, auth: dict) -> None:
+    response = client.post("/api/v1/runs", json=tiny_run(method="gc+lora+velora"), headers=auth)
+    assert response.status_code == 201, response.text
+    assert response.json()["method"] == "velora+lora+gc"
+    assert set(response.json()["spec"]["method_config"]) == {"lora", "velora"}
+
+
 def test_invalid_later_run_creates_nothing(client: TestClient, auth: dict, db: Database) -> None:
     # velora+full with 200 groups is invalid for the tiny model's 128 features: the third run fails
     # validation, so the first two must not be stored either.

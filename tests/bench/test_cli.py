@@ -22,6 +22,8 @@ def test_presets_lists_comparisons_models_and_datasets():
     assert out.returncode == 0, out.stderr
     for name in ("cpu-smoke", "demo", "c4-60m", "alpaca-7b", "memory-7b", "llama-7b", "stdlib-mc"):
         assert name in out.stdout
+    for part in ("galore", "lora-fa", "velora", "gc", "8bit", "offload"):
+        assert f"\n  {part} " in out.stdout
 
 
 @pytest.mark.parametrize(

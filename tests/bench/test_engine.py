@@ -44,7 +44,8 @@ def smoke_results(artifacts, base_result):
 
 
 def test_every_method_completes_cpu_smoke_and_loss_falls(smoke_results):
-    assert set(smoke_results) == {"full", "lora", "qlora", "velora+full", "velora+lora", "velora+qlora"}
+    assert list(smoke_results) == comparison_preset("cpu-smoke").methods
+    assert {"full", "lora", "qlora", "velora+full", "velora+lora", "velora+qlora"} < set(smoke_results)
     for method, (result, events) in smoke_results.items():
         assert result.status == RunStatus.COMPLETED, (method, result.error)
         curve = [p.loss for p in result.loss_curve]
@@ -67,6 +68,12 @@ def test_cpu_smoke_memory_ordering(smoke_results):
         assert velora.predicted_activation_bytes == velora.velora_measured_bytes > 0
     assert memory["full"].trainable_bytes > 10 * memory["lora"].trainable_bytes
     assert memory["full"].optimizer_bytes == pytest.approx(2 * memory["full"].trainable_bytes, rel=0.01)
+    # The alternatives: checkpointing keeps layer inputs only, GaLore a low-rank state, LoRA-FA
+    # trains lora_B alone.
+    for plain in ("full", "lora"):
+        assert memory[f"{plain}+gc"].activation_bytes < 0.25 * memory[plain].activation_bytes
+    assert memory["galore"].optimizer_bytes < 0.5 * memory["full"].optimizer_bytes
+    assert memory["lora-fa"].gradient_bytes < memory["lora"].gradient_bytes
 
 
 def test_the_base_run_saves_its_model_and_a_second_one_reuses_it(base_result, artifacts):

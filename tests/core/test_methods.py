@@ -1,13 +1,13 @@
-"""The six methods on a tiny LLaMA: each trains, and the memory reports order as expected."""
+"""The six original methods on a tiny LLaMA: each trains, and the memory reports order as expected."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from velora_core.contract.method_configs import METHOD_CONFIGS
+from velora_core.contract.method_parts import METHOD_CONFIGS
 from velora_core.memory import measure_training_step
-from velora_core.methods import METHODS, prepare_model
+from velora_core.methods import BASE_STEPS, TECHNIQUE_STEPS, prepare_model
 from velora_core.models import ModelSource
 
 LORA = {"r": 4, "alpha": 8, "target_modules": ["v_proj", "down_proj"]}
@@ -23,9 +23,13 @@ SETTINGS = {
 }
 
 
-def test_registry_is_the_six_methods():
-    assert list(METHODS) == ["full", "lora", "qlora", "velora+full", "velora+lora", "velora+qlora"]
-    assert set(METHODS) == set(METHOD_CONFIGS)
+METHODS = list(SETTINGS)
+
+
+def test_registry_has_one_entry_per_part_and_the_six_names_are_still_offered():
+    assert list(BASE_STEPS) == ["full", "lora", "qlora", "galore", "lora-fa"]
+    assert list(TECHNIQUE_STEPS) == ["velora", "gc", "8bit", "offload"]
+    assert list(METHOD_CONFIGS)[:6] == METHODS
 
 
 def train(method: str, model_dir: str, batch: dict, steps: int = 6, lr: float = 1e-2):

@@ -92,6 +92,25 @@ def test_launch_shows_the_api_validation_error_in_words(
     assert live_service.get("/comparisons", limit=1)["count"] == before
 
 
+def test_launch_composes_a_method_from_a_base_and_techniques(open_page: OpenPage) -> None:
+    at = open_page()
+    at.radio(key="launch.mode").set_value("spec").run()
+    at.selectbox(key="spec.methods.base").set_value("lora").run()
+    at.multiselect(key="spec.methods.techniques").set_value(["gc", "velora"]).run()
+    at.button(key="spec.methods.add").click().run()
+    assert not at.exception and not at.error, texts(at.error)
+    picker = at.multiselect(key="spec.methods")
+    assert "velora+lora+gc" in picker.options and "velora+lora+gc" in picker.value  # canonical spelling
+    # Its settings are the sections of its parts, with velora's LoRA default scale.
+    assert at.number_input(key="spec.cfg.velora+lora+gc.velora.scale").value == pytest.approx(0.1)
+    assert at.number_input(key="spec.cfg.velora+lora+gc.lora.r").value == 8
+
+    at.selectbox(key="spec.methods.base").set_value("lora-fa").run()
+    at.button(key="spec.methods.add").click().run()
+    assert "LoRA-FA freezes lora_A, whose input is what VeLoRA compresses" in texts(at.error)[0]
+    assert "velora+lora-fa+gc" not in at.multiselect(key="spec.methods").options
+
+
 def test_will_it_fit_runs_memory_only_and_compare_checks_the_gpu_size(
     open_page: OpenPage, live_service: LiveService, smoke_comparison: dict[str, Any]
 ) -> None:

@@ -9,8 +9,10 @@ import torch
 
 from velora_core.bench.trainer import oom_types, random_batches
 from velora_core.contract.spec import RunSpec
+from velora_core.memory import training_forward
 from velora_core.methods import prepare_model
 from velora_core.models import ModelSource
+from velora_core.optimizers import build_optimizer
 
 
 def find_max_micro_batch(fits: Callable[[int], bool], start: int = 1, cap: int = 4096) -> int | None:
@@ -44,9 +46,10 @@ def search_max_micro_batch(
         batch = next(random_batches(vocab, micro_batch, spec.seq_len, spec.seed))
         try:
             prepared.model.train()
-            loss = prepared.model(**{k: v.to(device) for k, v in batch.items()}).loss
+            with training_forward(prepared.model, prepared.saved_tensors_hooks):
+                loss = prepared.model(**{k: v.to(device) for k, v in batch.items()}).loss
             loss.backward()
-            optimizer = torch.optim.AdamW(prepared.trainable_parameters)
+            optimizer = build_optimizer(prepared, spec.optimizer)
             optimizer.step()
             return True
         except oom_types():

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from collections.abc import Callable
@@ -11,9 +10,10 @@ import torch
 
 from velora_core.contract.result import LossPoint, MemoryReport, ProgressEvent
 from velora_core.contract.spec import RunSpec
-from velora_core.memory import SavedTensorMeter, gradient_bytes, step_report
+from velora_core.memory import SavedTensorMeter, gradient_bytes, step_report, training_forward
 from velora_core.memory_tracker import MemoryTracker, TrackedStep
 from velora_core.methods import PreparedModel
+from velora_core.optimizers import build_optimizer
 
 ProgressCallback = Callable[[ProgressEvent], bool | None]
 
@@ -68,10 +68,8 @@ class Trainer:
         self.params = prepared.trainable_parameters
         self.device = device
         self.on_progress = on_progress
-        opt = spec.optimizer
-        self.optimizer = torch.optim.AdamW(
-            self.params, lr=opt.lr, betas=opt.betas, weight_decay=opt.weight_decay
-        )
+        self.offload = prepared.saved_tensors_hooks
+        self.optimizer = build_optimizer(prepared, spec.optimizer)
         self.memory = MemoryReport()
         self.loss_curve: list[LossPoint] = []
         self.tokens = 0
@@ -135,7 +133,7 @@ class Trainer:
             self._sync()
             start = time.perf_counter()
             loss_sum, step_tokens = 0.0, 0
-            meter = SavedTensorMeter(self.model) if measure else None
+            meter = SavedTensorMeter(self.model, self.offload and self.offload()) if measure else None
             self._tracker = MemoryTracker(self.model, self.optimizer).__enter__() if measure else None
             for micro in range(spec.grad_accum):
                 self._phase("forward")
@@ -146,12 +144,9 @@ class Trainer:
                 inputs = batch.get("input_ids", batch.get("pixel_values"))
                 shape = {"micro_batch": inputs.shape[0], "seq_len": inputs.shape[-1], "step": step}
                 try:
-                    ctx = (
-                        self._tracker.counting_saved(meter)
-                        if (meter is not None and micro == 0)
-                        else contextlib.nullcontext()
-                    )
-                    with ctx:
+                    with training_forward(
+                        self.model, self.offload, meter if micro == 0 else None, self._tracker
+                    ):
                         loss = self.model(**batch).loss
                     self._phase("backward")
                     (loss / spec.grad_accum).backward()

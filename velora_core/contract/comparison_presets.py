@@ -12,10 +12,13 @@ from pydantic import ValidationError
 
 from velora_core.contract.encoder_comparisons import ENCODER_COMPARISONS
 from velora_core.contract.errors import validation_message
-from velora_core.contract.method_configs import METHOD_CONFIGS
+from velora_core.contract.method_parts import canonical_method
+from velora_core.contract.presets import MODEL_PRESETS
 from velora_core.contract.spec import ComparisonSpec
 
 ALL_METHODS = ["full", "lora", "qlora", "velora+full", "velora+lora", "velora+qlora"]
+#: What the offline presets compare: the six, and the alternatives people pick first.
+OFFLINE_METHODS = [*ALL_METHODS, "full+gc", "lora+gc", "galore", "lora-fa"]
 
 # Offline fine-tuning settings shared by demo and cpu-smoke. VeLoRA's scale follows the paper's
 # fine-tuning value (0.1) only where LoRA is used; velora+full trains the base weights, as in pre-training.
@@ -27,12 +30,20 @@ _OFFLINE_METHOD_CONFIGS = {
     "velora+full": {"velora": _VELORA_FT},
     "velora+lora": {"lora": _LORA, "velora": _VELORA_FT},
     "velora+qlora": {"lora": _LORA, "quant": {"compute_dtype": "fp32"}, "velora": _VELORA_FT},
+    "lora+gc": {"lora": _LORA},
+    "lora-fa": {"lora": _LORA},
 }
+
+
+def _offline_configs(hidden: int) -> dict[str, dict]:
+    # GaLore's rank is a quarter of the width, as in the paper (128 for LLaMA-60M's 512).
+    return {**_OFFLINE_METHOD_CONFIGS, "galore": {"galore": {"rank": hidden // 4}}}
 
 
 def _offline(
     preset: str, pretrain_steps: int, finetune_steps: int, seq_len: int, batch: int, questions: int
 ) -> dict:
+    hidden = MODEL_PRESETS[preset].hidden_size
     pretrain = {
         "workload": "pretrain",
         "model": {"source": "preset", "name": preset},
@@ -57,8 +68,8 @@ def _offline(
             "eval": {"metric": "mc_accuracy", "max_examples": questions, "batch_size": 32},
             "progress_every": 5,
         },
-        "methods": ALL_METHODS,
-        "method_configs": _OFFLINE_METHOD_CONFIGS,
+        "methods": OFFLINE_METHODS,
+        "method_configs": _offline_configs(hidden),
     }
 
 
@@ -78,17 +89,27 @@ def _stdlib_pretrain(preset: str, steps: int) -> dict:
             "save_artifact": False,
             "progress_every": 5,
         },
-        # GaLore (VeLoRA Table 4's other baseline) joins as soon as the method registry has it.
-        "methods": ["full", "velora+full", "lora", *(["galore"] if "galore" in METHOD_CONFIGS else [])],
+        # VeLoRA Table 4's baselines: full, LoRA and GaLore.
+        "methods": ["full", "velora+full", "lora", "galore"],
         "method_configs": {
             "velora+full": {"velora": _VELORA_FT},  # scale 1.0: the paper's pre-training value
             # GaLore and ReLoRA pre-train LoRA with r = hidden / 4 (60M: 128 of 512).
             "lora": {"lora": {"r": 64, "alpha": 32, "dropout": 0.0}},
+            # GaLore's C4 settings with the same rank (hidden / 4), its projection refreshed 4 times.
+            "galore": {
+                "galore": {"rank": 64, "update_proj_gap": max(1, steps // 4), "scale": 0.25, "lr": 0.01}
+            },
         },
     }
 
 
-def _c4(preset: str, lr: float, groups: int, steps: int) -> dict:
+#: GaLore on C4 (GaLore Table 2, as VeLoRA Table 4 copies it): rank 128 (60M) or 256 (130M),
+#: projection recomputed every 200 steps, scale 0.25, learning rate 0.01.
+def _galore_c4(rank: int) -> dict:
+    return {"galore": {"rank": rank, "update_proj_gap": 200, "scale": 0.25, "lr": 0.01}}
+
+
+def _c4(preset: str, lr: float, groups: int, steps: int, galore_rank: int) -> dict:
     return {
         "base": {
             "workload": "pretrain",
@@ -103,11 +124,44 @@ def _c4(preset: str, lr: float, groups: int, steps: int) -> dict:
             "eval": {"metric": "perplexity", "max_examples": 1000, "batch_size": 64},
             "progress_every": 20,
         },
-        "methods": ["full", "lora", "velora+full"],
+        "methods": ["full", "lora", "velora+full", "galore"],
         "method_configs": {
             "lora": {"lora": {"r": 128, "alpha": 32}},
             "velora+full": {"velora": {"num_groups": groups, "scale": 1.0}},
+            "galore": _galore_c4(galore_rank),
         },
+    }
+
+
+_TABLE7_METHODS = ["full", "full+gc", "velora+full"]
+
+
+def _table7_c4(preset: str, groups: int) -> dict:
+    """VeLoRA Table 7, 60M/130M: C4 pre-training at batch 1, speed and memory of full training,
+    gradient checkpointing and VeLoRA."""
+    spec = _c4(preset, lr=1e-3, groups=groups, steps=200, galore_rank=128)
+    spec["base"] = {**spec["base"], "micro_batch": 1, "eval": {"metric": "none"}, "save_artifact": False}
+    spec["methods"] = _TABLE7_METHODS
+    spec["method_configs"] = {"velora+full": spec["method_configs"]["velora+full"]}
+    return spec
+
+
+def _table7_memory(preset: str, groups: int) -> dict:
+    """VeLoRA Table 7, 7B/13B: the model's shape with random weights at batch 1 (memory only)."""
+    return {
+        "base": {
+            "workload": "finetune",
+            "model": {"source": "preset", "name": preset, "memory_only": True},
+            "dataset": {"source": "builtin", "name": "stdlib-corpus"},
+            "seq_len": 512,
+            "micro_batch": 1,
+            "steps": 2,
+            "dtype": "bf16",
+            "save_artifact": False,
+            "eval": {"metric": "none"},
+        },
+        "methods": _TABLE7_METHODS,
+        "method_configs": {"velora+full": {"velora": {"num_groups": groups, "scale": 1.0}}},
     }
 
 
@@ -117,27 +171,50 @@ _PAPER_VELORA = {"num_groups": 32, "scale": 0.1, "init": "batch_average_once"}
 PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
     "cpu-smoke": (
         "Offline, seconds per method: a tiny LLaMA pre-trained on the stdlib corpus, then fine-tuned "
-        "with all six methods on stdlib-next-line, which line comes next in held-out code (CI)",
+        "with ten methods (the six, full+gc, lora+gc, galore, lora-fa) on stdlib-next-line, which line "
+        "comes next in held-out code (CI)",
         _offline("tiny", pretrain_steps=60, finetune_steps=20, seq_len=128, batch=8, questions=100),
     ),
     "demo": (
         "Offline, under 10 minutes on 2 CPU cores: a small LLaMA pre-trained on the stdlib corpus, "
-        "then fine-tuned with all six methods on stdlib-next-line: which of four lines comes next in "
-        "held-out code, 800 items, accuracy with its 95 % interval",
+        "then fine-tuned with ten methods (the six, full+gc, lora+gc, galore, lora-fa) on "
+        "stdlib-next-line: which of four lines comes next in held-out code, 800 items, accuracy with "
+        "its 95 % interval",
         _offline("small", pretrain_steps=200, finetune_steps=60, seq_len=256, batch=8, questions=800),
     ),
     "demo-pretrain": (
         "Offline, under 10 minutes on 2 CPU cores: VeLoRA Table 4's comparison in miniature, a small "
-        "LLaMA pre-trained from scratch on the stdlib corpus by each method, validation perplexity",
+        "LLaMA pre-trained from scratch on the stdlib corpus by full, VeLoRA, LoRA and GaLore, "
+        "validation perplexity",
         _stdlib_pretrain("small", steps=200),
     ),
     "c4-60m": (
-        "VeLoRA Table 4: LLaMA-60M pre-trained on C4 (needs the hub and a GPU); full, LoRA, VeLoRA",
-        _c4("llama-60m", lr=1e-3, groups=64, steps=10_000),
+        "VeLoRA Table 4: LLaMA-60M pre-trained on C4 (needs the hub and a GPU); full, LoRA, VeLoRA, GaLore",
+        _c4("llama-60m", lr=1e-3, groups=64, steps=10_000, galore_rank=128),
     ),
     "c4-130m": (
-        "VeLoRA Table 4: LLaMA-130M pre-trained on C4 (needs the hub and a GPU); full, LoRA, VeLoRA",
-        _c4("llama-130m", lr=1e-3, groups=64, steps=20_000),
+        "VeLoRA Table 4: LLaMA-130M pre-trained on C4 (needs the hub and a GPU); full, LoRA, VeLoRA, GaLore",
+        _c4("llama-130m", lr=1e-3, groups=64, steps=20_000, galore_rank=256),
+    ),
+    "table7-60m": (
+        "VeLoRA Table 7: speed and memory of full, gradient checkpointing and VeLoRA at batch 1, "
+        "LLaMA-60M on C4 (needs the hub and a GPU)",
+        _table7_c4("llama-60m", groups=64),
+    ),
+    "table7-130m": (
+        "VeLoRA Table 7: speed and memory of full, gradient checkpointing and VeLoRA at batch 1, "
+        "LLaMA-130M on C4 (needs the hub and a GPU)",
+        _table7_c4("llama-130m", groups=64),
+    ),
+    "table7-7b": (
+        "VeLoRA Table 7, memory only: LLaMA-7B's shape with random weights at 1x512 tokens, bf16; "
+        "full, gradient checkpointing, VeLoRA (GPU)",
+        _table7_memory("llama-7b", groups=32),
+    ),
+    "table7-13b": (
+        "VeLoRA Table 7, memory only: LLaMA-13B's shape with random weights at 1x512 tokens, bf16; "
+        "full, gradient checkpointing, VeLoRA (GPU)",
+        _table7_memory("llama-13b", groups=32),
     ),
     "alpaca-7b": (
         "VeLoRA Table 3: LLaMA-7B fine-tuned on Alpaca, 5-shot MMLU (needs the hub and a GPU)",
@@ -218,6 +295,14 @@ def _require_mapping(value: Any, field: str) -> dict[str, Any]:
     return value
 
 
+def _spelled(method: Any) -> Any:
+    """``method`` in its canonical spelling where it is a valid name (else as given: the spec says why)."""
+    try:
+        return canonical_method(method)
+    except (TypeError, ValueError):
+        return method
+
+
 def comparison_preset(name: str, overrides: dict[str, Any] | None = None) -> ComparisonSpec:
     """The preset's :class:`ComparisonSpec`, with ``overrides`` merged in.
 
@@ -247,9 +332,8 @@ def comparison_preset(name: str, overrides: dict[str, Any] | None = None) -> Com
     if "base" in top:
         data["base"] = deep_merge(data["base"], _require_mapping(top["base"], "overrides.base"))
     if "methods" in top and "method_configs" not in top and isinstance(data["methods"], list):
-        data["method_configs"] = {
-            m: c for m, c in data.get("method_configs", {}).items() if m in data["methods"]
-        }
+        chosen = [_spelled(m) for m in data["methods"]]  # the preset's settings follow any spelling
+        data["method_configs"] = {m: c for m, c in data.get("method_configs", {}).items() if m in chosen}
     try:
         return ComparisonSpec.model_validate(data)
     except ValidationError as exc:

@@ -1,8 +1,10 @@
-"""Typed settings of the six training methods (pydantic, no torch), so specs validate anywhere.
+"""Typed settings of the parts a training method is made of (pydantic, no torch), so specs validate
+anywhere, and the checks of those settings against a model's layers.
 
-``velora_core.methods.METHODS`` maps each name to its apply function; this module maps each name
-to its settings class. They are kept apart only so that the backend can validate a spec without
-importing torch.
+A method is a base plus memory techniques (``velora_core.contract.method_parts`` composes them);
+each part contributes sections (``lora``, ``quant``, ``galore``, ``velora``, ``adam8bit``,
+``offload``) whose models live here. ``velora_core.methods`` holds each part's code. They are kept
+apart only so that the backend can validate a spec without importing torch.
 """
 
 from __future__ import annotations
@@ -16,13 +18,10 @@ from pydantic import (
     ConfigDict,
     Field,
     SerializerFunctionWrapHandler,
-    ValidationError,
     field_validator,
     model_serializer,
     model_validator,
 )
-
-from velora_core.contract.errors import validation_message
 
 try:  # the regular-expression parser (public as sre_parse before Python 3.11)
     import re._parser as _sre_parse
@@ -227,8 +226,59 @@ class QuantSettings(BaseModel):
     compute_dtype: Literal["bf16", "fp32", "fp16"] = "bf16"
 
 
+class GaLoreSettings(BaseModel):
+    """GaLore settings (Zhao et al., 2024), passed as a parameter group to galore-torch's optimizer.
+
+    Args:
+        rank: the rank of the gradient projection (the paper: 128 for LLaMA-60M, 256 for 130M); a
+            layer smaller than ``rank`` keeps its full size (the SVD has no more directions).
+        update_proj_gap: optimizer steps between recomputing the projection by SVD (``T``, 200).
+        scale: multiplies the projected-back update (``alpha``, 0.25).
+        proj_type: which side is projected (``std``: the smaller one).
+        target_modules: the linear layers whose weights get the projection (suffixes or regular
+            expressions, as for VeLoRA); every other trainable parameter gets plain AdamW state.
+        lr: the learning rate of the whole run under GaLore (GaLore tunes it per method: 0.01);
+            None keeps ``optimizer.lr``.
+    """
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    rank: int = Field(default=128, ge=1, le=65536)
+    update_proj_gap: int = Field(default=200, ge=1, le=1_000_000)
+    scale: float = Field(default=0.25, gt=0, le=1000)
+    proj_type: Literal["std", "reverse_std", "right", "left", "full"] = "std"
+    target_modules: TargetList = Field(default_factory=lambda: list(LORA_ALL_LINEAR))
+    lr: float | None = Field(default=None, gt=0, le=10)
+
+    @field_validator("target_modules")
+    @classmethod
+    def _check_patterns(cls, patterns: list[str]) -> list[str]:
+        return check_target_patterns(patterns)
+
+
+class Adam8bitSettings(BaseModel):
+    """bitsandbytes' 8-bit AdamW state (block-wise quantised moments, Dettmers et al., 2022)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    min_8bit_size: int = Field(
+        default=4096,
+        ge=1,
+        le=2**31 - 1,
+        description="Tensors with fewer elements keep 32-bit state (bitsandbytes' default).",
+    )
+
+
+class OffloadSettings(BaseModel):
+    """Saved activations to host memory during forward (``torch.autograd.graph.save_on_cpu``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    pin_memory: bool = Field(default=True, description="Copy into pinned host memory (asynchronous).")
+
+
 class MethodSettings(BaseModel):
-    """Base of every method's settings."""
+    """Base of every method's settings (``velora_core.contract.method_parts`` composes them)."""
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
@@ -238,37 +288,36 @@ class MethodSettings(BaseModel):
         ``lm_head``) to its input width. Raises ValueError with what the worker would report."""
 
 
-class FullSettings(MethodSettings):
-    pass
-
-
 def _short_names(names: Sequence[str]) -> list[str]:
     return sorted({n.rsplit(".", 1)[-1] for n in names})
 
 
-class LoRAMethodSettings(MethodSettings):
-    lora: LoRASettings = Field(default_factory=LoRASettings)
-
-    def lora_layers(self, linear_layers: dict[str, int]) -> dict[str, int]:
-        """The linear layers peft gives an adapter."""
-        return {n: w for n, w in linear_layers.items() if lora_target_matches(n, self.lora.target_modules)}
-
-    def check_against_model(self, linear_layers: dict[str, int]) -> None:
-        # peft refuses a LoraConfig whose targets match nothing (the embedding is a target too).
-        names = [*linear_layers, "model.embed_tokens"]
-        if not any(lora_target_matches(n, self.lora.target_modules) for n in names):
-            raise ValueError(
-                f"lora.target_modules {self.lora.target_modules} match no layer of this model; its "
-                f"linear layers: {_short_names(linear_layers)}"
-            )
+def lora_layers(lora: LoRASettings, linear_layers: dict[str, int]) -> dict[str, int]:
+    """The linear layers peft gives an adapter."""
+    return {n: w for n, w in linear_layers.items() if lora_target_matches(n, lora.target_modules)}
 
 
-class QLoRAMethodSettings(LoRAMethodSettings):
-    quant: QuantSettings = Field(default_factory=QuantSettings)
+def check_lora(lora: LoRASettings, linear_layers: dict[str, int]) -> None:
+    """peft refuses a LoraConfig whose targets match nothing (the embedding is a target too)."""
+    names = [*linear_layers, "model.embed_tokens"]
+    if not any(lora_target_matches(n, lora.target_modules) for n in names):
+        raise ValueError(
+            f"lora.target_modules {lora.target_modules} match no layer of this model; its "
+            f"linear layers: {_short_names(linear_layers)}"
+        )
+
+
+def check_galore(galore: GaLoreSettings, linear_layers: dict[str, int]) -> None:
+    """GaLore's targets must name at least one linear layer."""
+    if not any(target_matches(n, galore.target_modules) for n in linear_layers):
+        raise ValueError(
+            f"galore.target_modules {galore.target_modules} match no linear layer of this model; its "
+            f"linear layers: {_short_names(linear_layers)}"
+        )
 
 
 def _velora_candidates(
-    linear_layers: dict[str, int], lora: LoRAMethodSettings | None, quantised: bool
+    linear_layers: dict[str, int], lora: LoRASettings | None, quantised: bool
 ) -> dict[str, tuple[int, str | None]]:
     """The modules ``apply_velora`` sees, by full name: (input width, why it cannot take VeLoRA or None).
 
@@ -281,7 +330,7 @@ def _velora_candidates(
     frozen = (
         "a frozen nn.Linear without a LoRA adapter: VeLoRA only saves memory for a layer whose weight trains"
     )
-    adapted = lora.lora_layers(linear_layers)
+    adapted = lora_layers(lora, linear_layers)
     out: dict[str, tuple[int, str | None]] = {}
     for name, width in linear_layers.items():
         full = PEFT_PREFIX + name
@@ -292,14 +341,14 @@ def _velora_candidates(
         if not quantised:
             out[f"{full}.base_layer"] = (width, frozen)
         out[f"{full}.lora_A.default"] = (width, None)
-        out[f"{full}.lora_B.default"] = (lora.lora.r, None)
+        out[f"{full}.lora_B.default"] = (lora.r, None)
     return out
 
 
-def _check_velora(
+def check_velora(
     velora: VeLoRAConfig,
     linear_layers: dict[str, int],
-    lora: LoRAMethodSettings | None = None,
+    lora: LoRASettings | None = None,
     quantised: bool = False,
 ) -> None:
     """What ``apply_velora`` would refuse, checked on the known layers: a targeted layer with fewer
@@ -321,55 +370,3 @@ def _check_velora(
             f"VeLoRA target_modules {velora.target_modules} match no module; linear layers in this "
             f"model: {_short_names(linear_layers)}"
         )
-
-
-class VeLoRAFullSettings(MethodSettings):
-    velora: VeLoRAConfig = Field(default_factory=lambda: VeLoRAConfig(scale=1.0))
-
-    def check_against_model(self, linear_layers: dict[str, int]) -> None:
-        _check_velora(self.velora, linear_layers)
-
-
-class VeLoRALoRASettings(LoRAMethodSettings):
-    velora: VeLoRAConfig = Field(default_factory=lambda: VeLoRAConfig(scale=0.1))
-
-    def check_against_model(self, linear_layers: dict[str, int]) -> None:
-        super().check_against_model(linear_layers)
-        _check_velora(self.velora, linear_layers, self)
-
-
-class VeLoRAQLoRASettings(QLoRAMethodSettings):
-    velora: VeLoRAConfig = Field(default_factory=lambda: VeLoRAConfig(scale=0.1))
-
-    def check_against_model(self, linear_layers: dict[str, int]) -> None:
-        super().check_against_model(linear_layers)
-        _check_velora(self.velora, linear_layers, self, quantised=True)
-
-
-METHOD_CONFIGS: dict[str, type[MethodSettings]] = {
-    "full": FullSettings,
-    "lora": LoRAMethodSettings,
-    "qlora": QLoRAMethodSettings,
-    "velora+full": VeLoRAFullSettings,
-    "velora+lora": VeLoRALoRASettings,
-    "velora+qlora": VeLoRAQLoRASettings,
-}
-
-
-def method_config_for(method: str, settings: dict[str, Any] | MethodSettings | None) -> MethodSettings:
-    """Parse ``settings`` with the settings class of ``method``.
-
-    Raises:
-        ValueError: unknown method, or settings that do not validate (the message names the field).
-    """
-    try:
-        cls = METHOD_CONFIGS[method]
-    except KeyError:
-        raise ValueError(f"unknown method {method!r}; choose one of {sorted(METHOD_CONFIGS)}") from None
-    if isinstance(settings, cls):
-        return settings
-    try:
-        return cls.model_validate(settings or {})
-    except ValidationError as exc:
-        problems = validation_message(exc, whole="(settings)")
-        raise ValueError(f"invalid settings for method {method!r}: {problems}") from None

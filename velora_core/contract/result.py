@@ -142,7 +142,9 @@ class MemoryReport(BaseModel):
     ``optimizer_bytes``: optimizer state; ``activation_bytes``: tensors saved for backward,
     measured, de-duplicated by storage, parameters excluded; ``predicted_activation_bytes``: the
     analytic bytes the VeLoRA-wrapped layers save (``T·G·elem`` + ``v``), and the measured bytes those
-    layers saved in ``velora_measured_bytes``; ``peak_bytes``: CUDA peak allocated (None off CUDA).
+    layers saved in ``velora_measured_bytes``; ``peak_bytes``: CUDA peak allocated (None off CUDA);
+    ``host_activation_bytes``: saved tensors that offloading copied to host memory (not device
+    memory, so not in the total).
 
     Measured by the memory tracker at every allocation (``velora_core.memory_tracker``, every device):
     ``measured_peak_bytes`` the largest live total, ``peak_phase`` when (``forward``, ``backward``,
@@ -161,6 +163,7 @@ class MemoryReport(BaseModel):
     predicted_activation_bytes: int = 0
     velora_measured_bytes: int = 0
     peak_bytes: int | None = None
+    host_activation_bytes: int = 0
     weight_bytes_by_dtype: dict[str, int] = Field(default_factory=dict)
     trainable_params: int = 0
     total_params: int = 0

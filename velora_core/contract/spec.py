@@ -26,7 +26,13 @@ from pydantic import (
 
 from velora_core.contract.errors import validation_message
 from velora_core.contract.hashing import content_hash
-from velora_core.contract.method_configs import METHOD_CONFIGS, method_config_for
+from velora_core.contract.method_parts import (
+    canonical_method,
+    canonical_methods,
+    check_method_device,
+    method_config_for,
+    trains_all_weights,
+)
 from velora_core.contract.presets import DATASETS, MODEL_PRESETS
 from velora_core.contract.workloads import ENCODER_WORKLOADS, WORKLOAD_METRICS, check_workload
 
@@ -125,9 +131,9 @@ class ModelSpec(StrictModel):
                 raise ValueError(
                     "model.source='artifact' needs model.pretrain (the spec of the run that makes it)"
                 )
-            if self.pretrain.method not in ("full", "velora+full"):
+            if not trains_all_weights(self.pretrain.method):
                 raise ValueError(
-                    "model.pretrain must train all weights (method 'full' or 'velora+full') so that its "
+                    "model.pretrain must train all weights (a method on base 'full' or 'galore') so that its "
                     f"artifact is a whole model, got {self.pretrain.method!r}"
                 )
             if self.pretrain.model.source == "artifact":
@@ -279,8 +285,8 @@ class RunSpec(StrictModel):
 
     @model_validator(mode="after")
     def _check(self) -> RunSpec:
-        if self.method not in METHOD_CONFIGS:
-            raise ValueError(f"unknown method {self.method!r}; choose one of {sorted(METHOD_CONFIGS)}")
+        self.method = canonical_method(self.method)  # any order of its parts; one spelling stored
+        check_method_device(self.method, self.device)
         # Validate the method's settings now (typed, with their own clear errors), keep them as plain JSON.
         parsed = method_config_for(self.method, self.method_config)
         self.method_config = parsed.model_dump(mode="json")
@@ -332,11 +338,7 @@ class ComparisonSpec(StrictModel):
 
     @model_validator(mode="after")
     def _check(self) -> ComparisonSpec:
-        unknown = [m for m in self.methods if m not in METHOD_CONFIGS]
-        if unknown:
-            raise ValueError(f"unknown method(s) {unknown}; choose from {sorted(METHOD_CONFIGS)}")
-        if len(set(self.methods)) != len(self.methods):
-            raise ValueError("methods must not repeat")
+        self.methods, self.method_configs = canonical_methods(self.methods, self.method_configs)
         stray = sorted(set(self.method_configs) - set(self.methods))
         if stray:
             raise ValueError(f"method_configs names methods not in the comparison: {stray}")

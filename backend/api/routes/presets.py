@@ -10,7 +10,7 @@ from fastapi import APIRouter
 from backend.api.deps import ReadAccess, SettingsDep
 from backend.api.docs import error_responses
 from velora_core.contract.comparison_presets import COMPARISON_PRESETS, comparison_preset
-from velora_core.contract.method_configs import METHOD_CONFIGS
+from velora_core.contract.method_parts import METHOD_CONFIGS, method_info, parts_listing
 from velora_core.contract.presets import DATASETS, MODEL_PRESETS
 from velora_core.contract.spec import ComparisonSpec, RunSpec
 
@@ -30,7 +30,9 @@ def _comparison_specs(names: list[str]) -> dict[str, Any]:
 
 @router.get("")
 def read_presets(settings: SettingsDep, _: ReadAccess) -> dict[str, Any]:
-    """Model shapes, built-in datasets, methods (with the JSON schema of each method's settings),
+    """Model shapes, built-in datasets, named methods (with the JSON schema of each method's settings),
+    the parts every method is composed of (``method_parts``: bases and techniques, each with its
+    settings sections' schemas, the canonical order and the pairs that do not combine),
     comparison presets (description and full ComparisonSpec), this server's limits, and the JSON
     schemas of RunSpec and ComparisonSpec. A method's ``defaults`` are its settings as the engine
     builds them (``default_factory`` values included, which the JSON schema cannot show)."""
@@ -38,10 +40,8 @@ def read_presets(settings: SettingsDep, _: ReadAccess) -> dict[str, Any]:
     return {
         "models": {name: asdict(preset) for name, preset in MODEL_PRESETS.items()},
         "datasets": {name: {"kind": kind, "description": text} for name, (kind, text) in DATASETS.items()},
-        "methods": {
-            name: {"config_schema": cls.model_json_schema(), "defaults": cls().model_dump(mode="json")}
-            for name, cls in METHOD_CONFIGS.items()
-        },
+        "methods": {name: method_info(name) for name in METHOD_CONFIGS},
+        "method_parts": parts_listing(),
         "comparisons": comparisons,
         "comparison_specs": _comparison_specs(list(comparisons)),
         "limits": {
