@@ -198,7 +198,7 @@ def fake_step(spec: RunSpec, timeline_points: int = 240) -> tuple[TrackedStep, l
     from velora_core.methods import prepare_model
 
     meta = torch.device("meta")
-    source = model_source(spec, meta, ".velora-bench/artifacts", None)
+    source = model_source(spec, meta, None)  # a preset, a hub config or a local folder: no base run
     prepared = prepare_model(spec.method, source, spec.method_config)
     mode = FakeTensorMode(allow_non_fake_inputs=True)  # constants bitsandbytes keeps on the host
     new, notes = materialise(prepared.model, mode, source.dtype)

@@ -9,9 +9,9 @@ import pytest
 from velora_core.bench.engine import execute
 from velora_core.cli import main
 from velora_core.contract.fit import GIB, FitEstimate, FitRequest
+from velora_core.contract.method_parts import NAMED_METHODS as METHODS
 from velora_core.contract.result import PEAK_COMPONENTS
 from velora_core.fit import FOUR_BIT_NOTE, estimate, fake_step, fit_spec, materialise
-from velora_core.methods import METHODS
 
 SHAPE = {"micro_batch": 2, "seq_len": 32}
 
@@ -48,7 +48,7 @@ def test_fake_4bit_weights_take_the_bytes_bitsandbytes_stores():
     from velora_core.methods import prepare_model
 
     spec = fit_spec(_request("qlora"), "qlora", 1)
-    prepared = prepare_model("qlora", model_source(spec, torch.device("meta"), "", None), spec.method_config)
+    prepared = prepare_model("qlora", model_source(spec, torch.device("meta"), None), spec.method_config)
     _, notes = materialise(prepared.model, FakeTensorMode(allow_non_fake_inputs=True), torch.float32)
     assert notes == [FOUR_BIT_NOTE]
     layer = prepared.model.get_submodule("base_model.model.model.layers.0.mlp.down_proj.base_layer")

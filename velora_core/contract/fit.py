@@ -12,7 +12,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from velora_core.contract.method_configs import METHOD_CONFIGS
+from velora_core.contract.method_parts import canonical_methods
 from velora_core.contract.result import PEAK_COMPONENTS
 from velora_core.contract.spec import MAX_MICRO_BATCH, MAX_NAME_LENGTH, Dtype
 
@@ -50,11 +50,8 @@ class FitRequest(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> FitRequest:
-        unknown = [m for m in self.methods if m not in METHOD_CONFIGS]
-        if unknown:
-            raise ValueError(f"unknown method(s) {unknown}; choose from {sorted(METHOD_CONFIGS)}")
-        if len(set(self.methods)) != len(self.methods):
-            raise ValueError("methods must not repeat")
+        # Composed names (base + techniques) in their one canonical spelling, as a spec stores them.
+        self.methods, self.method_configs = canonical_methods(self.methods, self.method_configs)
         stray = sorted(set(self.method_configs) - set(self.methods))
         if stray:
             raise ValueError(f"method_configs names methods not in the request: {stray}")
