@@ -19,12 +19,15 @@ from dashboard.summary import (
     comparison_status_words,
     display_table,
     eta_seconds,
+    format_metric,
     front_places,
     method_rows,
+    metric_help,
     metric_rows,
     progress_fraction,
     query_number,
     rows_csv,
+    run_facts,
     run_record,
     run_rows,
     split_roles,
@@ -238,3 +241,20 @@ def test_metric_rows_have_readable_names_and_no_empty_column() -> None:
         {"Step": 2, "Loss": 1.5, "Learning rate": 1e-3, "Tokens/s": None, "Step time (s)": 0.2},
     ]
     assert metric_rows([]) == []
+
+
+def test_classification_metrics_read_as_percentages_with_their_interval():
+    assert format_metric("accuracy", 0.886) == "88.6 %"
+    assert format_metric("matthews", 0.5123) == "0.512"
+    evaluation = {
+        "metric": "accuracy",
+        "value": 0.886,
+        "ci95": [0.85, 0.915],
+        "num_examples": 369,
+        "chance": 0.122,
+    }
+    assert metric_help(evaluation) == "95% interval 85.0 % to 91.5 %; 369 examples; chance 12.2 %"
+    assert metric_help({"metric": "perplexity", "value": 3.0}) is None
+    facts = run_facts({"spec": {"workload": "image-classification"}, "result": {"eval": evaluation}})
+    assert {"Fact": "Workload", "Value": "image-classification"} in facts
+    assert {"Fact": "Metric", "Value": "Accuracy"} in facts
