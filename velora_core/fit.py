@@ -31,7 +31,7 @@ import math
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -202,7 +202,9 @@ def fake_step(spec: RunSpec, timeline_points: int = 240) -> tuple[TrackedStep, l
     prepared = prepare_model(spec.method, source, spec.method_config)
     mode = FakeTensorMode(allow_non_fake_inputs=True)  # constants bitsandbytes keeps on the host
     new, notes = materialise(prepared.model, mode, source.dtype)
-    prepared = replace(prepared, trainable_parameters=_remap(prepared.trainable_parameters, new))
+    # Every parameter list the prepared model names (the trainable ones, GaLore's projected ones):
+    # the optimizer is built from them, so a stale meta parameter would change what it does.
+    prepared = replace(prepared, **{f.name: _remap(getattr(prepared, f.name), new) for f in fields(prepared)})
     model = prepared.model
     model.train()
     vocab = model.get_input_embeddings().num_embeddings

@@ -17,6 +17,8 @@ from velora_core.methods import PreparedModel
 
 def _galore_groups(prepared: PreparedModel) -> list[dict]:
     projected = {id(p) for p in prepared.galore_parameters}
+    if not projected <= {id(p) for p in prepared.trainable_parameters}:
+        raise ValueError("GaLore's projected weights are not all among the trainable parameters")
     regular = [p for p in prepared.trainable_parameters if id(p) not in projected]
     galore = prepared.galore
     return [

@@ -173,3 +173,12 @@ def test_offload_on_cuda_moves_saved_activations_to_the_host(tiny_llama_dir):
         loss = prepared.model(**batch).loss
     loss.backward()
     assert meter.activation_bytes == 0 and meter.host_bytes > 0
+
+
+def test_galore_refuses_projected_weights_that_are_not_trained(tiny_llama_dir):
+    """A GaLore weight missing from the trainable parameters (a stale copy of it) is an error, not a
+    silently unprojected AdamW step."""
+    prepared = prepare_model("galore", ModelSource(path=tiny_llama_dir), SETTINGS["galore"])
+    prepared.galore_parameters = [torch.nn.Parameter(p.detach().clone()) for p in prepared.galore_parameters]
+    with pytest.raises(ValueError, match="GaLore's projected weights"):
+        build_optimizer(prepared, OptimizerSpec(lr=1e-2))
