@@ -228,7 +228,7 @@ def predict_layer_bytes(module: VeLoRALinear, num_tokens: int, dtype: torch.dtyp
     return num_tokens * module.num_groups * element + _nbytes(module.velora_v)
 
 
-def _state_tensors(value: object) -> Iterator[torch.Tensor]:
+def optimizer_state_tensors(value: object) -> Iterator[torch.Tensor]:
     """The tensors of one optimizer-state entry: a tensor, or GaLore's projector (its projection
     matrix, or the pair of them for ``proj_type="full"``)."""
     if isinstance(value, torch.Tensor):
@@ -246,7 +246,7 @@ def optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:
     total = 0
     for state in optimizer.state.values():
         for value in state.values():
-            for t in _state_tensors(value):
+            for t in optimizer_state_tensors(value):
                 if t.data_ptr() not in seen:
                     seen.add(t.data_ptr())
                     total += _nbytes(t)

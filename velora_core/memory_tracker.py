@@ -12,7 +12,8 @@ What a storage *is* is decided by identity, as the step goes:
   bitsandbytes 4-bit weight's quantisation state, known when tracking starts;
 - ``gradients``: a trainable parameter's ``.grad``, seen by ``register_post_accumulate_grad_hook``
   (registered on trainable parameters only: frozen ones cannot take it);
-- ``optimizer``: the optimizer's state tensors, read after the step (and at the start);
+- ``optimizer``: the optimizer's state tensors (GaLore's projection matrices too), read after the
+  step (and at the start);
 - ``activations``: tensors autograd saves for backward (``torch.autograd.graph.saved_tensors_hooks``);
 - ``temporary``: everything else.
 
@@ -177,10 +178,13 @@ class MemoryTracker(TorchDispatchMode):
         self.phase = phase
 
     def _optimizer_tensors(self) -> Iterator[torch.Tensor]:
+        from velora_core.memory import optimizer_state_tensors  # the one reader (GaLore's projector too)
+
         if self.optimizer is None:
             return
         for state in self.optimizer.state.values():
-            yield from (v for v in state.values() if isinstance(v, torch.Tensor))
+            for value in state.values():
+                yield from optimizer_state_tensors(value)
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))

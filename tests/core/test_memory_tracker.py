@@ -60,6 +60,23 @@ def test_adamw_state_is_two_fp32_tensors_per_parameter_exactly():
     assert end["activations"] == x.numel() * 4
 
 
+def test_galore_projection_matrix_is_optimizer_state_exactly():
+    """GaLore's projector keeps its projection matrix across steps: optimizer state, not a temporary."""
+    galore_torch = pytest.importorskip("galore_torch")
+    torch.manual_seed(0)
+    model = nn.Linear(32, 48, bias=False)  # weight (48, 32): projected on the right, rank 4
+    optimizer = galore_torch.GaLoreAdamW(
+        [{"params": [model.weight], "rank": 4, "update_proj_gap": 10, "scale": 1.0, "proj_type": "std"}],
+        lr=1e-3,
+        no_deprecation_warning=True,
+    )
+    end = _step(model, optimizer, torch.randn(5, 32)).result().timeline[-1]
+    matrix = optimizer.state[model.weight]["projector"].ortho_matrix  # (4, 32), a slice of the SVD's Vh
+    moments = 2 * 4 * 48 * 4  # exp_avg and exp_avg_sq of the projected (48, 4) gradient, fp32
+    assert matrix.shape == (4, 32)
+    assert end["optimizer"] == moments + matrix.untyped_storage().nbytes()
+
+
 def test_4bit_weight_counts_its_packed_bytes_and_quantisation_state_exactly():
     bnb = pytest.importorskip("bitsandbytes")
     layer = bnb.nn.Linear4bit(128, 64, bias=False, compress_statistics=True, quant_type="nf4")
