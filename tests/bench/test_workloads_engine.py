@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from velora_core.bench.engine import execute
+from velora_core.bench.engine import execute, execute_base
 from velora_core.contract.comparison_presets import ALL_METHODS
 from velora_core.contract.encoder_comparisons import (
     ROBERTA_LINEAR,
@@ -17,6 +17,7 @@ from velora_core.contract.encoder_comparisons import (
     VIT_LINEAR,
     VIT_VELORA_TARGETS,
 )
+from velora_core.contract.plan import base_spec
 from velora_core.contract.result import RunStatus
 from velora_core.contract.spec import RunSpec
 
@@ -153,17 +154,17 @@ def test_masked_lm_base_then_sequence_classification_from_its_artifact(tmp_path,
             "save_artifact": False,
         }
     )
-    events = []
-    result = execute(spec, on_progress=events.append, artifact_dir=tmp_path)
-    _check_completed(result, "pearson", "velora+lora")
-    assert result.eval.details["classes"] == ["score"]  # a regression: one output
-    base = RunSpec.model_validate(pretrain)
+    # The masked-LM pre-training is a base run of its own (contract/plan.py), run first.
+    base = base_spec(spec)
+    base_result = execute_base(base, None, tmp_path)
     saved = tmp_path / base.spec_hash()
+    assert base_result.artifact_path == str(saved)
     assert (saved / "COMPLETE").exists() and (saved / "velora_byte_tokenizer.json").exists()
-    assert any(e.phase == "base-train" for e in events)
-    base_result = execute(base, artifact_dir=tmp_path / "again")
     assert base_result.eval.metric == "perplexity" and math.isfinite(base_result.eval.value)
     assert 1 < base_result.eval.value < 320  # at most the vocabulary for a barely trained model
+    result = execute(spec, artifact_dir=tmp_path, base_model=base_result.artifact_path)
+    _check_completed(result, "pearson", "velora+lora")
+    assert result.eval.details["classes"] == ["score"]  # a regression: one output
 
 
 @pytest.mark.slow
@@ -188,11 +189,11 @@ def test_pretext_base_gets_a_new_head_for_the_digits(tmp_path):
             "eval": {"max_examples": 16},
         }
     )
-    result = execute(spec, artifact_dir=tmp_path)
+    base = execute_base(base_spec(spec), None, tmp_path)  # the pretext pre-training, a run of its own
+    assert base.status == "completed" and (Path(base.artifact_path) / "COMPLETE").exists()
+    result = execute(spec, artifact_dir=tmp_path, base_model=base.artifact_path)
     _check_completed(result, "accuracy", "lora")
     assert len(result.eval.details["classes"]) == 10  # the 4-way rotation head was replaced
-    base = RunSpec.model_validate(pretrain)
-    assert (tmp_path / base.spec_hash() / "COMPLETE").exists()
 
 
 def test_hub_shaped_image_folder_and_local_vit(tmp_path):
