@@ -146,7 +146,13 @@ def test_read_comparison_has_runs_and_summary(client: TestClient, auth: dict, db
                 memory=dict(
                     mem, predicted_activation_bytes=64, velora_measured_bytes=72, trainable_params=50
                 ),
-                eval={"metric": "perplexity", "value": 12.5, "chance": 0.25},
+                eval={
+                    "metric": "perplexity",
+                    "value": 12.5,
+                    "chance": 0.25,
+                    "ci95": (11.9, 13.1),
+                    "num_examples": 64,
+                },
                 throughput={"tokens_per_s": 1000.0, "train_time_s": 1.5},
             )
             assert store.finish_run(session, run_id=run_id, claim_id=claim, result=result)
@@ -164,6 +170,8 @@ def test_read_comparison_has_runs_and_summary(client: TestClient, auth: dict, db
     assert rows["lora"]["eval_metric"] == "perplexity" and rows["lora"]["eval_value"] == 12.5
     assert rows["lora"]["eval_chance"] == 0.25
     assert {row["workload"] for row in body["summary"]} == {"pretrain"}
+    assert rows["lora"]["eval_ci95"] == [11.9, 13.1] and rows["lora"]["eval_num_examples"] == 64
+    assert rows["lora"]["eval_seeds_spread"] is None  # one seed: no spread
     assert rows["lora"]["predicted_activation_bytes"] == 64 and rows["lora"]["velora_measured_bytes"] == 72
     assert rows["lora"]["trainable_params"] == 50
     assert rows["velora+full"]["eval_chance"] is None and rows["velora+full"]["trainable_params"] is None

@@ -14,7 +14,11 @@ from velora_core.bench.data import ContinuationItem, continuation_examples, sour
 from velora_core.bench.data.examples import pad_collate
 from velora_core.bench.data.next_line import MAX_ITEMS_PER_FILE
 from velora_core.bench.data.sources import stdlib_split
-from velora_core.bench.evaluate_choice import continuation_accuracy
+from velora_core.bench.evaluate_choice import (
+    _loglikelihoods,
+    _shared_context_loglikelihoods,
+    continuation_accuracy,
+)
 from velora_core.bench.tokenizer import ByteTokenizer
 from velora_core.contract.intervals import wilson
 
@@ -126,3 +130,33 @@ def test_ties_go_to_the_first_ending_and_long_items_are_refused() -> None:
     long = [ContinuationItem("y" * 30 + "\n", ("aaaa\n", "bbbb\n"), 0)]
     with pytest.raises(ValueError, match="longer than the model's 24 positions; it would have to be cut"):
         continuation_accuracy(_Uniform(), BYTE, long, batch_size=1)
+
+
+def test_training_examples_lose_old_context_but_never_the_line() -> None:
+    item = ContinuationItem("a" * 50 + "\n", ("bbbbbbbb\n", "cccccccc\n"), 0)
+    (full,) = continuation_examples([item], BYTE, seq_len=100)
+    assert len(full[0]) == 1 + 51 + 9 and int((full[1] != -100).sum()) == 9
+    (cut,) = continuation_examples([item], BYTE, seq_len=20)
+    assert len(cut[0]) == 20 and cut[0][0] == BYTE.bos_token_id
+    assert BYTE.decode(cut[0][-9:].tolist()) == "bbbbbbbb\n" and int((cut[1] != -100).sum()) == 9
+    assert continuation_examples([item], BYTE, seq_len=10) == []  # the line alone does not fit
+
+
+def test_scoring_on_a_shared_context_cache_equals_scoring_each_row_whole() -> None:
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=320,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        max_position_embeddings=256,
+    )
+    model = LlamaForCausalLM(config).eval()
+    items = list(stdlib_next_line("test"))[:9]  # contexts and endings of different lengths
+    grouped = [(BYTE.encode(i.context, add_bos=True), [BYTE.encode(e) for e in i.endings]) for i in items]
+    rows = [(context, ending) for context, endings in grouped for ending in endings]
+    with torch.no_grad():
+        whole = _loglikelihoods(model, rows, BYTE.pad_token_id, batch_size=5)
+        shared = _shared_context_loglikelihoods(model, grouped, BYTE.pad_token_id, batch_size=4)
+    assert shared == pytest.approx(whole, abs=1e-4)
