@@ -15,6 +15,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers import DynamicCache
 
 from velora_core.bench.data.next_line import ContinuationItem
 from velora_core.bench.evaluate import _device, _evaluating
@@ -75,8 +76,13 @@ def _shared_context_loglikelihoods(
         for row, (context, _) in enumerate(chunk):
             context_ids[row, : len(context)] = torch.tensor(context)
         context_mask = (torch.arange(context_ids.shape[1]) < lengths[:, None]).long()  # (B, Lc)
+        # An explicit DynamicCache: transformers 4.x would otherwise hand back tuples.
+        cache = DynamicCache()
         first = model(
-            input_ids=context_ids.to(device), attention_mask=context_mask.to(device), use_cache=True
+            input_ids=context_ids.to(device),
+            attention_mask=context_mask.to(device),
+            past_key_values=cache,
+            use_cache=True,
         )
         # The context's last real token predicts each ending's first token.
         last = F.log_softmax(
@@ -84,7 +90,7 @@ def _shared_context_loglikelihoods(
         )
         if not bool((counts == counts[0]).all()):
             raise ValueError("items of one batch must have the same number of endings")
-        cache = first.past_key_values
+        cache = first.past_key_values or cache
         cache.batch_repeat_interleave(int(counts[0]))  # (B, ...) -> (B·k, ...), each context k times
         endings = [ending for _, item_endings in chunk for ending in item_endings]
         width = max(len(e) for e in endings)
