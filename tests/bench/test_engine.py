@@ -96,6 +96,8 @@ def test_the_base_run_saves_its_model_and_a_second_one_reuses_it(base_result, ar
     events = []
     again = execute_base(base, events.append, artifacts)  # a later comparison with the same base
     assert again.status == RunStatus.COMPLETED and again.eval == base_result.eval
+    assert again.steps_done == base_result.steps_done > 0 and again.loss_curve == base_result.loss_curve
+    assert again.throughput == base_result.throughput and again.throughput.train_time_s > 0
     assert again.environment["reused_artifact"] == base_result.artifact_path
     assert [e.phase for e in events] == ["done"] and "reused" in events[0].message
     assert not any(e.phase == "train" for e in events)

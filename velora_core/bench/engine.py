@@ -209,7 +209,6 @@ def execute(
                     "skipped: needs CUDA (the CPU has no out-of-memory error)"
                 )
         result.status = RunStatus.COMPLETED
-        write_result(result)
         emit("done")
     except RunCancelled:
         result.status = RunStatus.CANCELLED
@@ -241,6 +240,10 @@ def execute(
             train_time_s=trainer.train_time,
             tokens=trainer.tokens,
         )
+    try:
+        write_result(result)  # the whole result (curve, throughput), beside the artifact it made
+    except OSError as exc:
+        result.environment["result_not_saved"] = f"{type(exc).__name__}: {exc}"
     return result
 
 
