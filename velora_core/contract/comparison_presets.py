@@ -176,14 +176,14 @@ PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
         _offline("tiny", pretrain_steps=60, finetune_steps=20, seq_len=128, batch=8, questions=100),
     ),
     "demo": (
-        "Offline, under 10 minutes on 2 CPU cores: a small LLaMA pre-trained on the stdlib corpus, "
+        "Offline, about 15 minutes on 2 CPU cores: a small LLaMA pre-trained on the stdlib corpus, "
         "then fine-tuned with ten methods (the six, full+gc, lora+gc, galore, lora-fa) on "
         "stdlib-next-line: which of four lines comes next in held-out code, 800 items, accuracy with "
         "its 95 % interval",
         _offline("small", pretrain_steps=200, finetune_steps=60, seq_len=256, batch=8, questions=800),
     ),
     "demo-pretrain": (
-        "Offline, under 10 minutes on 2 CPU cores: VeLoRA Table 4's comparison in miniature, a small "
+        "Offline, a few minutes per method on 2 CPU cores: VeLoRA Table 4's comparison in miniature, a small "
         "LLaMA pre-trained from scratch on the stdlib corpus by full, VeLoRA, LoRA and GaLore, "
         "validation perplexity",
         _stdlib_pretrain("small", steps=200),
