@@ -13,7 +13,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from velora_core.contract.method_parts import canonical_methods
-from velora_core.contract.result import PEAK_COMPONENTS
+from velora_core.contract.result import PEAK_COMPONENTS, ComponentBytes
 from velora_core.contract.spec import MAX_MICRO_BATCH, MAX_NAME_LENGTH, Dtype
 
 GIB = 1024**3
@@ -62,7 +62,7 @@ class FitRequest(BaseModel):
         return None if self.gpu_gib is None else int(self.gpu_gib * GIB)
 
 
-class FitEstimate(BaseModel):
+class FitEstimate(ComponentBytes):
     """One method's predicted step: the peak and its phase, the bytes at the peak by component
     (:data:`~velora_core.contract.result.PEAK_COMPONENTS`, they add up to ``peak_bytes``), and with a
     card size ``fits`` and ``max_micro_batch`` (None: even 1 does not fit)."""
@@ -73,12 +73,6 @@ class FitEstimate(BaseModel):
     dtype: str
     peak_bytes: int
     peak_phase: str
-    weights: int = 0
-    trainable: int = 0
-    gradients: int = 0
-    optimizer: int = 0
-    activations: int = 0
-    temporary: int = 0
     gpu_bytes: int | None = None
     fits: bool | None = None
     max_micro_batch: int | None = None

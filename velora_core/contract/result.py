@@ -120,18 +120,23 @@ def full_reference(by_seed: Mapping[Any, T], seed: Any) -> T | None:
     return next(iter(by_seed.values()), None)
 
 
-class MemoryPoint(BaseModel):
-    """One point of a step's memory timeline: live bytes by :data:`PEAK_COMPONENTS` after ``event``
-    allocations and frees, in ``phase``."""
+class ComponentBytes(BaseModel):
+    """Bytes by :data:`PEAK_COMPONENTS` (a timeline point, a predicted peak)."""
 
-    event: int
-    phase: str
     weights: int = 0
     trainable: int = 0
     gradients: int = 0
     optimizer: int = 0
     activations: int = 0
     temporary: int = 0
+
+
+class MemoryPoint(ComponentBytes):
+    """One point of a step's memory timeline: live bytes by :data:`PEAK_COMPONENTS` after ``event``
+    allocations and frees, in ``phase``."""
+
+    event: int
+    phase: str
 
 
 class MemoryReport(BaseModel):
