@@ -62,7 +62,8 @@ def test_adamw_state_is_two_fp32_tensors_per_parameter_exactly():
 
 def test_galore_projection_matrix_is_optimizer_state_exactly():
     """GaLore's projector keeps its projection matrix across steps: optimizer state, not a temporary."""
-    galore_torch = pytest.importorskip("galore_torch")
+    import galore_torch  # a dependency of the project: missing it is a failure, not a skip
+
     torch.manual_seed(0)
     model = nn.Linear(32, 48, bias=False)  # weight (48, 32): projected on the right, rank 4
     optimizer = galore_torch.GaLoreAdamW(
@@ -78,7 +79,8 @@ def test_galore_projection_matrix_is_optimizer_state_exactly():
 
 
 def test_4bit_weight_counts_its_packed_bytes_and_quantisation_state_exactly():
-    bnb = pytest.importorskip("bitsandbytes")
+    import bitsandbytes as bnb  # a dependency: missing it fails the test
+
     layer = bnb.nn.Linear4bit(128, 64, bias=False, compress_statistics=True, quant_type="nf4")
     layer.load_state_dict(nn.Linear(128, 64, bias=False).state_dict())
     layer = layer.to("cpu")  # quantises

@@ -138,7 +138,8 @@ def _summary_row(run: Run, full_totals: dict[int, int | float | None]) -> Summar
             "eval_metric": evaluation.get("metric"),
             "eval_value": evaluation.get("value"),
             "eval_chance": evaluation.get("chance"),
-            "eval_ci95": evaluation.get("ci95"),
+            # model_copy does not validate: give the field the tuple its schema declares.
+            "eval_ci95": tuple(evaluation["ci95"]) if evaluation.get("ci95") else None,
             "eval_num_examples": evaluation.get("num_examples") or None,
             "tokens_per_s": throughput.get("tokens_per_s"),
             "train_time_s": throughput.get("train_time_s"),
