@@ -7,7 +7,8 @@ from typing import Any
 
 import plotly.graph_objects as go
 
-from dashboard.summary import COMPONENTS, GIB, METRIC_LABELS, MIB, front_places, higher_is_better
+from dashboard.formatting import COMPONENTS, GIB, METRIC_LABELS, MIB
+from dashboard.summary import front_places, higher_is_better
 from velora_core.contract.result import PEAK_COMPONENTS, measured_peak_bytes
 from velora_core.contract.workloads import PERCENT_METRICS
 

@@ -1,7 +1,8 @@
-"""What the pages show, computed from API responses: per-method rows (mean ± spread over seeds, 95 %
-intervals, deltas against full fine-tuning and chance), the Pareto front judged with the intervals
-and the sentence about chance, downloads, run status in words,
-progress and ETA. Pure functions of plain dicts, no Streamlit, so they are tested directly.
+"""What the Compare page shows, computed from API responses: per-method rows (mean ± spread over
+seeds, 95 % intervals, deltas against full fine-tuning and chance), the Pareto front judged with the
+intervals, the sentence about chance, the display table and the downloads. Pure functions of plain
+dicts, no Streamlit, so they are tested directly. Words and formats: dashboard/formatting.py; run
+states: dashboard/run_status.py; one run's tables: dashboard/run_tables.py.
 """
 
 from __future__ import annotations
@@ -9,12 +10,19 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
 import statistics
-from collections.abc import Iterable, Mapping, Sequence
-from datetime import UTC, datetime
+from collections.abc import Sequence
 from typing import Any
 
+from dashboard.formatting import (
+    COMPONENTS,
+    GIB,
+    METRIC_LABELS,
+    format_bytes,
+    format_delta,
+    format_interval,
+    format_metric,
+)
 from velora_core.contract.intervals import (
     FrontPlace,
     FrontPoint,
@@ -23,204 +31,12 @@ from velora_core.contract.intervals import (
     pareto_front,
     seeds_interval,
 )
-from velora_core.contract.plan import ROLE_BASE
 from velora_core.contract.result import (
-    ACTIVE_STATUSES,
-    ComparisonStatus,
     headline_memory_bytes,
     measured_peak_bytes,
     memory_vs_full,
     total_memory_bytes,
 )
-from velora_core.contract.workloads import CLASSIFICATION_METRICS, PERCENT_METRICS
-
-MIB = 1024**2
-GIB = 1024**3
-
-#: Memory components in stacking order (bottom to top), with the words the charts use.
-COMPONENTS: list[tuple[str, str]] = [
-    ("weight_bytes", "Frozen weights"),
-    ("trainable_bytes", "Trainable weights"),
-    ("gradient_bytes", "Gradients"),
-    ("optimizer_bytes", "Optimizer state"),
-    ("activation_bytes", "Activations"),
-]
-
-METRIC_LABELS = {
-    "mc_accuracy": "Accuracy",
-    "perplexity": "Perplexity",
-    **CLASSIFICATION_METRICS,
-    "none": "No evaluation",
-}
-STATUS_WORDS = {
-    "waiting": "Waiting for its base model",
-    "queued": "Waiting for a worker",
-    "running": "Running",
-    "completed": "Completed",
-    "failed": "Failed",
-    "out_of_memory": "Out of memory",
-    "cancelled": "Cancelled",
-}
-
-COMPARISON_STATUS_WORDS = {
-    ComparisonStatus.QUEUED: "Waiting for a worker",
-    ComparisonStatus.RUNNING: "Running",
-    ComparisonStatus.COMPLETED: "Completed",
-    ComparisonStatus.PARTIAL: "Partly completed",
-    ComparisonStatus.FAILED: "Failed",
-    ComparisonStatus.CANCELLED: "Cancelled",
-}
-
-
-def comparison_status_words(comparison: dict[str, Any]) -> str:
-    """A comparison's state as a person would say it (``ComparisonStatus`` in velora_core.contract.result)."""
-    status = comparison["status"]
-    words = COMPARISON_STATUS_WORDS.get(status, status)
-    if status in (ComparisonStatus.PARTIAL, ComparisonStatus.FAILED):
-        completed = comparison["status_counts"].get("completed", 0)
-        words += f": {completed} of {sum(comparison['status_counts'].values())} runs completed"
-    return words
-
-
-#: Largest id a page accepts from its address: the browser's number inputs hold no larger integer.
-MAX_QUERY_ID = 2**53 - 1
-
-
-def query_number(
-    params: Mapping[str, str],
-    name: str,
-    *,
-    minimum: float,
-    maximum: float,
-    integer: bool = False,
-    what: str,
-) -> tuple[float | int | None, str | None]:
-    """``?name=`` of the address as a number in [minimum, maximum]: ``(value, None)``, ``(None, None)``
-    when absent, or ``(None, message)`` when it is not such a number (the page then uses its default)."""
-    raw = params.get(name)
-    if raw is None or raw == "":
-        return None, None
-    try:
-        value: float | int = int(raw) if integer else float(raw)
-    except ValueError:
-        value = math.nan
-    if not math.isfinite(value) or not minimum <= value <= maximum:
-        return None, f"Ignored {name}={raw!r} in the address: expected {what}. Showing the default instead."
-    return value, None
-
-
-# --- runs: words, progress, ETA ---------------------------------------------------------------------
-
-
-def _parse_time(value: str | None) -> datetime | None:
-    if not value:
-        return None
-    parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
-
-
-def progress_fraction(run: dict[str, Any]) -> float:
-    """0..1: a finished run is 1 (whatever its step counter says), a queued one 0."""
-    if run["status"] not in ACTIVE_STATUSES:
-        return 1.0
-    total, step = run.get("total_steps") or 0, run.get("step") or 0
-    return min(1.0, step / total) if total > 0 else 0.0
-
-
-def eta_seconds(run: dict[str, Any], now: datetime | None = None) -> float | None:
-    """Seconds until a running run finishes training, from its pace so far; None if unknown."""
-    if run["status"] != "running":
-        return None
-    total, step = run.get("total_steps") or 0, run.get("step") or 0
-    started = _parse_time(run.get("started_at"))
-    if started is None or step <= 0 or total <= step:
-        return None
-    elapsed = ((now or datetime.now(UTC)) - started).total_seconds()
-    return max(0.0, elapsed / step * (total - step))
-
-
-def duration_words(seconds: float | None) -> str:
-    if seconds is None:
-        return ""
-    seconds = round(seconds)
-    if seconds < 60:
-        return f"{seconds} s"
-    if seconds < 3600:
-        return f"{seconds // 60} min {seconds % 60:02d} s"
-    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
-
-
-def status_words(run: dict[str, Any]) -> str:
-    """A run's state as a person would say it, with its error when it has one."""
-    status = run["status"]
-    words = STATUS_WORDS.get(status, status)
-    if status == "running":
-        phase = run.get("phase") or "starting"
-        total = run.get("total_steps") or 0
-        words = (
-            f"Running ({phase}, step {run.get('step') or 0} of {total})" if total else f"Running ({phase})"
-        )
-    elif status == "waiting" and run.get("depends_on"):
-        words = f"Waiting for its base model (run {', '.join(str(i) for i in run['depends_on'])})"
-    elif status == "queued" and run.get("cancel_requested"):
-        words = "Cancelling"
-    if run.get("cancel_requested") and status == "running":
-        words += ", cancelling"
-    error = run.get("error") or (run.get("message") if status in ("failed", "out_of_memory") else None)
-    if error and status not in ACTIVE_STATUSES:
-        words += f": {error}"
-    return words
-
-
-def run_rows(runs: Iterable[dict[str, Any]], now: datetime | None = None) -> list[dict[str, Any]]:
-    """Rows of the runs table: id, what, state in words, progress and ETA."""
-    rows = []
-    for run in runs:
-        total = run.get("total_steps") or 0
-        rows.append(
-            {
-                "Run": run["id"],
-                "Comparison": run.get("comparison_id"),
-                "Method": run["method"] + (" (base model)" if run.get("role") == ROLE_BASE else ""),
-                "Seed": run["seed"],
-                "Status": run["status"],
-                "Progress": progress_fraction(run),
-                "Step": f"{run.get('step') or 0}/{total}" if total else str(run.get("step") or 0),
-                "ETA": duration_words(eta_seconds(run, now)),
-                "Worker": run.get("worker_host") or "",
-                "Created": (run.get("created_at") or "")[:19].replace("T", " "),
-                "State": status_words(run),
-            }
-        )
-    return rows
-
-
-def split_roles(runs: Iterable[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """A comparison's runs as (the methods' runs, the base runs that pre-train their base model)."""
-    methods, bases = [], []
-    for run in runs:
-        (bases if run.get("role") == ROLE_BASE else methods).append(run)
-    return methods, bases
-
-
-def base_run_words(run: dict[str, Any], result: dict[str, Any] | None) -> str:
-    """What a base run did, in a line: its state, then its evaluation and training time once done."""
-    words = f"Run {run['id']}: pre-training {run['method']} · {status_words(run)}"
-    result = result or {}
-    evaluation = result.get("eval") or {}
-    if evaluation.get("value") is not None:
-        words += (
-            f" · {METRIC_LABELS.get(evaluation['metric'], evaluation['metric'])} {evaluation['value']:.2f}"
-        )
-    train_time = (result.get("throughput") or {}).get("train_time_s")
-    if train_time:
-        words += f" · {duration_words(train_time)} training"
-    if (result.get("environment") or {}).get("reused_artifact"):
-        words += " · reused the model an earlier run saved"
-    return words
-
-
-# --- memory and accuracy per method ---------------------------------------------------------------
 
 
 def run_record(run: dict[str, Any], detail: dict[str, Any] | None) -> dict[str, Any]:
@@ -340,57 +156,6 @@ def chance_words(rows: Sequence[dict[str, Any]]) -> str | None:
     return chance_sentence([r["method"] for r in shown], [r["ci95"] for r in shown], chance)
 
 
-# --- formatting -----------------------------------------------------------------------------------
-
-
-def format_bytes(value: float | None) -> str:
-    if value is None:
-        return "–"
-    if abs(value) >= GIB:
-        return f"{value / GIB:.2f} GiB"
-    return f"{value / MIB:.2f} MiB"
-
-
-def format_metric(metric: str | None, value: float | None, spread: float | None = None) -> str:
-    if value is None:
-        return "–"
-    if metric in PERCENT_METRICS:
-        text = f"{100 * value:.1f} %"
-        return f"{text} ± {100 * spread:.1f}" if spread is not None else text
-    text = f"{value:.3f}"
-    return f"{text} ± {spread:.3f}" if spread is not None else text
-
-
-def format_interval(metric: str | None, interval: tuple[float, float] | None) -> str:
-    if interval is None:
-        return "–"
-    if metric in PERCENT_METRICS:
-        return f"{100 * interval[0]:.1f}–{100 * interval[1]:.1f} %"
-    return f"{interval[0]:.3f}–{interval[1]:.3f}"
-
-
-def metric_help(evaluation: Mapping[str, Any]) -> str | None:
-    """A run's evaluation in words beside its value: the 95% interval, the examples and chance."""
-    metric = evaluation.get("metric")
-    parts = []
-    if evaluation.get("ci95"):
-        low, high = evaluation["ci95"]
-        parts.append(f"95% interval {format_metric(metric, low)} to {format_metric(metric, high)}")
-    if evaluation.get("num_examples"):
-        parts.append(f"{evaluation['num_examples']} examples")
-    if evaluation.get("chance"):
-        parts.append(f"chance {format_metric(metric, evaluation['chance'])}")
-    return "; ".join(parts) or None
-
-
-def format_delta(metric: str | None, value: float | None) -> str:
-    if value is None:
-        return "–"
-    if metric in PERCENT_METRICS:
-        return f"{100 * value:+.1f} pts"
-    return f"{value:+.3f}"
-
-
 def display_table(
     rows: Sequence[dict[str, Any]], *, measured_peak: bool, gpu_budget_bytes: float | None = None
 ) -> list[dict[str, str]]:
@@ -468,94 +233,3 @@ def comparison_json(
     """Everything behind the view: the comparison (spec, runs, summary), each run's numbers and the
     per-method rows."""
     return json.dumps({"comparison": comparison, "runs": list(records), "methods": list(rows)}, indent=2)
-
-
-# --- one run --------------------------------------------------------------------------------------
-
-
-def memory_table(memory: dict[str, Any]) -> list[dict[str, str]]:
-    """A run's memory report: each component, the predicted total, the measured peak, the bytes
-    VeLoRA's wrapped layers were predicted to save and did save, and those offloading kept in host
-    memory."""
-
-    def line(label: str, value: int | None, missing: str = "–") -> dict[str, str]:
-        return {
-            "Component": label,
-            "Bytes": missing if value is None else f"{value:,}",
-            "Size": format_bytes(value),
-        }
-
-    return [
-        *(line(label, memory.get(key) or 0) for key, label in COMPONENTS),
-        line("Total (predicted)", total_memory_bytes(memory)),
-        line("Measured peak (tracker)", memory.get("measured_peak_bytes"), missing="not tracked"),
-        line("Temporaries at the peak", memory.get("temporary_bytes"), missing="not tracked"),
-        line("CUDA peak allocated", memory.get("peak_bytes"), missing="not measured off CUDA"),
-        line("CUDA peak reserved", memory.get("cuda_reserved_bytes"), missing="not measured off CUDA"),
-        line("Allocator gap (reserved − tracked)", memory.get("allocator_gap_bytes"), missing="–"),
-        line("VeLoRA layers, predicted", memory.get("predicted_activation_bytes") or 0),
-        line("VeLoRA layers, measured", memory.get("velora_measured_bytes") or 0),
-        line("Activations offloaded to host (not in the total)", memory.get("host_activation_bytes") or 0),
-    ]
-
-
-#: The metrics table's columns, in order, with the words it shows.
-METRIC_COLUMNS = {
-    "step": "Step",
-    "loss": "Loss",
-    "lr": "Learning rate",
-    "tokens_per_s": "Tokens/s",
-    "step_time_s": "Step time (s)",
-    "memory_allocated_bytes": "Memory allocated (bytes)",
-}
-
-
-def metric_rows(points: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """A run's training curve as table rows with readable column names, leaving out a column that no
-    point has a value for (memory allocated is recorded on CUDA only, step time not by every engine)."""
-    shown = {
-        key: label for key, label in METRIC_COLUMNS.items() if any(p.get(key) is not None for p in points)
-    }
-    return [{label: point.get(key) for key, label in shown.items()} for point in points]
-
-
-def run_facts(run: dict[str, Any]) -> list[dict[str, str]]:
-    """Where and when a run ran, and where its artifact is."""
-    result = run.get("result") or {}
-    spec = run.get("spec") or result.get("spec") or {}
-    evaluation = result.get("eval") or {}
-    facts = [
-        ("Workload", spec.get("workload")),
-        ("Metric", METRIC_LABELS.get(evaluation.get("metric") or "", evaluation.get("metric"))),
-        ("Artifact", run.get("artifact_path") or result.get("artifact_path") or "none"),
-        ("Worker", run.get("worker_host")),
-        ("Device", run.get("worker_device")),
-        ("Queue", run.get("queue")),
-        ("Spec hash", run.get("spec_hash")),
-        ("Attempts", run.get("attempts")),
-        ("Created", run.get("created_at")),
-        ("Started", run.get("started_at")),
-        ("Finished", run.get("finished_at")),
-    ]
-    return [{"Fact": name, "Value": "–" if value is None else str(value)} for name, value in facts]
-
-
-def fit_rows(estimates: Sequence[dict[str, Any]]) -> list[dict[str, str]]:
-    """The "Will it fit?" table: per method its predicted peak, when it happens, whether it fits the
-    card and the largest micro-batch that does (``POST /fit``'s estimates)."""
-    rows = []
-    for e in estimates:
-        fits = e.get("fits")
-        largest = e.get("max_micro_batch")
-        rows.append(
-            {
-                "Method": e["method"],
-                "Peak": format_bytes(e["peak_bytes"]),
-                "Peak during": e["peak_phase"],
-                "Activations": format_bytes(e["activations"]),
-                "Temporaries": format_bytes(e["temporary"]),
-                "Fits": "–" if fits is None else ("yes" if fits else "no"),
-                "Largest micro-batch": "–" if e.get("gpu_bytes") is None else str(largest or "none"),
-            }
-        )
-    return rows

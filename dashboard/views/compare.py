@@ -6,24 +6,15 @@ import streamlit as st
 
 from dashboard.api import ApiClient, ApiError
 from dashboard.charts import loss_figure, memory_figure, pareto_figure
-from dashboard.summary import (
+from dashboard.formatting import GIB, MAX_QUERY_ID, format_bytes, query_number
+from dashboard.run_status import base_run_words, comparison_status_words, progress_fraction, split_roles
+from dashboard.summary import chance_words, comparison_json, display_table, method_rows, rows_csv, run_record
+from velora_core.contract.result import (
     ACTIVE_STATUSES,
-    GIB,
-    MAX_QUERY_ID,
-    base_run_words,
-    chance_words,
-    comparison_json,
-    comparison_status_words,
-    display_table,
-    format_bytes,
-    method_rows,
-    progress_fraction,
-    query_number,
-    rows_csv,
-    run_record,
-    split_roles,
+    FINISHED_RUN_STATUSES,
+    ComparisonStatus,
+    measured_peak_bytes,
 )
-from velora_core.contract.result import FINISHED_RUN_STATUSES, ComparisonStatus, measured_peak_bytes
 
 api: ApiClient = st.session_state.api
 MAX_GPU_GIB = 1_000_000.0

@@ -8,7 +8,7 @@ import streamlit as st
 from dashboard.api import ApiClient, ApiError
 from dashboard.charts import fit_figure
 from dashboard.forms import GPU_SIZES_GIB
-from dashboard.summary import fit_rows
+from dashboard.run_tables import fit_rows
 
 api: ApiClient = st.session_state.api
 

@@ -6,23 +6,18 @@ import streamlit as st
 
 from dashboard.api import ApiClient, ApiError
 from dashboard.charts import loss_figure, timeline_figure
-from dashboard.summary import (
-    ACTIVE_STATUSES,
+from dashboard.formatting import (
     MAX_QUERY_ID,
     METRIC_LABELS,
     duration_words,
-    eta_seconds,
     format_bytes,
     format_metric,
-    memory_table,
     metric_help,
-    metric_rows,
-    progress_fraction,
     query_number,
-    run_facts,
-    status_words,
 )
-from velora_core.contract.result import headline_memory_bytes, measured_peak_bytes
+from dashboard.run_status import eta_seconds, progress_fraction, status_words
+from dashboard.run_tables import memory_table, metric_rows, run_facts
+from velora_core.contract.result import ACTIVE_STATUSES, headline_memory_bytes, measured_peak_bytes
 
 api: ApiClient = st.session_state.api
 

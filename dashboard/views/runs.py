@@ -5,16 +5,9 @@ from __future__ import annotations
 import streamlit as st
 
 from dashboard.api import ApiClient, ApiError
-from dashboard.summary import (
-    ACTIVE_STATUSES,
-    MAX_QUERY_ID,
-    STATUS_WORDS,
-    duration_words,
-    eta_seconds,
-    query_number,
-    run_rows,
-    status_words,
-)
+from dashboard.formatting import MAX_QUERY_ID, duration_words, query_number
+from dashboard.run_status import STATUS_WORDS, eta_seconds, run_rows, status_words
+from velora_core.contract.result import ACTIVE_STATUSES
 
 api: ApiClient = st.session_state.api
 PAGE_SIZES = [25, 50, 100, 200]

@@ -145,7 +145,7 @@ def test_timeline_figure_stacks_the_categories_and_names_the_phases() -> None:
 
 def test_fit_figure_stacks_each_methods_peak_against_the_card() -> None:
     from dashboard.charts import fit_figure
-    from dashboard.summary import fit_rows
+    from dashboard.run_tables import fit_rows
 
     gib = 1024**3
     estimates = [

@@ -11,28 +11,20 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from dashboard.api import describe_error
+from dashboard.formatting import format_metric, metric_help, query_number
 from dashboard.forms import parse_seeds
-from dashboard.summary import (
+from dashboard.run_status import (
     COMPARISON_STATUS_WORDS,
     base_run_words,
-    chance_words,
     comparison_status_words,
-    display_table,
     eta_seconds,
-    format_metric,
-    front_places,
-    method_rows,
-    metric_help,
-    metric_rows,
     progress_fraction,
-    query_number,
-    rows_csv,
-    run_facts,
-    run_record,
     run_rows,
     split_roles,
     status_words,
 )
+from dashboard.run_tables import metric_rows, run_facts
+from dashboard.summary import chance_words, display_table, front_places, method_rows, rows_csv, run_record
 from velora_core.contract.result import ComparisonStatus
 
 

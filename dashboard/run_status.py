@@ -1,0 +1,138 @@
+"""A run's and a comparison's state in words, its progress and ETA, and the rows of the Runs page.
+Pure functions of the API's run dicts, no Streamlit."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import Any
+
+from dashboard.formatting import METRIC_LABELS, duration_words
+from velora_core.contract.plan import ROLE_BASE
+from velora_core.contract.result import ACTIVE_STATUSES, ComparisonStatus
+
+STATUS_WORDS = {
+    "waiting": "Waiting for its base model",
+    "queued": "Waiting for a worker",
+    "running": "Running",
+    "completed": "Completed",
+    "failed": "Failed",
+    "out_of_memory": "Out of memory",
+    "cancelled": "Cancelled",
+}
+
+COMPARISON_STATUS_WORDS = {
+    ComparisonStatus.QUEUED: "Waiting for a worker",
+    ComparisonStatus.RUNNING: "Running",
+    ComparisonStatus.COMPLETED: "Completed",
+    ComparisonStatus.PARTIAL: "Partly completed",
+    ComparisonStatus.FAILED: "Failed",
+    ComparisonStatus.CANCELLED: "Cancelled",
+}
+
+
+def comparison_status_words(comparison: dict[str, Any]) -> str:
+    """A comparison's state as a person would say it (``ComparisonStatus`` in velora_core.contract.result)."""
+    status = comparison["status"]
+    words = COMPARISON_STATUS_WORDS.get(status, status)
+    if status in (ComparisonStatus.PARTIAL, ComparisonStatus.FAILED):
+        completed = comparison["status_counts"].get("completed", 0)
+        words += f": {completed} of {sum(comparison['status_counts'].values())} runs completed"
+    return words
+
+
+def _parse_time(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def progress_fraction(run: dict[str, Any]) -> float:
+    """0..1: a finished run is 1 (whatever its step counter says), a queued one 0."""
+    if run["status"] not in ACTIVE_STATUSES:
+        return 1.0
+    total, step = run.get("total_steps") or 0, run.get("step") or 0
+    return min(1.0, step / total) if total > 0 else 0.0
+
+
+def eta_seconds(run: dict[str, Any], now: datetime | None = None) -> float | None:
+    """Seconds until a running run finishes training, from its pace so far; None if unknown."""
+    if run["status"] != "running":
+        return None
+    total, step = run.get("total_steps") or 0, run.get("step") or 0
+    started = _parse_time(run.get("started_at"))
+    if started is None or step <= 0 or total <= step:
+        return None
+    elapsed = ((now or datetime.now(UTC)) - started).total_seconds()
+    return max(0.0, elapsed / step * (total - step))
+
+
+def status_words(run: dict[str, Any]) -> str:
+    """A run's state as a person would say it, with its error when it has one."""
+    status = run["status"]
+    words = STATUS_WORDS.get(status, status)
+    if status == "running":
+        phase = run.get("phase") or "starting"
+        total = run.get("total_steps") or 0
+        words = (
+            f"Running ({phase}, step {run.get('step') or 0} of {total})" if total else f"Running ({phase})"
+        )
+    elif status == "waiting" and run.get("depends_on"):
+        words = f"Waiting for its base model (run {', '.join(str(i) for i in run['depends_on'])})"
+    elif status == "queued" and run.get("cancel_requested"):
+        words = "Cancelling"
+    if run.get("cancel_requested") and status == "running":
+        words += ", cancelling"
+    error = run.get("error") or (run.get("message") if status in ("failed", "out_of_memory") else None)
+    if error and status not in ACTIVE_STATUSES:
+        words += f": {error}"
+    return words
+
+
+def run_rows(runs: Iterable[dict[str, Any]], now: datetime | None = None) -> list[dict[str, Any]]:
+    """Rows of the runs table: id, what, state in words, progress and ETA."""
+    rows = []
+    for run in runs:
+        total = run.get("total_steps") or 0
+        rows.append(
+            {
+                "Run": run["id"],
+                "Comparison": run.get("comparison_id"),
+                "Method": run["method"] + (" (base model)" if run.get("role") == ROLE_BASE else ""),
+                "Seed": run["seed"],
+                "Status": run["status"],
+                "Progress": progress_fraction(run),
+                "Step": f"{run.get('step') or 0}/{total}" if total else str(run.get("step") or 0),
+                "ETA": duration_words(eta_seconds(run, now)),
+                "Worker": run.get("worker_host") or "",
+                "Created": (run.get("created_at") or "")[:19].replace("T", " "),
+                "State": status_words(run),
+            }
+        )
+    return rows
+
+
+def split_roles(runs: Iterable[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """A comparison's runs as (the methods' runs, the base runs that pre-train their base model)."""
+    methods, bases = [], []
+    for run in runs:
+        (bases if run.get("role") == ROLE_BASE else methods).append(run)
+    return methods, bases
+
+
+def base_run_words(run: dict[str, Any], result: dict[str, Any] | None) -> str:
+    """What a base run did, in a line: its state, then its evaluation and training time once done."""
+    words = f"Run {run['id']}: pre-training {run['method']} · {status_words(run)}"
+    result = result or {}
+    evaluation = result.get("eval") or {}
+    if evaluation.get("value") is not None:
+        words += (
+            f" · {METRIC_LABELS.get(evaluation['metric'], evaluation['metric'])} {evaluation['value']:.2f}"
+        )
+    train_time = (result.get("throughput") or {}).get("train_time_s")
+    if train_time:
+        words += f" · {duration_words(train_time)} training"
+    if (result.get("environment") or {}).get("reused_artifact"):
+        words += " · reused the model an earlier run saved"
+    return words
