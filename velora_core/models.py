@@ -20,6 +20,7 @@ from transformers import BitsAndBytesConfig, LlamaConfig, PretrainedConfig
 from velora_core.contract.method_configs import QuantSettings
 from velora_core.contract.presets import ModelPreset
 from velora_core.contract.workloads import AUTO_CLASS
+from velora_core.heads import RobertaMeanPoolForSequenceClassification
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -36,6 +37,8 @@ class ModelSource:
         device: ``cpu``, ``cuda`` or ``cuda:N``.
         workload: the run's workload; it picks the transformers Auto class (``contract.workloads``).
         head: ``from_pretrained`` arguments of a classification head (``num_labels``, ``id2label``…).
+        pooling: what a sequence-classification head reads (``model.pooling``: ``cls``, transformers'
+            own head, or ``mean``, ``velora_core.heads``).
     """
 
     path: str | None = None
@@ -45,6 +48,7 @@ class ModelSource:
     device: str = "cpu"
     workload: str = "finetune"
     head: dict[str, Any] = field(default_factory=dict)
+    pooling: str = "cls"
 
     def __post_init__(self) -> None:
         if (self.path is None) == (self.config is None):
@@ -81,7 +85,10 @@ def bnb_config(quant: QuantSettings, skip: list[str] | None = None) -> BitsAndBy
 
 
 def auto_class(source: ModelSource) -> Any:
-    """The transformers Auto class of the source's workload (``AutoModelForCausalLM`` …)."""
+    """The transformers Auto class of the source's workload (``AutoModelForCausalLM`` …), or the
+    mean-pooling RoBERTa classifier of ``velora_core.heads`` (same ``from_config``/``from_pretrained``)."""
+    if source.pooling == "mean":
+        return RobertaMeanPoolForSequenceClassification
     return getattr(transformers, AUTO_CLASS[source.workload])
 
 
@@ -101,7 +108,13 @@ def load_causal_lm(source: ModelSource, quant: QuantSettings | None = None) -> n
         # Quantise random weights through the same from_pretrained path as real checkpoints.
         with tempfile.TemporaryDirectory(prefix="velora-random-") as tmp:
             auto_class(source).from_config(source.config, dtype=source.dtype).save_pretrained(tmp)
-            saved = ModelSource(path=tmp, dtype=source.dtype, device=source.device, workload=source.workload)
+            saved = ModelSource(
+                path=tmp,
+                dtype=source.dtype,
+                device=source.device,
+                workload=source.workload,
+                pooling=source.pooling,
+            )
             return load_causal_lm(saved, quant)
     kwargs = {"dtype": source.dtype, "trust_remote_code": False, "revision": source.revision, **source.head}
     if quant is not None:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from transformers import RobertaForSequenceClassification
 
 from velora_core.bench.engine import execute, execute_base
 from velora_core.contract.comparison_presets import ALL_METHODS
@@ -17,18 +18,23 @@ from velora_core.contract.encoder_comparisons import (
     VIT_LINEAR,
     VIT_VELORA_TARGETS,
 )
+from velora_core.contract.method_parts import parse_method
 from velora_core.contract.plan import base_spec
 from velora_core.contract.result import RunStatus
 from velora_core.contract.spec import RunSpec
+from velora_core.heads import RobertaMeanPoolForSequenceClassification
 
 
 def _method_config(method: str, linear: list[str], velora_targets: list[str]) -> dict:
+    parts = parse_method(method)
     config: dict = {}
-    if method.endswith("lora"):
+    if parts.base in ("lora", "qlora", "lora-fa"):
         config["lora"] = {"r": 4, "alpha": 8, "target_modules": linear}
-    if method.endswith("qlora"):
+    if parts.base == "qlora":
         config["quant"] = {"compute_dtype": "fp32"}
-    if method.startswith("velora"):
+    if parts.base == "galore":
+        config["galore"] = {"rank": 4, "target_modules": linear}
+    if "velora" in parts.techniques:
         config["velora"] = {"num_groups": 8, "target_modules": velora_targets}
     return config
 
@@ -125,7 +131,8 @@ def test_sequence_classification_trains_and_evaluates_with_every_method(method, 
 
 
 @pytest.mark.slow
-def test_masked_lm_base_then_sequence_classification_from_its_artifact(tmp_path, stsb_dir):
+@pytest.mark.parametrize("pooling", ["cls", "mean"])
+def test_masked_lm_base_then_sequence_classification_from_its_artifact(pooling, tmp_path, stsb_dir):
     pretrain = {
         "workload": "masked-lm",
         "model": {"source": "preset", "name": "roberta-stdlib"},
@@ -138,7 +145,7 @@ def test_masked_lm_base_then_sequence_classification_from_its_artifact(tmp_path,
     spec = RunSpec.model_validate(
         {
             "workload": "sequence-classification",
-            "model": {"source": "artifact", "pretrain": pretrain},
+            "model": {"source": "artifact", "pooling": pooling, "pretrain": pretrain},
             "dataset": {
                 "source": "local",
                 "name": str(stsb_dir),
@@ -162,9 +169,44 @@ def test_masked_lm_base_then_sequence_classification_from_its_artifact(tmp_path,
     assert (saved / "COMPLETE").exists() and (saved / "velora_byte_tokenizer.json").exists()
     assert base_result.eval.metric == "perplexity" and math.isfinite(base_result.eval.value)
     assert 1 < base_result.eval.value < 320  # at most the vocabulary for a barely trained model
-    result = execute(spec, artifact_dir=tmp_path, base_model=base_result.artifact_path)
+    heads = []
+    result = execute(
+        spec, artifact_dir=tmp_path, base_model=base_result.artifact_path, model_hook=heads.append
+    )
     _check_completed(result, "pearson", "velora+lora")
     assert result.eval.details["classes"] == ["score"]  # a regression: one output
+    head = RobertaMeanPoolForSequenceClassification if pooling == "mean" else RobertaForSequenceClassification
+    assert type(heads[0].get_base_model()) is head
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "method", ["lora", "qlora", "lora-fa", "galore", "full+gc", "lora+gc", "velora+qlora"]
+)
+def test_a_mean_pooled_head_trains_with_each_base_and_technique(method, tmp_path, cola_dir):
+    spec = RunSpec.model_validate(
+        {
+            "workload": "sequence-classification",
+            "model": {"source": "preset", "name": "roberta-stdlib", "pooling": "mean"},
+            "dataset": {"source": "local", "name": str(cola_dir), "text_field": "sentence"},
+            "method": method,
+            "method_config": _method_config(method, ROBERTA_LINEAR, ROBERTA_VELORA_TARGETS),
+            "seq_len": 32,
+            "micro_batch": 4,
+            "steps": 2,
+            "eval": {"batch_size": 8},
+            "save_artifact": False,
+        }
+    )
+    models = []
+    result = execute(spec, artifact_dir=tmp_path, model_hook=models.append)
+    _check_completed(result, "accuracy", method)
+    model = models[0]
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    assert type(base) is RobertaMeanPoolForSequenceClassification
+    trained = {n for n, p in model.named_parameters() if p.requires_grad}
+    # The new head trains in full under every method (peft's modules_to_save with LoRA).
+    assert any("classifier" in n and "out_proj" in n and "lora" not in n for n in trained)
 
 
 @pytest.mark.slow

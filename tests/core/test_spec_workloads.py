@@ -45,6 +45,11 @@ def test_classification_defaults_to_its_metric_and_round_trips():
         ({"eval": {"metric": "perplexity"}}, "is evaluated by accuracy, none, not eval.metric='perplexity'"),
         ({"max_batch_search": True}, "max_batch_search is for the causal-LM workloads"),
         ({"workload": "segmentation"}, "workload"),
+        (
+            {"model": {"source": "preset", "name": "vit-digits", "pooling": "mean"}},
+            "model.pooling='mean' is for the sequence-classification workload, not 'image-classification'",
+        ),
+        ({"model": {"source": "preset", "name": "vit-digits", "pooling": "max"}}, "'cls' or 'mean'"),
     ],
 )
 def test_mismatched_specs_fail_with_a_clear_message(fields, message):
@@ -85,3 +90,37 @@ def test_encoder_presets_expand(name):
     runs = comparison_preset(name).runs()
     assert all(r.workload.endswith("classification") for r in runs)
     assert {r.eval.metric for r in runs} <= {"accuracy", "matthews"}
+
+
+def _text(**model) -> RunSpec:
+    return _spec(
+        workload="sequence-classification",
+        model={"source": "preset", "name": "roberta-stdlib", **model},
+        dataset={"source": "builtin", "name": "stdlib-package"},
+    )
+
+
+def test_pooling_is_left_out_of_the_dump_unless_it_is_mean():
+    default, mean = _text(), _text(pooling="mean")
+    assert default.model.pooling == "cls" and "pooling" not in default.model_dump(mode="json")["model"]
+    assert _text(pooling="cls").spec_hash() == default.spec_hash()
+    again = RunSpec.model_validate(mean.model_dump(mode="json"))
+    assert again.model.pooling == "mean" and again.spec_hash() == mean.spec_hash() != default.spec_hash()
+    with pytest.raises(ValidationError, match="is for the sequence-classification workload, not 'masked-lm'"):
+        RunSpec.model_validate(
+            {
+                "workload": "masked-lm",
+                "model": {"source": "preset", "name": "roberta-stdlib", "pooling": "mean"},
+                "dataset": {"source": "builtin", "name": "stdlib-corpus"},
+            }
+        )
+
+
+def test_roberta_stdlib_fine_tunes_a_mean_pooled_head_on_128_bytes_and_the_hub_preset_keeps_cls():
+    runs = comparison_preset("roberta-stdlib").runs()
+    assert len(runs) == 6
+    for run in runs:
+        assert run.model.pooling == "mean" and run.seq_len == 128
+        assert run.model.pretrain.workload == "masked-lm" and run.model.pretrain.model.pooling == "cls"
+        assert run.model.pretrain.seq_len >= run.seq_len  # every position the fine-tune reads was pre-trained
+    assert {r.model.pooling for r in comparison_preset("glue-roberta-base").runs()} == {"cls"}

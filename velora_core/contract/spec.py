@@ -104,6 +104,9 @@ class ModelSpec(StrictModel):
     - ``artifact``: the saved model of an earlier run, named by that run's spec (``pretrain``); the
       engine runs it first if its artifact is not in the artifact directory yet. One level only:
       the pre-training run's own model is a preset, a hub id or a local directory.
+
+    ``pooling`` (sequence classification): what the head reads, ``cls`` (transformers' own head) or
+    ``mean`` (``velora_core/heads.py``).
     """
 
     source: Literal["preset", "hub", "local", "artifact"] = "preset"
@@ -123,6 +126,21 @@ class ModelSpec(StrictModel):
         default=False,
         description="Random weights of the model's shape: measures memory, reports no accuracy.",
     )
+    # Left out of the dump when 'cls', so the specs and hashes of every earlier run stay as they were.
+    pooling: Literal["cls", "mean"] = Field(
+        default="cls",
+        description=(
+            "What a sequence-classification head reads: 'cls' the first token's output (transformers' "
+            "own head), 'mean' the mean of the encoder's outputs over the real tokens (RoBERTa)."
+        ),
+    )
+
+    @model_serializer(mode="wrap")
+    def _omit_default_pooling(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data = handler(self)
+        if data.get("pooling") == "cls":
+            data.pop("pooling")
+        return data
 
     @model_validator(mode="after")
     def _check_source(self) -> ModelSpec:

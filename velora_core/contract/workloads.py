@@ -110,6 +110,8 @@ class RobertaPreset:
     num_hidden_layers: int
     vocab_size: int = 320
     max_position_embeddings: int = 512
+    #: Dropout of the hidden states and of the attention probabilities (RobertaConfig's 0.1).
+    dropout: float = 0.1
     description: str = ""
     family: str = "roberta"
 
@@ -155,7 +157,9 @@ ENCODER_PRESETS = {
         4,
         4,
         max_position_embeddings=512,
-        description="Small RoBERTa for the offline stdlib tasks (byte-level vocabulary)",
+        # Minutes of training on a small corpus: dropout only slows learning down.
+        dropout=0.0,
+        description="Small RoBERTa for the offline stdlib tasks (byte-level vocabulary, no dropout)",
     ),
     "roberta-base": RobertaPreset(
         768,
@@ -174,7 +178,8 @@ def check_workload(spec: RunSpec, model_presets: dict, datasets: dict) -> None:
 
     Raises:
         ValueError: a preset of another family, a built-in dataset of another kind, a metric the
-            workload does not report, or an option the encoder workloads do not have.
+            workload does not report, a pooling the workload has no head for, or an option the
+            encoder workloads do not have.
     """
     workload = spec.workload
     model = spec.model
@@ -200,6 +205,10 @@ def check_workload(spec: RunSpec, model_presets: dict, datasets: dict) -> None:
         raise ValueError(
             f"workload {workload!r} is evaluated by {', '.join(WORKLOAD_METRICS[workload])}, "
             f"not eval.metric={spec.eval.metric!r}"
+        )
+    if model.pooling != "cls" and workload != "sequence-classification":
+        raise ValueError(
+            f"model.pooling={model.pooling!r} is for the sequence-classification workload, not {workload!r}"
         )
     if workload in ENCODER_WORKLOADS:
         if model.memory_only:

@@ -63,6 +63,8 @@ def preset_config(preset: Any):
             num_hidden_layers=preset.num_hidden_layers,
             vocab_size=preset.vocab_size,
             max_position_embeddings=preset.max_position_embeddings + 2,
+            hidden_dropout_prob=preset.dropout,
+            attention_probs_dropout_prob=preset.dropout,
             type_vocab_size=1,
             pad_token_id=0,
             bos_token_id=1,
@@ -136,7 +138,8 @@ def encoder_workload(spec: RunSpec, source: ModelSource) -> EncoderWorkload:
     Raises:
         ValueError: data that cannot serve the workload (the message says why).
     """
-    source = dataclasses.replace(source, workload=spec.workload)
+    # The head's input (model.pooling): transformers' own head, or velora_core.heads' mean pooling.
+    source = dataclasses.replace(source, workload=spec.workload, pooling=spec.model.pooling)
     if spec.workload == "masked-lm":
         tokenizer = load_tokenizer(spec.model, source.path if spec.model.source == "artifact" else None)
         bound = spec.steps * spec.micro_batch * spec.grad_accum if spec.steps is not None else None

@@ -44,7 +44,7 @@ from velora_core.contract.hashing import short_hash, unit_hash
 from velora_core.contract.spec import DatasetSpec
 
 DIGITS_TEST_FRACTION = 0.2
-MIN_TEST_FUNCTIONS = 20
+MIN_TEST_FUNCTIONS = 90
 MIN_TRAIN_FUNCTIONS = 100
 #: Training functions kept per ``stdlib-package`` class (a seeded sample), so no package dominates.
 MAX_TRAIN_PER_PACKAGE = 300
