@@ -104,6 +104,11 @@ def test_settings_of_each_part_validate_with_their_field_named():
         RunSpec.model_validate(
             {**BASE, "method": "galore", "method_config": {"galore": {"target_modules": ["nope"]}}}
         )
+    with pytest.raises(ValueError, match=r"velora\.init 'ema' does not combine with gc"):
+        method_config_for("velora+lora+gc", {"velora": {"init": "ema", "ema_decay": 0.9}})
+    assert (
+        method_config_for("velora+lora", {"velora": {"init": "ema", "ema_decay": 0.9}}).velora.init == "ema"
+    )
     with pytest.raises(ValidationError, match="exceeds the layer's 128 input features"):
         RunSpec.model_validate(
             {**BASE, "method": "gc+velora+full", "method_config": {"velora": {"num_groups": 200}}}

@@ -66,10 +66,14 @@ def _shared_context_loglikelihoods(
     per ending. Context tokens are most of every row, so this is about half the work of running
     each ``context + ending`` whole. Scores in item order, then ending order.
     """
-    out: list[float] = []
+    # Items run in order of their longest ending, so a batch's endings are padded to similar widths
+    # (endings are most of the tokens: 4 per context); scores are put back in item order.
+    order = sorted(range(len(items)), key=lambda i: (max(map(len, items[i][1])), len(items[i][0])))
+    scores: list[list[float]] = [[] for _ in items]
     device = _device(model)
-    for start in range(0, len(items), batch_size):
-        chunk = items[start : start + batch_size]
+    for start in range(0, len(order), batch_size):
+        chosen = order[start : start + batch_size]
+        chunk = [items[i] for i in chosen]
         counts = torch.tensor([len(endings) for _, endings in chunk])
         lengths = torch.tensor([len(context) for context, _ in chunk])
         context_ids = torch.full((len(chunk), int(lengths.max())), pad_id, dtype=torch.long)
@@ -110,12 +114,13 @@ def _shared_context_loglikelihoods(
         ).logits  # (B·k, Le, V)
         logprobs = F.log_softmax(logits.float(), dim=-1).cpu()
         last = last.cpu().repeat_interleave(counts, dim=0)  # (B·k, V)
+        owners = [i for i, (_, item_endings) in zip(chosen, chunk, strict=True) for _ in item_endings]
         for row, ending in enumerate(endings):
             total = last[row, ending[0]].double()
             if len(ending) > 1:
                 total += logprobs[row, torch.arange(len(ending) - 1), torch.tensor(ending[1:])].double().sum()
-            out.append(float(total))
-    return out
+            scores[owners[row]].append(float(total))
+    return [score for item_scores in scores for score in item_scores]
 
 
 def _caches_keys_and_values(model: nn.Module) -> bool:

@@ -27,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, Field, ValidationError, create_model
+from pydantic import BaseModel, Field, ValidationError, create_model, model_validator
 
 from velora_core.contract.errors import validation_message
 from velora_core.contract.method_configs import (
@@ -301,6 +301,19 @@ class ComposedSettings(MethodSettings):
     """The settings of a composed method: one field per section of its parts."""
 
     composition: ClassVar[Composition]
+
+    @model_validator(mode="after")
+    def _velora_init_survives_recomputation(self) -> ComposedSettings:
+        # Gradient checkpointing runs each forward twice per step: a running average of the inputs
+        # (init 'ema') would take two updates per step and differ between the forward and the
+        # recomputation that the backward uses.
+        velora = getattr(self, "velora", None)
+        if velora is not None and self.composition.has("gc") and velora.init == "ema":
+            raise ValueError(
+                "velora.init 'ema' does not combine with gc: the recomputed forward would update "
+                "the running average a second time each step; use batch_average_once or batch_average"
+            )
+        return self
 
     def check_against_model(self, linear_layers: dict[str, int]) -> None:
         comp = self.composition
