@@ -89,14 +89,14 @@ def prepare_full(source: ModelSource, settings: ComposedSettings) -> PreparedMod
 
 def prepare_lora(source: ModelSource, settings: ComposedSettings) -> PreparedModel:
     model = _with_lora(load_causal_lm(source), settings.lora, source.workload)
-    return PreparedModel(model, _trainable(model), lora=settings.lora)
+    return PreparedModel(model, _trainable(model), lora=settings.lora, lr=settings.lora.lr)
 
 
 def prepare_qlora(source: ModelSource, settings: ComposedSettings) -> PreparedModel:
     # No peft.prepare_model_for_kbit_training: it upcasts every non-quantised weight to fp32, which
     # would make QLoRA's embeddings and head twice LoRA's and blur the comparison.
     model = _with_lora(load_causal_lm(source, settings.quant), settings.lora, source.workload)
-    return PreparedModel(model, _trainable(model), lora=settings.lora)
+    return PreparedModel(model, _trainable(model), lora=settings.lora, lr=settings.lora.lr)
 
 
 def prepare_galore(source: ModelSource, settings: ComposedSettings) -> PreparedModel:

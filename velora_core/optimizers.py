@@ -35,7 +35,7 @@ def _galore_groups(prepared: PreparedModel) -> list[dict]:
 
 def build_optimizer(prepared: PreparedModel, spec: OptimizerSpec) -> torch.optim.Optimizer:
     """The optimizer ``prepared``'s method trains with, at ``spec``'s settings (a learning rate
-    the method sets itself, GaLore's, wins over ``spec.lr``)."""
+    the method sets itself, GaLore's or a LoRA method's ``lora.lr``, wins over ``spec.lr``)."""
     lr = prepared.lr if prepared.lr is not None else spec.lr
     kind = prepared.optimizer
     params = prepared.trainable_parameters

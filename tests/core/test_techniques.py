@@ -182,3 +182,26 @@ def test_galore_refuses_projected_weights_that_are_not_trained(tiny_llama_dir):
     prepared.galore_parameters = [torch.nn.Parameter(p.detach().clone()) for p in prepared.galore_parameters]
     with pytest.raises(ValueError, match="GaLore's projected weights"):
         build_optimizer(prepared, OptimizerSpec(lr=1e-2))
+
+
+@pytest.mark.parametrize("method", ["lora", "qlora", "lora-fa", "velora+lora"])
+def test_a_lora_methods_own_learning_rate_wins_over_the_runs(tiny_llama_dir, method):
+    settings = {"lora": {**LORA, "lr": 3e-3}}
+    if method == "velora+lora":
+        settings["velora"] = {"num_groups": 8}
+    if method == "qlora":
+        settings["quant"] = {"compute_dtype": "fp32"}
+    prepared = prepare_model(method, ModelSource(path=tiny_llama_dir), settings)
+    optimizer = build_optimizer(prepared, OptimizerSpec(lr=1e-4))
+    assert {group["lr"] for group in optimizer.param_groups} == {3e-3}
+    unset = prepare_model("lora", ModelSource(path=tiny_llama_dir), {"lora": LORA})
+    assert {group["lr"] for group in build_optimizer(unset, OptimizerSpec(lr=1e-4)).param_groups} == {1e-4}
+
+
+def test_an_unset_lora_learning_rate_is_left_out_of_the_spec_and_its_hash():
+    from velora_core.contract.method_configs import LoRASettings
+
+    assert "lr" not in LoRASettings().model_dump(mode="json")
+    assert LoRASettings(lr=2e-3).model_dump(mode="json")["lr"] == 2e-3
+    with pytest.raises(ValueError, match="lr"):
+        LoRASettings(lr=0)

@@ -214,6 +214,23 @@ class LoRASettings(BaseModel):
     alpha: float = Field(default=16, gt=0, le=1e6)
     dropout: float = Field(default=0.0, ge=0, lt=1)
     target_modules: TargetList = Field(default_factory=lambda: list(LORA_ALL_LINEAR))
+    lr: float | None = Field(
+        default=None,
+        gt=0,
+        le=10,
+        description=(
+            "The learning rate of the whole run under this LoRA method (adapters usually want a higher "
+            "one than full training); None keeps optimizer.lr."
+        ),
+    )
+
+    @model_serializer(mode="wrap")
+    def _omit_unset_lr(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # Left out when unset, so the specs (and hashes) written before the field existed stay the same.
+        data = handler(self)
+        if data.get("lr") is None:
+            data.pop("lr", None)
+        return data
 
 
 class QuantSettings(BaseModel):
