@@ -63,8 +63,8 @@ def _shared_context_loglikelihoods(
 
     For ``(context ids, [ending ids, ...])`` items: one forward pass over ``batch_size`` contexts
     keeps their keys and values (``use_cache``); the endings then run on that cache, repeated once
-    per ending. Context tokens are most of every row, so this is about half the work of running
-    each ``context + ending`` whole. Scores in item order, then ending order.
+    per ending. Each context runs once instead of once per ending: for stdlib-next-line (contexts of
+    61 tokens, four endings of 42 on average) 229 tokens an item instead of 412. Scores in item order, then ending order.
     """
     # Items run in order of their longest ending, so a batch's endings are padded to similar widths
     # (endings are most of the tokens: 4 per context); scores are put back in item order.
