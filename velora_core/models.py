@@ -9,7 +9,7 @@ that every 4-bit model is made by the same library path.
 from __future__ import annotations
 
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -108,13 +108,7 @@ def load_causal_lm(source: ModelSource, quant: QuantSettings | None = None) -> n
         # Quantise random weights through the same from_pretrained path as real checkpoints.
         with tempfile.TemporaryDirectory(prefix="velora-random-") as tmp:
             auto_class(source).from_config(source.config, dtype=source.dtype).save_pretrained(tmp)
-            saved = ModelSource(
-                path=tmp,
-                dtype=source.dtype,
-                device=source.device,
-                workload=source.workload,
-                pooling=source.pooling,
-            )
+            saved = replace(source, path=tmp, config=None, revision=None, head={})
             return load_causal_lm(saved, quant)
     kwargs = {"dtype": source.dtype, "trust_remote_code": False, "revision": source.revision, **source.head}
     if quant is not None:

@@ -108,23 +108,28 @@ def test_image_classification_trains_and_evaluates_with_every_method(method, tmp
         assert result.memory.trainable_params > 4 * 64 * 2
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("method", ALL_METHODS)
-def test_sequence_classification_trains_and_evaluates_with_every_method(method, tmp_path, cola_dir):
-    spec = RunSpec.model_validate(
+def _cola_spec(method: str, cola_dir, pooling: str = "cls", metric: str = "accuracy") -> RunSpec:
+    """Two steps of sequence classification on the tiny CoLA folder with the roberta-stdlib shape."""
+    return RunSpec.model_validate(
         {
             "workload": "sequence-classification",
-            "model": {"source": "preset", "name": "roberta-stdlib"},
+            "model": {"source": "preset", "name": "roberta-stdlib", "pooling": pooling},
             "dataset": {"source": "local", "name": str(cola_dir), "text_field": "sentence"},
             "method": method,
             "method_config": _method_config(method, ROBERTA_LINEAR, ROBERTA_VELORA_TARGETS),
             "seq_len": 32,
             "micro_batch": 4,
             "steps": 2,
-            "eval": {"metric": "matthews", "batch_size": 8},
+            "eval": {"metric": metric, "batch_size": 8},
             "save_artifact": False,
         }
     )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ALL_METHODS)
+def test_sequence_classification_trains_and_evaluates_with_every_method(method, tmp_path, cola_dir):
+    spec = _cola_spec(method, cola_dir, metric="matthews")
     result = execute(spec, artifact_dir=tmp_path)
     _check_completed(result, "matthews", method)
     assert result.eval.num_examples == 24 and result.eval.details["classes"] == ["bad", "good"]
@@ -184,20 +189,7 @@ def test_masked_lm_base_then_sequence_classification_from_its_artifact(pooling, 
     "method", ["lora", "qlora", "lora-fa", "galore", "full+gc", "lora+gc", "velora+qlora"]
 )
 def test_a_mean_pooled_head_trains_with_each_base_and_technique(method, tmp_path, cola_dir):
-    spec = RunSpec.model_validate(
-        {
-            "workload": "sequence-classification",
-            "model": {"source": "preset", "name": "roberta-stdlib", "pooling": "mean"},
-            "dataset": {"source": "local", "name": str(cola_dir), "text_field": "sentence"},
-            "method": method,
-            "method_config": _method_config(method, ROBERTA_LINEAR, ROBERTA_VELORA_TARGETS),
-            "seq_len": 32,
-            "micro_batch": 4,
-            "steps": 2,
-            "eval": {"batch_size": 8},
-            "save_artifact": False,
-        }
-    )
+    spec = _cola_spec(method, cola_dir, pooling="mean")
     models = []
     result = execute(spec, artifact_dir=tmp_path, model_hook=models.append)
     _check_completed(result, "accuracy", method)
