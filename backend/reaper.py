@@ -18,8 +18,8 @@ from datetime import timedelta
 from backend import store
 from backend.broker import Dispatcher
 from backend.db import Database
-from backend.models import utcnow
 from backend.settings import Settings
+from backend.tables import utcnow
 
 log = logging.getLogger(__name__)
 

@@ -88,7 +88,7 @@ def request_body(args: argparse.Namespace) -> dict[str, Any]:
     Raises:
         SubmitError: a malformed ``--set``, or a spec file that is missing or invalid.
     """
-    from velora_core.cli_input import BadInput, load_spec_file, parse_assignments
+    from velora_core.cli.spec_input import BadInput, load_spec_file, parse_assignments
     from velora_core.contract.spec import ComparisonSpec
 
     try:
@@ -183,7 +183,7 @@ def follow(
     ``should_stop`` said so first."""
     from rich.progress import Progress
 
-    from velora_core.cli_output import progress_columns
+    from velora_core.cli.table_output import progress_columns
 
     columns = progress_columns()
     tasks: dict[int, Any] = {}
@@ -259,7 +259,7 @@ def submit_and_follow(
     Raises:
         SubmitError: the API refused the request or could not be reached.
     """
-    from velora_core.cli_output import base_run_line, print_table
+    from velora_core.cli.table_output import base_run_line, print_table
 
     comparison = client.create_comparison(body)
     comparison_id = comparison["id"]

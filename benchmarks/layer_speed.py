@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from peft.tuners.lora.velora import VeloraFunction
 
 from velora_core.bench.environment import cpu_name
-from velora_core.projection import normalise, sub_token_size, velora_linear
+from velora_core.velora.projection import normalise, sub_token_size, velora_linear
 
 CPU_CASES = [{"name": "cpu-1024", "tokens": (4, 512), "d": 1024, "m": 1024, "groups": 8, "dtype": "fp32"}]
 GPU_CASES = [

@@ -1,7 +1,7 @@
 """A comparison preset's memory, measured on a real step, against ``velora-bench fit``'s prediction.
 
 For each method of the preset (``memory-7b`` by default: LLaMA-7B's shape, 8×512 tokens, bf16): the
-fake-tensor prediction (``velora_core.fit``, on the CPU) and one real training step on the device
+fake-tensor prediction (``velora_core.bench.fit_prediction``, on the CPU) and one real training step on the device
 (the engine's first step, which the memory tracker measures; on CUDA also ``max_memory_allocated``
 and ``max_memory_reserved``). Prints the ratios and writes JSON named after the device.
 
@@ -22,9 +22,9 @@ import torch
 
 from velora_core.bench.engine import execute
 from velora_core.bench.environment import cpu_name
-from velora_core.contract.comparison_presets import comparison_preset
-from velora_core.contract.fit import FitRequest
-from velora_core.fit import estimate
+from velora_core.bench.fit_prediction import estimate
+from velora_core.contract.fit_request import FitRequest
+from velora_core.contract.presets.comparisons import comparison_preset
 
 
 def _ratio(a: int | None, b: int | None) -> float | None:

@@ -28,10 +28,10 @@ from transformers import LlamaConfig
 
 from velora_core.bench.environment import cpu_name
 from velora_core.contract.spec import OptimizerSpec
-from velora_core.memory import training_forward
-from velora_core.methods import prepare_model
-from velora_core.models import ModelSource
-from velora_core.optimizers import build_optimizer
+from velora_core.memory.saved_tensors import training_forward
+from velora_core.methods.optimizers import build_optimizer
+from velora_core.methods.registry import prepare_model
+from velora_core.models.loading import ModelSource
 
 METHODS = ["full", "full+gc", "velora+full", "lora", "lora+gc", "velora+lora"]
 #: (method, reference): the ratios reported, with the targets this project set.

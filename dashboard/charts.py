@@ -10,7 +10,7 @@ import plotly.graph_objects as go
 from dashboard.formatting import COMPONENTS, GIB, METRIC_LABELS, MIB
 from dashboard.summary import front_places, higher_is_better
 from velora_core.contract.result import PEAK_COMPONENTS, measured_peak_bytes
-from velora_core.contract.workloads import PERCENT_METRICS
+from velora_core.contract.workload_registry import PERCENT_METRICS
 
 #: One colour per method, the same in every chart.
 METHOD_COLORS = {

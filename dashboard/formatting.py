@@ -8,7 +8,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from velora_core.contract.workloads import CLASSIFICATION_METRICS, PERCENT_METRICS
+from velora_core.contract.workload_registry import CLASSIFICATION_METRICS, PERCENT_METRICS
 
 MIB = 1024**2
 GIB = 1024**3

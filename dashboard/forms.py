@@ -15,7 +15,12 @@ import streamlit as st
 
 from dashboard.schema_widgets import method_settings
 from velora_core.contract.method_parts import SEPARATOR, canonical_method
-from velora_core.contract.workloads import PRETRAINING, WORKLOAD_DATA_KINDS, WORKLOAD_FAMILY, WORKLOAD_METRICS
+from velora_core.contract.workload_registry import (
+    PRETRAINING,
+    WORKLOAD_DATA_KINDS,
+    WORKLOAD_FAMILY,
+    WORKLOAD_METRICS,
+)
 
 GPU_SIZES_GIB = [8, 12, 16, 24, 32, 40, 48, 80, 96, 141, 192]
 

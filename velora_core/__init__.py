@@ -1,14 +1,13 @@
 """velora_core: VeLoRA (Miles et al., NeurIPS 2024) as a PyTorch autograd layer, the training
-methods (a base plus memory techniques), memory accounting and the benchmark engine.
+methods (a base plus memory techniques), memory accounting and the benchmark engine, one folder per job:
 
-Where things are (import them from their modules; this package imports nothing, so that its
-torch-free part, :mod:`velora_core.contract`, loads without torch):
+- ``contract/``: the torch-free contract (spec, workloads, method settings, presets, results, table);
+- ``velora/``: the paper's op and layer;
+- ``methods/``: the method registry and optimizers;
+- ``models/``: model and tokenizer loading, heads;
+- ``memory/``: byte counting, saved-tensor meter, tracker, report;
+- ``bench/``: the engine, trainer, workloads, fit prediction, data and evaluation;
+- ``cli/``: the ``velora-bench`` command.
 
-- :func:`velora_core.projection.velora_linear`: the autograd op;
-- :class:`velora_core.layer.VeLoRALinear`, :func:`velora_core.layer.apply_velora`,
-  :func:`velora_core.layer.remove_velora`: the module and its injection;
-- :class:`velora_core.contract.method_configs.VeLoRAConfig`: its settings;
-- :data:`velora_core.methods.BASE_STEPS`, :data:`velora_core.methods.TECHNIQUE_STEPS`: the code of
-  each method part by name (:mod:`velora_core.contract.method_parts` composes and checks names);
-- :func:`velora_core.bench.engine.execute`: one benchmark run.
+This package imports nothing, so that ``velora_core.contract`` loads without torch.
 """

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 from fastapi import Path, Query
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from velora_core.contract.fit import FitEstimate, FitRequest
+from velora_core.contract.fit_request import FitEstimate, FitRequest
 from velora_core.contract.plan import RunRole
 from velora_core.contract.result import ComparisonStatus, RunStatus
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import create_engine
 
-from backend.models import Base
+from backend.tables import Base
 
 config = context.config
 target_metadata = Base.metadata

@@ -7,7 +7,6 @@ Worker-side writes (:mod:`backend.store.run_lifecycle`) are guarded by the run's
 worker that lost its claim (reaped, requeued) can no longer change the run.
 """
 
-from backend.models import utcnow  # the store's clock, as callers compare with it
 from backend.store.base import FINISHED_STATUSES, QUEUED, RUNNING, WAITING, StoreError
 from backend.store.comparisons import create_comparison, get_comparison, list_comparisons
 from backend.store.idempotency import add_idempotency_key, find_idempotency_key, request_hash
@@ -48,6 +47,7 @@ from backend.store.tokens import (
     touch_token,
 )
 from backend.store.workers import live_workers, stop_worker, touch_worker, upsert_worker
+from backend.tables import utcnow  # the store's clock, as callers compare with it
 
 __all__ = [
     "FINISHED_STATUSES",

@@ -7,8 +7,8 @@ from collections.abc import Sequence
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, selectinload
 
-from backend.models import Comparison, Run
 from backend.store.runs import add_planned_runs
+from backend.tables import Comparison, Run
 from velora_core.contract.hashing import content_hash
 from velora_core.contract.spec import ComparisonSpec
 

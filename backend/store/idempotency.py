@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from backend.models import IdempotencyKey
+from backend.tables import IdempotencyKey
 from velora_core.contract.hashing import canonical_json
 
 

@@ -7,8 +7,8 @@ from typing import Any
 from sqlalchemy import Select, bindparam, select, true
 from sqlalchemy.orm import Session
 
-from backend.models import Run, RunMetric
 from backend.store.base import _plain_rows
+from backend.tables import Run, RunMetric
 
 METRIC_COLUMNS = tuple(c for c in RunMetric.__table__.columns if c.name not in ("run_id", "recorded_at"))
 

@@ -16,8 +16,8 @@ from typing import Any
 from sqlalchemy import Select, delete, func, select, update
 from sqlalchemy.orm import Session
 
-from backend.models import Run, RunMetric, utcnow
 from backend.store.base import FINISHED_STATUSES, QUEUED, RUNNING, WAITING
+from backend.tables import Run, RunMetric, utcnow
 from velora_core.contract.plan import dependency_outcome
 from velora_core.contract.result import LossPoint, ProgressEvent, RunResult, RunStatus
 

@@ -10,8 +10,8 @@ from typing import Any
 from sqlalchemy import Select, bindparam, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from backend.models import Run, utcnow
 from backend.store.base import FINISHED_STATUSES, QUEUED, WAITING, StoreError, _plain_rows
+from backend.tables import Run, utcnow
 from velora_core.contract.plan import plan_runs
 from velora_core.contract.result import RunStatus
 from velora_core.contract.spec import RunSpec

@@ -9,8 +9,8 @@ from collections.abc import Sequence
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from backend.models import ApiToken, utcnow
 from backend.store.base import StoreError
+from backend.tables import ApiToken, utcnow
 
 TOKEN_PREFIX = "vb_"
 

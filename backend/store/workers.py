@@ -8,7 +8,7 @@ from datetime import timedelta
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from backend.models import Worker, utcnow
+from backend.tables import Worker, utcnow
 
 
 def upsert_worker(

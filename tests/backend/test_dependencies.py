@@ -10,8 +10,8 @@ from sqlalchemy import update
 
 from backend import store
 from backend.db import Database
-from backend.models import Run, utcnow
-from velora_core.contract.comparison_presets import comparison_preset
+from backend.tables import Run, utcnow
+from velora_core.contract.presets.comparisons import comparison_preset
 from velora_core.contract.result import RunResult, RunStatus
 
 

@@ -101,7 +101,7 @@ def test_presets_lists_what_forms_need(client: TestClient, auth: dict) -> None:
     # Defaults as the engine builds them: velora+lora's VeLoRA scale is 0.1 (the schema alone says 1.0).
     assert body["methods"]["velora+lora"]["defaults"]["velora"]["scale"] == 0.1
     assert body["methods"]["velora+full"]["defaults"]["velora"]["scale"] == 1.0
-    from velora_core.contract.comparison_presets import comparison_preset
+    from velora_core.contract.presets.comparisons import comparison_preset
 
     assert set(body["comparison_specs"]) == set(body["comparisons"])
     assert body["comparison_specs"]["cpu-smoke"] == comparison_preset("cpu-smoke").model_dump(mode="json")

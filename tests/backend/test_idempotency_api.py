@@ -7,8 +7,8 @@ from concurrent.futures import ThreadPoolExecutor
 from fastapi.testclient import TestClient
 
 from backend.db import Database
-from backend.models import Comparison, Run
 from backend.settings import Settings
+from backend.tables import Comparison, Run
 from tests.backend.conftest import tiny_comparison, tiny_run
 from tests.backend.test_comparisons_api import queued_messages
 

@@ -11,8 +11,8 @@ from sqlalchemy import inspect
 
 from backend.db import Database
 from backend.migrate import downgrade, upgrade
-from backend.models import Base
 from backend.settings import Settings
+from backend.tables import Base
 
 
 def schema_diff(db: Database) -> list:

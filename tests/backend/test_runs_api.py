@@ -23,7 +23,7 @@ def test_create_run(client: TestClient, auth: dict) -> None:
 
 
 def test_a_single_fine_tune_gets_its_base_run_and_waits_for_it(client: TestClient, auth: dict) -> None:
-    from velora_core.contract.comparison_presets import comparison_preset
+    from velora_core.contract.presets.comparisons import comparison_preset
 
     spec = comparison_preset("cpu-smoke", {"methods": ["lora"]}).runs()[0].model_dump(mode="json")
     response = client.post("/api/v1/runs", json=spec, headers=auth)

@@ -8,7 +8,7 @@ from sqlalchemy import update
 
 from backend import store
 from backend.db import Database
-from backend.models import Run, RunMetric, utcnow
+from backend.tables import Run, RunMetric, utcnow
 from velora_core.contract.result import LossPoint, ProgressEvent, RunResult, RunStatus
 from velora_core.contract.spec import RunSpec
 

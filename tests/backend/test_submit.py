@@ -119,7 +119,7 @@ def test_submit_queues_and_rejects_bad_input(tmp_path: Path) -> None:
 
 
 def test_submit_reads_specs_and_prints_tables_without_torch(tmp_path: Path) -> None:
-    """``submit`` shares the engine CLI's spec reading and table (velora_core.cli_input, cli_output)
+    """``submit`` shares the engine CLI's spec reading and table (velora_core.cli.spec_input, cli_output)
     and still never imports torch: the service's machines need not have it."""
     spec = tmp_path / "spec.yaml"
     spec.write_text(
@@ -129,7 +129,7 @@ def test_submit_reads_specs_and_prints_tables_without_torch(tmp_path: Path) -> N
     code = f"""
 import argparse, sys
 from backend.submit import request_body
-from velora_core.cli_output import print_table, progress_columns
+from velora_core.cli.table_output import print_table, progress_columns
 from velora_core.contract.result import RunResult
 args = argparse.Namespace(spec={str(spec)!r}, set=[], methods=None, seeds=None, preset=None)
 body = request_body(args)

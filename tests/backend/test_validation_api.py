@@ -8,7 +8,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from backend.db import Database
-from backend.models import Comparison, Run
+from backend.tables import Comparison, Run
 from tests.backend.conftest import tiny_comparison, tiny_run
 
 

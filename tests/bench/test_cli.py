@@ -13,7 +13,11 @@ import yaml
 
 def cli(*args: str, cwd=None) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "velora_core.cli", *args], capture_output=True, text=True, timeout=600, cwd=cwd
+        [sys.executable, "-m", "velora_core.cli.main", *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=cwd,
     )
 
 

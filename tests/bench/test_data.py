@@ -37,8 +37,8 @@ from velora_core.bench.data import (
     stdlib_mc,
 )
 from velora_core.bench.data.records import dataset_records
-from velora_core.bench.tokenizer import ByteTokenizer, HFTokenizer
 from velora_core.contract.spec import DatasetSpec, EvalSpec
+from velora_core.models.tokenizers import ByteTokenizer, HFTokenizer
 
 if TYPE_CHECKING:  # conftest is pytest's to import; its fixtures arrive as arguments
     from tests.bench.conftest import HubFolder

@@ -13,9 +13,9 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from velora_core.bench.batch_search import find_max_micro_batch
 from velora_core.bench.engine import execute, execute_base
 from velora_core.bench.trainer import lr_lambda
-from velora_core.contract.comparison_presets import comparison_preset
 from velora_core.contract.method_parts import parse_method
 from velora_core.contract.plan import ROLE_BASE, plan_runs
+from velora_core.contract.presets.comparisons import comparison_preset
 from velora_core.contract.result import RunResult, RunStatus
 from velora_core.contract.spec import RunSpec
 

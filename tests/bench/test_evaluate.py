@@ -17,9 +17,9 @@ from velora_core.bench.data import (
     encode_mc_prompt,
     select_shots,
 )
-from velora_core.bench.evaluate import mc_accuracy, perplexity
-from velora_core.bench.tokenizer import ByteTokenizer
+from velora_core.bench.evaluate.causal_lm import mc_accuracy, perplexity
 from velora_core.contract.intervals import perplexity_interval, wilson
+from velora_core.models.tokenizers import ByteTokenizer
 
 BYTE = ByteTokenizer()
 VOCAB = 320

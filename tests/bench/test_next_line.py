@@ -14,13 +14,13 @@ from velora_core.bench.data import ContinuationItem, continuation_examples, sour
 from velora_core.bench.data.examples import pad_collate
 from velora_core.bench.data.next_line import MAX_ITEMS_PER_FILE
 from velora_core.bench.data.sources import stdlib_split
-from velora_core.bench.evaluate_choice import (
+from velora_core.bench.evaluate.continuation import (
     _loglikelihoods,
     _shared_context_loglikelihoods,
     continuation_accuracy,
 )
-from velora_core.bench.tokenizer import ByteTokenizer
 from velora_core.contract.intervals import wilson
+from velora_core.models.tokenizers import ByteTokenizer
 
 BYTE = ByteTokenizer()
 

@@ -8,14 +8,14 @@ from pathlib import Path
 import pytest
 from transformers import AutoTokenizer
 
-from velora_core.bench.tokenizer import (
+from velora_core.contract.spec import DatasetSpec, ModelSpec, RunSpec
+from velora_core.models.tokenizers import (
     BYTE_TOKENIZER_FILE,
     ByteTokenizer,
     HFTokenizer,
     Tokenizer,
     load_tokenizer,
 )
-from velora_core.contract.spec import DatasetSpec, ModelSpec, RunSpec
 
 
 def test_byte_tokenizer_encodes_utf8_bytes_after_three_specials() -> None:

@@ -9,7 +9,7 @@ import pytest
 from scipy.stats import pearsonr
 from sklearn.metrics import accuracy_score, matthews_corrcoef
 
-from velora_core.bench.workloads.metrics import (
+from velora_core.bench.evaluate.classification_metrics import (
     accuracy,
     classification_metric,
     fisher_z_interval,

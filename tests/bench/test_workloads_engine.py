@@ -11,18 +11,18 @@ import torch
 from transformers import RobertaForSequenceClassification
 
 from velora_core.bench.engine import execute, execute_base
-from velora_core.contract.comparison_presets import ALL_METHODS
-from velora_core.contract.encoder_comparisons import (
+from velora_core.contract.method_parts import parse_method
+from velora_core.contract.plan import base_spec
+from velora_core.contract.presets.comparisons import ALL_METHODS
+from velora_core.contract.presets.encoder_comparisons import (
     ROBERTA_LINEAR,
     ROBERTA_VELORA_TARGETS,
     VIT_LINEAR,
     VIT_VELORA_TARGETS,
 )
-from velora_core.contract.method_parts import parse_method
-from velora_core.contract.plan import base_spec
 from velora_core.contract.result import RunStatus
 from velora_core.contract.spec import RunSpec
-from velora_core.heads import RobertaMeanPoolForSequenceClassification
+from velora_core.models.heads import RobertaMeanPoolForSequenceClassification
 
 
 def _method_config(method: str, linear: list[str], velora_targets: list[str]) -> dict:

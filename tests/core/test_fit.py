@@ -7,11 +7,11 @@ import json
 import pytest
 
 from velora_core.bench.engine import execute
-from velora_core.cli import main
-from velora_core.contract.fit import GIB, FitEstimate, FitRequest
+from velora_core.bench.fit_prediction import FOUR_BIT_NOTE, estimate, fake_step, fit_spec, materialise
+from velora_core.cli.main import main
+from velora_core.contract.fit_request import GIB, FitEstimate, FitRequest
 from velora_core.contract.method_parts import NAMED_METHODS as METHODS
 from velora_core.contract.result import PEAK_COMPONENTS
-from velora_core.fit import FOUR_BIT_NOTE, estimate, fake_step, fit_spec, materialise
 
 SHAPE = {"micro_batch": 2, "seq_len": 32}
 
@@ -44,8 +44,8 @@ def test_fake_4bit_weights_take_the_bytes_bitsandbytes_stores():
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     from velora_core.bench.engine import model_source
-    from velora_core.memory import quant_state_tensors
-    from velora_core.methods import prepare_model
+    from velora_core.memory.tensor_bytes import quant_state_tensors
+    from velora_core.methods.registry import prepare_model
 
     spec = fit_spec(_request("qlora"), "qlora", 1)
     prepared = prepare_model("qlora", model_source(spec, torch.device("meta"), None), spec.method_config)

@@ -1,4 +1,4 @@
-"""The mean-pooling RoBERTa classifier (``velora_core/heads.py``): it reads the mean of the real tokens
+"""The mean-pooling RoBERTa classifier (``velora_core/models/heads.py``): it reads the mean of the real tokens
 only, keeps transformers' module names and weights, and refuses a checkpoint of another model type."""
 
 from __future__ import annotations
@@ -8,9 +8,9 @@ import torch
 from transformers import BertConfig, BertForSequenceClassification, RobertaForSequenceClassification
 
 from velora_core.bench.workloads import preset_config
-from velora_core.contract.presets import MODEL_PRESETS
-from velora_core.heads import RobertaMeanPoolForSequenceClassification, masked_mean
-from velora_core.models import ModelSource, load_causal_lm
+from velora_core.contract.presets.model_shapes import MODEL_PRESETS
+from velora_core.models.heads import RobertaMeanPoolForSequenceClassification, masked_mean
+from velora_core.models.loading import ModelSource, load_causal_lm
 
 
 def _config(num_labels: int = 3):

@@ -15,8 +15,8 @@ from transformers import (
 )
 
 from velora_core.contract.method_configs import VeLoRAConfig
-from velora_core.layer import VeLoRALinear, apply_velora, remove_velora
-from velora_core.projection import normalise, sub_token_mean
+from velora_core.velora.layer import VeLoRALinear, apply_velora, remove_velora
+from velora_core.velora.projection import normalise, sub_token_mean
 
 from .conftest import tiny_llama_config
 

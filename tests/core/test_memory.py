@@ -6,10 +6,12 @@ import pytest
 import torch
 from torch import nn
 
-from velora_core.layer import VeLoRALinear
-from velora_core.memory import SavedTensorMeter, measure_training_step, parameter_bytes
-from velora_core.methods import prepare_model
-from velora_core.models import ModelSource
+from velora_core.memory.report import measure_training_step
+from velora_core.memory.saved_tensors import SavedTensorMeter
+from velora_core.memory.tensor_bytes import parameter_bytes
+from velora_core.methods.registry import prepare_model
+from velora_core.models.loading import ModelSource
+from velora_core.velora.layer import VeLoRALinear
 
 
 @pytest.mark.parametrize(

@@ -7,10 +7,10 @@ import torch
 from torch import nn
 
 from velora_core.contract.result import PEAK_COMPONENTS, MemoryReport, headline_memory_bytes
-from velora_core.memory import measure_training_step
-from velora_core.memory_tracker import MemoryTracker
-from velora_core.methods import prepare_model
-from velora_core.models import ModelSource
+from velora_core.memory.report import measure_training_step
+from velora_core.memory.tracker import MemoryTracker
+from velora_core.methods.registry import prepare_model
+from velora_core.models.loading import ModelSource
 
 
 def _step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor) -> MemoryTracker:

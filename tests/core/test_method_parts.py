@@ -6,7 +6,6 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from velora_core.contract.comparison_presets import PRESETS, comparison_preset
 from velora_core.contract.method_parts import (
     BASES,
     METHOD_CONFIGS,
@@ -16,6 +15,7 @@ from velora_core.contract.method_parts import (
     parse_method,
     settings_class,
 )
+from velora_core.contract.presets.comparisons import PRESETS, comparison_preset
 from velora_core.contract.spec import ComparisonSpec, RunSpec
 
 BASE = {

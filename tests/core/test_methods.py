@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from velora_core.contract.method_parts import METHOD_CONFIGS
-from velora_core.memory import measure_training_step
-from velora_core.methods import BASE_STEPS, TECHNIQUE_STEPS, prepare_model
-from velora_core.models import ModelSource
+from velora_core.memory.report import measure_training_step
+from velora_core.methods.registry import BASE_STEPS, TECHNIQUE_STEPS, prepare_model
+from velora_core.models.loading import ModelSource
 
 LORA = {"r": 4, "alpha": 8, "target_modules": ["v_proj", "down_proj"]}
 VELORA = {"num_groups": 8, "scale": 1.0}

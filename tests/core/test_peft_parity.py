@@ -9,7 +9,7 @@ from peft import LoraConfig, VeloraConfig, get_peft_model
 from transformers import LlamaForCausalLM
 
 from velora_core.contract.method_configs import VeLoRAConfig
-from velora_core.layer import apply_velora
+from velora_core.velora.layer import apply_velora
 
 from .conftest import tiny_llama_config
 

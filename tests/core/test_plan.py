@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from velora_core.contract.comparison_presets import comparison_preset
 from velora_core.contract.plan import ROLE_BASE, ROLE_METHOD, base_spec, dependency_outcome, plan_runs
+from velora_core.contract.presets.comparisons import comparison_preset
 
 
 def test_one_base_run_first_shared_by_every_method_and_seed() -> None:

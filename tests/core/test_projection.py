@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from velora_core.projection import compress, normalise, reconstruct, sub_token_size, velora_linear
+from velora_core.velora.projection import compress, normalise, reconstruct, sub_token_size, velora_linear
 
 
 def reference_grads(x, weight, bias, v, num_groups, scale, grad_out):

@@ -9,7 +9,7 @@ import sys
 import pytest
 from pydantic import ValidationError
 
-from velora_core.contract.comparison_presets import COMPARISON_PRESETS, comparison_preset
+from velora_core.contract.presets.comparisons import COMPARISON_PRESETS, comparison_preset
 from velora_core.contract.spec import ComparisonSpec, RunSpec
 
 BASE = {
@@ -180,7 +180,7 @@ def test_every_preset_is_valid_and_overridable():
 
 def test_spec_modules_import_without_torch():
     code = (
-        "import sys, velora_core.contract.spec, velora_core.contract.comparison_presets, velora_core.contract.table, velora_core.contract.result;"
+        "import sys, velora_core.contract.spec, velora_core.contract.presets.comparisons, velora_core.contract.table, velora_core.contract.result;"
         "assert 'torch' not in sys.modules, 'torch was imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from velora_core.contract.comparison_presets import comparison_preset
+from velora_core.contract.presets.comparisons import comparison_preset
 from velora_core.contract.spec import RunSpec
 
 

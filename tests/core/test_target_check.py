@@ -9,10 +9,10 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from velora_core.contract.presets import MODEL_PRESETS
+from velora_core.contract.presets.model_shapes import MODEL_PRESETS
 from velora_core.contract.spec import RunSpec
-from velora_core.methods import prepare_model
-from velora_core.models import ModelSource, llama_config
+from velora_core.methods.registry import prepare_model
+from velora_core.models.loading import ModelSource, llama_config
 
 TINY = MODEL_PRESETS["tiny"]  # hidden 128, intermediate 352, 2 layers
 

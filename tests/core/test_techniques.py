@@ -7,10 +7,12 @@ import pytest
 import torch
 
 from velora_core.contract.spec import OptimizerSpec
-from velora_core.memory import SavedTensorMeter, gradient_bytes, step_report, training_forward
-from velora_core.methods import prepare_model
-from velora_core.models import ModelSource
-from velora_core.optimizers import build_optimizer
+from velora_core.memory.report import step_report
+from velora_core.memory.saved_tensors import SavedTensorMeter, training_forward
+from velora_core.memory.tensor_bytes import gradient_bytes
+from velora_core.methods.optimizers import build_optimizer
+from velora_core.methods.registry import prepare_model
+from velora_core.models.loading import ModelSource
 
 pytestmark = pytest.mark.slow  # ten tiny models, each trained for six steps
 

@@ -19,7 +19,7 @@ import pytest
 
 from tests.backend.harness import unavailable, wait_until
 from tests.dashboard.conftest import LiveService
-from velora_core.contract.comparison_presets import OFFLINE_METHODS
+from velora_core.contract.presets.comparisons import OFFLINE_METHODS
 
 CHROMIUM = os.environ.get("VELORA_TEST_CHROMIUM", "/usr/bin/chromium")
 CHROMEDRIVER = os.environ.get("VELORA_TEST_CHROMEDRIVER", "/usr/bin/chromedriver")

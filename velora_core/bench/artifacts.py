@@ -19,12 +19,12 @@ from pathlib import Path
 
 from torch import nn
 
-from velora_core.bench.tokenizer import Tokenizer
 from velora_core.contract.hashing import content_hash
 from velora_core.contract.plan import base_spec
 from velora_core.contract.result import RunResult, RunStatus
 from velora_core.contract.spec import RunSpec
-from velora_core.layer import remove_velora
+from velora_core.models.tokenizers import Tokenizer
+from velora_core.velora.layer import remove_velora
 
 COMPLETE_MARKER = "COMPLETE"
 RESULT_FILE = "result.json"

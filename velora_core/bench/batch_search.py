@@ -9,10 +9,10 @@ import torch
 
 from velora_core.bench.trainer import oom_types, random_batches
 from velora_core.contract.spec import RunSpec
-from velora_core.memory import training_forward
-from velora_core.methods import prepare_model
-from velora_core.models import ModelSource
-from velora_core.optimizers import build_optimizer
+from velora_core.memory.saved_tensors import training_forward
+from velora_core.methods.optimizers import build_optimizer
+from velora_core.methods.registry import prepare_model
+from velora_core.models.loading import ModelSource
 
 
 def find_max_micro_batch(fits: Callable[[int], bool], start: int = 1, cap: int = 4096) -> int | None:

@@ -31,9 +31,8 @@ from velora_core.bench.data import (
     load_train_data,
 )
 from velora_core.bench.environment import environment
-from velora_core.bench.evaluate import mc_accuracy, perplexity
-from velora_core.bench.evaluate_choice import continuation_accuracy
-from velora_core.bench.tokenizer import Tokenizer, load_tokenizer
+from velora_core.bench.evaluate.causal_lm import mc_accuracy, perplexity
+from velora_core.bench.evaluate.continuation import continuation_accuracy
 from velora_core.bench.trainer import (
     OutOfMemory,
     ProgressCallback,
@@ -45,11 +44,12 @@ from velora_core.bench.trainer import (
 )
 from velora_core.bench.workloads import ENCODER_WORKLOADS, encoder_workload, preset_config
 from velora_core.contract.method_parts import method_config_for
-from velora_core.contract.presets import MODEL_PRESETS
+from velora_core.contract.presets.model_shapes import MODEL_PRESETS
 from velora_core.contract.result import EvalResult, ProgressEvent, RunResult, RunStatus, Throughput
 from velora_core.contract.spec import RunSpec, check_hub_id_not_on_disk
-from velora_core.methods import prepare_model
-from velora_core.models import DTYPES, ModelSource
+from velora_core.methods.registry import prepare_model
+from velora_core.models.loading import DTYPES, ModelSource
+from velora_core.models.tokenizers import Tokenizer, load_tokenizer
 
 
 def resolve_device(name: str) -> torch.device:

@@ -10,10 +10,12 @@ import torch
 
 from velora_core.contract.result import LossPoint, MemoryReport, ProgressEvent
 from velora_core.contract.spec import RunSpec
-from velora_core.memory import SavedTensorMeter, gradient_bytes, step_report, training_forward
-from velora_core.memory_tracker import MemoryTracker, TrackedStep
-from velora_core.methods import PreparedModel
-from velora_core.optimizers import build_optimizer
+from velora_core.memory.report import step_report
+from velora_core.memory.saved_tensors import SavedTensorMeter, training_forward
+from velora_core.memory.tensor_bytes import gradient_bytes
+from velora_core.memory.tracker import MemoryTracker, TrackedStep
+from velora_core.methods.optimizers import build_optimizer
+from velora_core.methods.registry import PreparedModel
 
 ProgressCallback = Callable[[ProgressEvent], bool | None]
 

@@ -3,7 +3,7 @@ anywhere, and the checks of those settings against a model's layers.
 
 A method is a base plus memory techniques (``velora_core.contract.method_parts`` composes them);
 each part contributes sections (``lora``, ``quant``, ``galore``, ``velora``, ``adam8bit``,
-``offload``) whose models live here. ``velora_core.methods`` holds each part's code. They are kept
+``offload``) whose models live here. ``velora_core.methods.registry`` holds each part's code. They are kept
 apart only so that the backend can validate a spec without importing torch.
 """
 

@@ -16,7 +16,7 @@ This keeps the six original names (``full``, ``lora``, ``qlora``, ``velora+full`
 
 Each part is one entry of :data:`BASES` or :data:`TECHNIQUES`: its description, the settings
 sections it adds (models in :mod:`velora_core.contract.method_configs`) and the device it needs;
-its code is the matching entry in ``velora_core.methods``. A method's settings are the sections of
+its code is the matching entry in ``velora_core.methods.registry``. A method's settings are the sections of
 its parts (:func:`settings_class`); :data:`CONFLICTS` says which parts cannot go together, and why.
 """
 

@@ -151,7 +151,7 @@ class MemoryReport(BaseModel):
     ``host_activation_bytes``: saved tensors that offloading copied to host memory (not device
     memory, so not in the total).
 
-    Measured by the memory tracker at every allocation (``velora_core.memory_tracker``, every device):
+    Measured by the memory tracker at every allocation (``velora_core.memory.tracker``, every device):
     ``measured_peak_bytes`` the largest live total, ``peak_phase`` when (``forward``, ``backward``,
     ``optimizer``), ``peak_components`` its bytes by :data:`PEAK_COMPONENTS` (they add up to it),
     ``temporary_bytes`` the temporaries among them, ``timeline`` live bytes by component over the step,

@@ -33,8 +33,8 @@ from velora_core.contract.method_parts import (
     method_config_for,
     trains_all_weights,
 )
-from velora_core.contract.presets import DATASETS, MODEL_PRESETS
-from velora_core.contract.workloads import ENCODER_WORKLOADS, WORKLOAD_METRICS, check_workload
+from velora_core.contract.presets.model_shapes import DATASETS, MODEL_PRESETS
+from velora_core.contract.workload_registry import ENCODER_WORKLOADS, WORKLOAD_METRICS, check_workload
 
 Dtype = Literal["fp32", "bf16", "fp16"]
 
@@ -106,7 +106,7 @@ class ModelSpec(StrictModel):
       the pre-training run's own model is a preset, a hub id or a local directory.
 
     ``pooling`` (sequence classification): what the head reads, ``cls`` (transformers' own head) or
-    ``mean`` (``velora_core/heads.py``).
+    ``mean`` (``velora_core/models/heads.py``).
     """
 
     source: Literal["preset", "hub", "local", "artifact"] = "preset"
@@ -209,7 +209,7 @@ class DatasetSpec(StrictModel):
     eval_split: str | None = Field(default=None, min_length=1, max_length=MAX_NAME_LENGTH)
     text_field: str = Field(default="text", min_length=1, max_length=200)
     max_examples: int | None = Field(default=None, ge=1, le=100_000_000)
-    # Classification columns (velora_core/contract/workloads.py); left out of the dump when unset,
+    # Classification columns (velora_core/contract/workload_registry.py); left out of the dump when unset,
     # so the specs and hashes of the causal-LM workloads stay as they were.
     text_pair_field: str | None = Field(
         default=None, min_length=1, max_length=200, description="Second text column (sentence pairs)."

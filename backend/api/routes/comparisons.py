@@ -32,11 +32,11 @@ from backend.api.schemas import (
     SummaryRow,
 )
 from backend.api.validation import JsonContent, check_limits, from_pydantic, invalid
-from backend.models import Comparison, Run
 from backend.settings import Settings
-from velora_core.contract.comparison_presets import COMPARISON_PRESETS, comparison_preset
+from backend.tables import Comparison, Run
 from velora_core.contract.intervals import mean_and_spread
 from velora_core.contract.plan import ROLE_METHOD
+from velora_core.contract.presets.comparisons import COMPARISON_PRESETS, comparison_preset
 from velora_core.contract.result import (
     MEMORY_COMPONENTS,
     ComparisonStatus,

@@ -1,7 +1,7 @@
 """``/fit``: "will it fit?" — each method's predicted peak memory for a model and shape, on this server.
 
-The prediction runs one training step under ``FakeTensorMode`` (``velora_core.fit``), which needs
-torch; the API process never imports torch, so it runs ``python -m velora_core.fit --json`` in a
+The prediction runs one training step under ``FakeTensorMode`` (``velora_core.bench.fit_prediction``), which needs
+torch; the API process never imports torch, so it runs ``python -m velora_core.bench.fit_prediction --json`` in a
 subprocess: one at a time (a second request while one runs gets a 503 at once, not a queue), killed
 after ``VELORA_FIT_TIMEOUT_S`` (a 504), with a request bounded by ``FitRequest``'s fields. A
 subprocess, not a worker task: the answer is wanted now, by the person at the form, and the GPU
@@ -22,21 +22,29 @@ from backend.api.deps import SettingsDep, WriteAccess
 from backend.api.docs import error_responses
 from backend.api.schemas import FitPublic
 from backend.api.validation import JsonContent, invalid
-from velora_core.contract.fit import FitEstimate, FitRequest
-from velora_core.contract.presets import MODEL_PRESETS
+from velora_core.contract.fit_request import FitEstimate, FitRequest
+from velora_core.contract.presets.model_shapes import MODEL_PRESETS
 from velora_core.contract.spec import check_hub_id
 
 router = APIRouter(prefix="/fit", tags=["fit"], responses=error_responses(401, 503, 504))
 
 #: One prediction at a time per API process: each takes a CPU core for up to the time limit.
 _running = asyncio.Lock()
-#: Exit code of ``velora_core.fit`` for bad input (the model or a method cannot be built).
+#: Exit code of ``velora_core.bench.fit_prediction`` for bad input (the model or a method cannot be built).
 EXIT_BAD_INPUT = 2
 
 
 def fit_command(request: FitRequest) -> list[str]:
     """The subprocess's command line (never a shell; ``--no-local``: no folder on this server is read)."""
-    command = [sys.executable, "-m", "velora_core.fit", "--json", "--no-local", "--model", request.model]
+    command = [
+        sys.executable,
+        "-m",
+        "velora_core.bench.fit_prediction",
+        "--json",
+        "--no-local",
+        "--model",
+        request.model,
+    ]
     command += ["--methods", *request.methods, "--micro-batch", str(request.micro_batch)]
     command += ["--seq-len", str(request.seq_len), "--dtype", request.dtype]
     if request.gpu_gib is not None:

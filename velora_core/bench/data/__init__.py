@@ -8,7 +8,7 @@ Every source ends in one of three shapes the engine consumes:
 - :class:`LMEvalData`: held-out text packed into ``(N, seq_len)`` blocks, for perplexity.
 - :class:`MCEvalData`: k-shot exemplars and test questions, for multiple-choice accuracy.
 
-Built-in datasets (``velora_core.contract.presets.DATASETS``):
+Built-in datasets (``velora_core.contract.presets.model_shapes.DATASETS``):
 
 - ``stdlib-corpus``: the running Python's standard-library sources, split by file (a hash of the
   relative path puts ~5% of the files in ``validation``). Needs no network.

@@ -18,8 +18,8 @@ from velora_core.bench.data.multiple_choice import (
     encode_mc_prompt,
     format_mc_question,
 )
-from velora_core.bench.tokenizer import Tokenizer
 from velora_core.contract.hashing import short_digest, short_hash
+from velora_core.models.tokenizers import Tokenizer
 
 #: Label of positions that take no loss (PyTorch's cross-entropy ``ignore_index``).
 IGNORE_INDEX = -100

@@ -29,9 +29,9 @@ from velora_core.bench.data.records import (
 )
 from velora_core.bench.data.sources import source_corpus, stdlib_documents
 from velora_core.bench.data.stdlib_questions import stdlib_mc
-from velora_core.bench.tokenizer import Tokenizer
 from velora_core.contract.hashing import short_hash
 from velora_core.contract.spec import DatasetSpec, EvalSpec
+from velora_core.models.tokenizers import Tokenizer
 
 #: Packed blocks of a text dataset when neither the spec nor the engine bounds them.
 DEFAULT_MAX_BLOCKS = 16_384

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from velora_core.bench.tokenizer import Tokenizer
+from velora_core.models.tokenizers import Tokenizer
 
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 

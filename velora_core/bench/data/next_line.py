@@ -3,7 +3,7 @@
 Each item is a few lines of a ``.py`` file (the context) and four candidate next lines: the true one
 and three true next lines of *other* items of the same split, from other files. No letters, no
 prompt to read: a model is scored by how likely it finds each ending after the context
-(``velora_core.bench.evaluate_choice``). Every ending is a real line that really follows some
+(``velora_core.bench.evaluate.continuation``). Every ending is a real line that really follows some
 context, so what tells the right one apart is the context, not how common a line is.
 
 Splits follow the corpus (``sources.stdlib_split``): ``test`` items come only from the corpus'
@@ -22,7 +22,7 @@ import torch
 
 from velora_core.bench.data.examples import IGNORE_INDEX, Example
 from velora_core.bench.data.sources import SourceFile, source_corpus
-from velora_core.bench.tokenizer import Tokenizer
+from velora_core.models.tokenizers import Tokenizer
 
 #: The context is the whole lines just before the ending, at most this many characters in all.
 CONTEXT_CHARS = 80
@@ -110,7 +110,7 @@ def stdlib_next_line(split: Split, seed: int = 0, root: str | None = None) -> tu
 
 @dataclass(frozen=True, eq=False)
 class ContinuationEvalData:
-    """Test items for :func:`velora_core.bench.evaluate_choice.continuation_accuracy`."""
+    """Test items for :func:`velora_core.bench.evaluate.continuation.continuation_accuracy`."""
 
     items: list[ContinuationItem]
     fingerprint: str

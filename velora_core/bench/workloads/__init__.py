@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from velora_core.bench.data import load_eval_data, load_train_data
-from velora_core.bench.tokenizer import Tokenizer, load_tokenizer
+from velora_core.bench.evaluate.encoder import classification_eval, masked_lm_perplexity
 from velora_core.bench.workloads.data import (
     ClassificationData,
     digits_data,
@@ -29,11 +29,11 @@ from velora_core.bench.workloads.data import (
     masked_batches,
     stdlib_package_data,
 )
-from velora_core.bench.workloads.evaluate import classification_eval, masked_lm_perplexity
 from velora_core.contract.result import EvalResult
 from velora_core.contract.spec import DatasetSpec, RunSpec
-from velora_core.contract.workloads import ENCODER_WORKLOADS, RobertaPreset, ViTPreset
-from velora_core.models import ModelSource, llama_config
+from velora_core.contract.workload_registry import ENCODER_WORKLOADS, RobertaPreset, ViTPreset
+from velora_core.models.loading import ModelSource, llama_config
+from velora_core.models.tokenizers import Tokenizer, load_tokenizer
 
 __all__ = ["ENCODER_WORKLOADS", "EncoderWorkload", "encoder_workload", "preset_config"]
 
@@ -138,7 +138,7 @@ def encoder_workload(spec: RunSpec, source: ModelSource) -> EncoderWorkload:
     Raises:
         ValueError: data that cannot serve the workload (the message says why).
     """
-    # The head's input (model.pooling): transformers' own head, or velora_core.heads' mean pooling.
+    # The head's input (model.pooling): transformers' own head, or velora_core.models.heads' mean pooling.
     source = dataclasses.replace(source, workload=spec.workload, pooling=spec.model.pooling)
     if spec.workload == "masked-lm":
         tokenizer = load_tokenizer(spec.model, source.path if spec.model.source == "artifact" else None)

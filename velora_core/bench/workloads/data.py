@@ -39,9 +39,9 @@ import torch
 from torch import Tensor
 
 from velora_core.bench.data import TrainData, source_corpus, stdlib_split
-from velora_core.bench.tokenizer import ByteTokenizer, HFTokenizer, Tokenizer
 from velora_core.contract.hashing import short_hash, unit_hash
 from velora_core.contract.spec import DatasetSpec
+from velora_core.models.tokenizers import ByteTokenizer, HFTokenizer, Tokenizer
 
 DIGITS_TEST_FRACTION = 0.2
 MIN_TEST_FUNCTIONS = 90

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from velora_core.contract.spec import OptimizerSpec
-from velora_core.methods import PreparedModel
+from velora_core.methods.registry import PreparedModel
 
 
 def _galore_groups(prepared: PreparedModel) -> list[dict]:

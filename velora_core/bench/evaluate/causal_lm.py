@@ -23,9 +23,9 @@ from velora_core.bench.data import (
     fit_kshot_prompt,
     select_shots,
 )
-from velora_core.bench.tokenizer import Tokenizer
 from velora_core.contract.intervals import perplexity_interval, wilson
 from velora_core.contract.result import EvalResult
+from velora_core.models.tokenizers import Tokenizer
 
 
 def _device(model: nn.Module) -> torch.device:

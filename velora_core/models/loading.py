@@ -18,9 +18,9 @@ from torch import nn
 from transformers import BitsAndBytesConfig, LlamaConfig, PretrainedConfig
 
 from velora_core.contract.method_configs import QuantSettings
-from velora_core.contract.presets import ModelPreset
-from velora_core.contract.workloads import AUTO_CLASS
-from velora_core.heads import RobertaMeanPoolForSequenceClassification
+from velora_core.contract.presets.model_shapes import ModelPreset
+from velora_core.contract.workload_registry import AUTO_CLASS
+from velora_core.models.heads import RobertaMeanPoolForSequenceClassification
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -38,7 +38,7 @@ class ModelSource:
         workload: the run's workload; it picks the transformers Auto class (``contract.workloads``).
         head: ``from_pretrained`` arguments of a classification head (``num_labels``, ``id2label``…).
         pooling: what a sequence-classification head reads (``model.pooling``: ``cls``, transformers'
-            own head, or ``mean``, ``velora_core.heads``).
+            own head, or ``mean``, ``velora_core.models.heads``).
     """
 
     path: str | None = None
@@ -86,7 +86,7 @@ def bnb_config(quant: QuantSettings, skip: list[str] | None = None) -> BitsAndBy
 
 def auto_class(source: ModelSource) -> Any:
     """The transformers Auto class of the source's workload (``AutoModelForCausalLM`` …), or the
-    mean-pooling RoBERTa classifier of ``velora_core.heads`` (same ``from_config``/``from_pretrained``)."""
+    mean-pooling RoBERTa classifier of ``velora_core.models.heads`` (same ``from_config``/``from_pretrained``)."""
     if source.pooling == "mean":
         return RobertaMeanPoolForSequenceClassification
     return getattr(transformers, AUTO_CLASS[source.workload])
@@ -121,7 +121,7 @@ def load_causal_lm(source: ModelSource, quant: QuantSettings | None = None) -> n
 
 
 def _skeleton(source: ModelSource, quant: QuantSettings | None) -> nn.Module:
-    """The model on the ``meta`` device, without weights (``velora_core.fit`` gives it fake tensors);
+    """The model on the ``meta`` device, without weights (``velora_core.bench.fit_prediction`` gives it fake tensors);
     4-bit layers laid out by transformers' own bitsandbytes quantizer, as ``from_pretrained`` does
     before it loads weights.
 

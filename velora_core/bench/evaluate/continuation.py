@@ -18,10 +18,10 @@ from torch import nn
 from transformers import DynamicCache
 
 from velora_core.bench.data.next_line import ContinuationItem
-from velora_core.bench.evaluate import _device, _evaluating
-from velora_core.bench.tokenizer import Tokenizer
+from velora_core.bench.evaluate.causal_lm import _device, _evaluating
 from velora_core.contract.intervals import wilson
 from velora_core.contract.result import EvalResult
+from velora_core.models.tokenizers import Tokenizer
 
 #: What an ending is scored against without its context: the start of a line.
 NEUTRAL_PREFIX = "\n"

@@ -2,7 +2,7 @@
 
 ``velora-bench fit`` and ``POST /api/v1/fit`` take a :class:`FitRequest` and answer with one
 :class:`FitEstimate` per method: the peak bytes of one training step predicted under
-``FakeTensorMode`` (``velora_core.fit``), by component, and with a card size whether it fits and the
+``FakeTensorMode`` (``velora_core.bench.fit_prediction``), by component, and with a card size whether it fits and the
 largest micro-batch that does.
 """
 

@@ -40,6 +40,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 from velora_core.contract.result import PEAK_COMPONENTS, PHASES
+from velora_core.memory.tensor_bytes import optimizer_state_tensors, quant_state_tensors
 
 WEIGHTS, TRAINABLE, GRADIENTS, OPTIMIZER, ACTIVATIONS, TEMPORARY = PEAK_COMPONENTS
 #: Categories a later classification may replace; the others are fixed once known.
@@ -178,7 +179,6 @@ class MemoryTracker(TorchDispatchMode):
         self.phase = phase
 
     def _optimizer_tensors(self) -> Iterator[torch.Tensor]:
-        from velora_core.memory import optimizer_state_tensors  # the one reader (GaLore's projector too)
 
         if self.optimizer is None:
             return
@@ -197,7 +197,6 @@ class MemoryTracker(TorchDispatchMode):
 
     # --- the step's boundaries ---------------------------------------------------------
     def __enter__(self):
-        from velora_core.memory import quant_state_tensors  # the one reader of 4-bit quant state
 
         for param in self.model.parameters():
             self.classify([param], TRAINABLE if param.requires_grad else WEIGHTS)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from velora_core.contract.workloads import ENCODER_PRESETS, RobertaPreset, ViTPreset
+from velora_core.contract.workload_registry import ENCODER_PRESETS, RobertaPreset, ViTPreset
 
 
 @dataclass(frozen=True)

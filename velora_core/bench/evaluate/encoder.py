@@ -9,11 +9,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from velora_core.bench.evaluate import _device, _evaluating
-from velora_core.bench.tokenizer import ByteTokenizer, HFTokenizer, Tokenizer
+from velora_core.bench.evaluate.causal_lm import _device, _evaluating
+from velora_core.bench.evaluate.classification_metrics import classification_metric
 from velora_core.bench.workloads.data import ClassificationData, mask_batch, mask_token_id
-from velora_core.bench.workloads.metrics import classification_metric
 from velora_core.contract.result import EvalResult
+from velora_core.models.tokenizers import ByteTokenizer, HFTokenizer, Tokenizer
 
 
 def predict(model: nn.Module, data: ClassificationData, batch_size: int) -> list[float]:

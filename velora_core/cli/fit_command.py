@@ -1,6 +1,6 @@
-"""The flags of ``velora-bench fit`` (and ``python -m velora_core.fit``) and the request they make.
+"""The flags of ``velora-bench fit`` (and ``python -m velora_core.bench.fit_prediction``) and the request they make.
 
-Torch-free, so the CLI's parser loads fast; the prediction itself is ``velora_core.fit``.
+Torch-free, so the CLI's parser loads fast; the prediction itself is ``velora_core.bench.fit_prediction``.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import argparse
 from pydantic import ValidationError
 
 from velora_core.contract.errors import validation_message
-from velora_core.contract.fit import FitRequest
+from velora_core.contract.fit_request import FitRequest
 
 
 def add_fit_arguments(parser: argparse.ArgumentParser) -> None:

@@ -28,7 +28,7 @@ def print_table(results: list) -> None:
 
     from velora_core.contract.intervals import chance_sentence
     from velora_core.contract.table import summary_rows
-    from velora_core.contract.workloads import PERCENT_METRICS
+    from velora_core.contract.workload_registry import PERCENT_METRICS
 
     def fmt(value: Any, pattern: str = "{:.1f}") -> str:
         return "–" if value is None else pattern.format(value)

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from velora_core.contract.method_configs import VeLoRAConfig, VeLoRAInit, check_velora_init, target_matches
-from velora_core.projection import normalise, sub_token_mean, sub_token_size, velora_linear
+from velora_core.velora.projection import normalise, sub_token_mean, sub_token_size, velora_linear
 
 
 class VeLoRALinear(nn.Module):

@@ -1,9 +1,9 @@
 """"Will it fit?": one training step of each method under ``FakeTensorMode``, with no weights allocated.
 
-The model is built by the same method code as a real run (``velora_core.methods.prepare_model``) on
+The model is built by the same method code as a real run (``velora_core.methods.registry.prepare_model``) on
 the ``meta`` device; each parameter and buffer is then given a fake tensor of its shape and dtype,
 the optimizer comes from the trainer (``velora_core.bench.trainer.Trainer``), and one step (forward,
-backward, gradient clipping, optimizer step) runs under :class:`~velora_core.memory_tracker.MemoryTracker`,
+backward, gradient clipping, optimizer step) runs under :class:`~velora_core.memory.tracker.MemoryTracker`,
 the tracker every real run uses on its first step. Nothing is computed and no byte is allocated,
 so a LLaMA-7B step is predicted on a laptop CPU (docs/architecture.md, "Memory accounting").
 
@@ -16,7 +16,7 @@ The largest micro-batch: activation memory grows linearly in the micro-batch at 
 length, so each phase's peak is a line through two fake steps (``N`` and ``2N``); the smallest
 solution over the phases is confirmed by a third fake step (and stepped down if that overshoots).
 
-    python -m velora_core.fit --model llama-7b --methods full lora qlora --micro-batch 8 \\
+    python -m velora_core.bench.fit_prediction --model llama-7b --methods full lora qlora --micro-batch 8 \\
         --seq-len 512 --dtype bf16 [--gpu-gib 80] [--json]
 
 is the same as ``velora-bench fit …`` (the service runs this module in a subprocess).
@@ -40,13 +40,13 @@ from pydantic import ValidationError
 from torch import nn
 from torch._subclasses.fake_tensor import FakeTensorMode
 
-from velora_core.cli_fit import add_fit_arguments, request_from_args
+from velora_core.cli.fit_command import add_fit_arguments, request_from_args
 from velora_core.contract.errors import validation_message
-from velora_core.contract.fit import MAX_SEARCHED_MICRO_BATCH, FitEstimate, FitRequest
-from velora_core.contract.presets import MODEL_PRESETS
+from velora_core.contract.fit_request import MAX_SEARCHED_MICRO_BATCH, FitEstimate, FitRequest
+from velora_core.contract.presets.model_shapes import MODEL_PRESETS
 from velora_core.contract.result import PHASES
 from velora_core.contract.spec import RunSpec
-from velora_core.memory_tracker import MemoryTracker, TrackedStep
+from velora_core.memory.tracker import MemoryTracker, TrackedStep
 
 FOUR_BIT_NOTE = (
     "4-bit weights: bitsandbytes' Params4bit cannot hold a fake tensor, so each is a plain fake uint8 "
@@ -195,7 +195,7 @@ def fake_step(spec: RunSpec, timeline_points: int = 240) -> tuple[TrackedStep, l
     """
     from velora_core.bench.engine import model_source
     from velora_core.bench.trainer import Trainer
-    from velora_core.methods import prepare_model
+    from velora_core.methods.registry import prepare_model
 
     meta = torch.device("meta")
     source = model_source(spec, meta, None)  # a preset, a hub config or a local folder: no base run

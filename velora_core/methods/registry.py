@@ -28,8 +28,8 @@ from velora_core.contract.method_parts import (
     method_config_for,
     parse_method,
 )
-from velora_core.layer import apply_velora
-from velora_core.models import ModelSource, load_causal_lm
+from velora_core.models.loading import ModelSource, load_causal_lm
+from velora_core.velora.layer import apply_velora
 
 
 @dataclass
@@ -37,7 +37,7 @@ class PreparedModel:
     """A model ready to train: its trainable parameters, the layers VeLoRA wraps, and how it is
     optimised and run.
 
-    ``optimizer``: which optimizer :func:`velora_core.optimizers.build_optimizer` builds (``adamw``,
+    ``optimizer``: which optimizer :func:`velora_core.methods.optimizers.build_optimizer` builds (``adamw``,
     ``adamw8bit``, ``galore``, ``galore8bit``, ``lorafa``); ``galore_parameters``: the weights GaLore
     projects, with ``galore`` their settings; ``lr``: a learning rate the method imposes (GaLore's),
     None for the run's; ``saved_tensors_hooks``: makes the context every training forward runs in

@@ -4,7 +4,7 @@
     velora-bench compare --preset NAME [--methods …] [--seeds …] [--set key=value …] [--out DIR]
     velora-bench presets                             list comparison presets, models, datasets, method parts
     velora-bench fit --model M --methods A B … [--micro-batch N --seq-len L --dtype D --gpu-gib G --json]
-                                                     predicted peak memory per method (velora_core.fit)
+                                                     predicted peak memory per method (velora_core.bench.fit_prediction)
 
 Service commands (``up``, ``token``) are added by the installed backend through the
 ``velora_bench.commands`` entry-point group, so this engine module imports no web code.
@@ -19,13 +19,13 @@ import sys
 from collections.abc import Sequence
 from importlib.metadata import entry_points
 
-from velora_core.cli_fit import add_fit_arguments
-from velora_core.cli_input import BadInput, load_spec_file, parse_assignments
-from velora_core.cli_output import base_run_line, print_table, progress_columns
-from velora_core.contract.comparison_presets import COMPARISON_PRESETS, comparison_preset
+from velora_core.cli.fit_command import add_fit_arguments
+from velora_core.cli.spec_input import BadInput, load_spec_file, parse_assignments
+from velora_core.cli.table_output import base_run_line, print_table, progress_columns
 from velora_core.contract.method_parts import BASES, TECHNIQUES
 from velora_core.contract.plan import ROLE_BASE, dependency_outcome, plan_runs
-from velora_core.contract.presets import DATASETS, MODEL_PRESETS
+from velora_core.contract.presets.comparisons import COMPARISON_PRESETS, comparison_preset
+from velora_core.contract.presets.model_shapes import DATASETS, MODEL_PRESETS
 from velora_core.contract.result import ANSWERED_RUN_STATUSES
 from velora_core.contract.spec import ComparisonSpec, RunSpec
 
@@ -163,7 +163,7 @@ def cmd_presets(args: argparse.Namespace) -> int:
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
-    from velora_core.fit import run
+    from velora_core.bench.fit_prediction import run
 
     return run(args)
 

@@ -10,10 +10,10 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from velora_core.contract.encoder_comparisons import ENCODER_COMPARISONS
 from velora_core.contract.errors import validation_message
 from velora_core.contract.method_parts import canonical_method
-from velora_core.contract.presets import MODEL_PRESETS
+from velora_core.contract.presets.encoder_comparisons import ENCODER_COMPARISONS
+from velora_core.contract.presets.model_shapes import MODEL_PRESETS
 from velora_core.contract.spec import ComparisonSpec
 
 ALL_METHODS = ["full", "lora", "qlora", "velora+full", "velora+lora", "velora+qlora"]

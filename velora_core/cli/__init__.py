@@ -1,0 +1,3 @@
+"""The ``velora-bench`` command: its entry point and engine commands (``main``), "will it fit" flags
+(``fit_command``), reading specs (``spec_input``) and printing tables (``table_output``), the last two
+torch-free and shared with the service's ``velora-bench submit``."""
