@@ -24,7 +24,7 @@ from velora_core.bench.data import (
     encode_mc_prompt,
     select_shots,
 )
-from velora_core.contract.hashing import short_hash
+from velora_core.contract.hashing import prompt_hash
 from velora_core.contract.intervals import perplexity_interval, wilson
 from velora_core.contract.result import EvalResult, ItemRecords
 from velora_core.models.tokenizers import Tokenizer
@@ -229,7 +229,7 @@ def mc_accuracy(
         num_examples=len(questions),
         details=details,
         items=ItemRecords(
-            prompt_hash=[short_hash(text) for text in texts],
+            prompt_hash=[prompt_hash(text) for text in texts],
             loglikelihoods=[[round(v, 6) for v in ll] for ll in lls],
             choice=predictions,
             answer=[q.answer for q in questions],

@@ -27,7 +27,7 @@ from transformers import DynamicCache
 
 from velora_core.bench.data.next_line import ContinuationItem
 from velora_core.bench.evaluate.causal_lm import _device, _evaluating, context_length
-from velora_core.contract.hashing import short_hash
+from velora_core.contract.hashing import prompt_hash
 from velora_core.contract.intervals import wilson
 from velora_core.contract.result import EvalResult, ItemRecords
 from velora_core.models.tokenizers import Tokenizer
@@ -257,7 +257,7 @@ def continuation_accuracy(
             },
         },
         items=ItemRecords(
-            prompt_hash=[short_hash(item.context) for item in items],
+            prompt_hash=[prompt_hash(item.context) for item in items],
             loglikelihoods=[[round(v, 6) for v in own] for own in conditional],
             choice=picks["pmi"],
             answer=[item.answer for item in items],
