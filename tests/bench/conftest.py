@@ -159,9 +159,7 @@ def alpaca_record_list() -> Callable[[int], list[dict[str, str]]]:
 
 
 #: lm-evaluation-harness's mmlu template (lm_eval/tasks/mmlu/default/_default_template_yaml), verbatim.
-HARNESS_MMLU_TEXT = (
-    '"{{question.strip()}}\\nA. {{choices[0]}}\\nB. {{choices[1]}}\\nC. {{choices[2]}}\\nD. {{choices[3]}}\\nAnswer:"'
-)
+HARNESS_MMLU_TEXT = '"{{question.strip()}}\\nA. {{choices[0]}}\\nB. {{choices[1]}}\\nC. {{choices[2]}}\\nD. {{choices[3]}}\\nAnswer:"'
 
 
 @pytest.fixture(scope="session")
@@ -170,7 +168,9 @@ def mmlu_harness_tasks(mmlu_folder: HubFolder, tmp_path_factory: pytest.TempPath
     own mmlu tasks are (one task per subject, dev exemplars ``first_n``, the group ``tiny_mmlu``
     weighting by size): ``include_path`` for ``tiny_mmlu`` and ``tiny_mmlu_<subject>``."""
     root = tmp_path_factory.mktemp("harness_tasks")
-    data = {split: str(mmlu_folder.path / "all" / f"{split}-00000-of-00001.parquet") for split in ("dev", "test")}
+    data = {
+        split: str(mmlu_folder.path / "all" / f"{split}-00000-of-00001.parquet") for split in ("dev", "test")
+    }
     (root / "subjects.py").write_text(
         "".join(
             f"def {s}(dataset):\n    return dataset.filter(lambda doc: doc['subject'] == {s!r})\n\n"

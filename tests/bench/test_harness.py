@@ -36,7 +36,9 @@ def tiny_llama(vocab: int, positions: int) -> LlamaForCausalLM:
     return LlamaForCausalLM(config).eval()
 
 
-def harness_samples(model, tokenizer: Tokenizer, include: Path, task: str, shots: int, max_length: int) -> dict:
+def harness_samples(
+    model, tokenizer: Tokenizer, include: Path, task: str, shots: int, max_length: int
+) -> dict:
     """The harness's own samples of ``task`` (every subtask), keyed by prompt hash."""
     lm = HFLM(pretrained=model, tokenizer=tokenizer.hf_tokenizer(), batch_size=4, max_length=max_length)
     out = lm_eval.simple_evaluate(
@@ -105,7 +107,9 @@ def test_a_local_folder_feeds_the_same_questions_as_the_builtin_mmlu_path(mmlu_f
         0,
         dataset_paths={"mmlu": str(mmlu_folder.path)},
     )
-    local = DatasetSpec(source="local", name=str(mmlu_folder.path), config="all", split="dev", eval_split="test")
+    local = DatasetSpec(
+        source="local", name=str(mmlu_folder.path), config="all", split="dev", eval_split="test"
+    )
     folder = load_eval_data(
         EvalSpec(metric="mc_accuracy", dataset=local), DatasetSpec(name="stdlib-corpus"), tokenizer, 256, 3
     )
@@ -115,7 +119,9 @@ def test_a_local_folder_feeds_the_same_questions_as_the_builtin_mmlu_path(mmlu_f
         assert {s.subject for s in select_shots(folder.shots, q, 5)} == {q.subject}
 
 
-def test_harness_evaluate_reports_versions_subject_means_and_wilson_intervals(mmlu_harness_tasks: Path) -> None:
+def test_harness_evaluate_reports_versions_subject_means_and_wilson_intervals(
+    mmlu_harness_tasks: Path,
+) -> None:
     model = tiny_llama(320, 2048)
     model.train()
     result = harness_evaluate(
@@ -160,3 +166,45 @@ def test_prompt_hash_is_the_harness_prompt_hash() -> None:
     from velora_core.contract.hashing import prompt_hash
 
     assert prompt_hash("Answer:") == hashlib.sha256(b"Answer:").hexdigest()[:16]
+
+
+def test_continuation_metrics_are_the_harness_acc_acc_norm_and_acc_mutual_info(tmp_path: Path) -> None:
+    import json
+
+    from velora_core.bench.data import stdlib_next_line
+    from velora_core.bench.evaluate.continuation import continuation_accuracy
+
+    items = stdlib_next_line("test")[:16]
+    (tmp_path / "items.jsonl").write_text(
+        "".join(
+            json.dumps({"context": i.context, "endings": list(i.endings), "answer": i.answer}) + "\n"
+            for i in items
+        )
+    )
+    (tmp_path / "next_line.yaml").write_text(
+        "task: tiny_next_line\ndataset_path: json\n"
+        f"dataset_kwargs:\n  data_files:\n    test: {tmp_path / 'items.jsonl'}\n"
+        "test_split: test\noutput_type: multiple_choice\n"
+        'doc_to_text: "{{context}}"\ndoc_to_choice: "{{endings}}"\ndoc_to_target: answer\ntarget_delimiter: ""\n'
+        "metric_list:\n"
+        + "".join(
+            f"  - metric: {m}\n    aggregation: mean\n    higher_is_better: true\n"
+            for m in ("acc", "acc_norm", "acc_mutual_info")
+        )
+    )
+    model, tokenizer = tiny_llama(320, 512), ByteTokenizer()
+    ours = continuation_accuracy(model, tokenizer, items, batch_size=5)
+    theirs = harness_samples(model, tokenizer, tmp_path, "tiny_next_line", 0, 512)
+    for index, digest in enumerate(ours.items.prompt_hash):
+        sample = theirs[digest]
+        assert sample["arguments"][0][0] == items[index].context
+        harness_lls = [r[0] for r in sample["filtered_resps"]][: len(items[index].endings)]
+        assert ours.items.loglikelihoods[index] == pytest.approx(harness_lls, abs=1e-4)
+        for metric in ("acc", "acc_norm", "acc_mutual_info"):
+            assert (ours.items.extra[f"{metric}_choice"][index] == items[index].answer) == bool(
+                sample[metric]
+            )
+    for metric in ("acc", "acc_norm", "acc_mutual_info"):
+        share = sum(s[metric] for s in theirs.values()) / len(items)
+        assert ours.details["harness_metrics"][metric]["value"] == pytest.approx(share)
+    assert ours.details["headline"].startswith("pmi")
