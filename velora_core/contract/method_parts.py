@@ -27,11 +27,20 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, Field, ValidationError, create_model, model_validator
+from pydantic import (
+    BaseModel,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    create_model,
+    model_serializer,
+    model_validator,
+)
 
 from velora_core.contract.errors import validation_message
 from velora_core.contract.method_configs import (
     Adam8bitSettings,
+    FullSettings,
     GaLoreSettings,
     LoRASettings,
     MethodSettings,
@@ -86,7 +95,11 @@ _LORA = Section("lora", LoRASettings, _plain(LoRASettings))
 BASES: dict[str, MethodPart] = {
     p.name: p
     for p in (
-        MethodPart("full", "Full training: every weight trains, AdamW state for each"),
+        MethodPart(
+            "full",
+            "Full training: every weight trains, AdamW state for each",
+            (Section("full", FullSettings, _plain(FullSettings)),),
+        ),
         MethodPart("lora", "LoRA adapters (peft) on a frozen base", (_LORA,)),
         MethodPart(
             "qlora",
@@ -314,6 +327,15 @@ class ComposedSettings(MethodSettings):
                 "the running average a second time each step; use batch_average_once or batch_average"
             )
         return self
+
+    @model_serializer(mode="wrap")
+    def _omit_empty_full(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # ``full`` holds only an optional learning rate: left out when empty, so the specs (and
+        # hashes) of full-weight methods written before it existed stay the same.
+        data = handler(self)
+        if data.get("full") == {}:
+            data.pop("full")
+        return data
 
     def check_against_model(self, linear_layers: dict[str, int]) -> None:
         comp = self.composition

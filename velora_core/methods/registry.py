@@ -84,7 +84,8 @@ def _with_lora(model: nn.Module, lora: LoRASettings, workload: str = "finetune")
 def prepare_full(source: ModelSource, settings: ComposedSettings) -> PreparedModel:
     model = load_causal_lm(source)
     model.requires_grad_(True)
-    return PreparedModel(model, _trainable(model))
+    full = getattr(settings, "full", None)  # GaLore builds on this and has no ``full`` section
+    return PreparedModel(model, _trainable(model), lr=full.lr if full is not None else None)
 
 
 def prepare_lora(source: ModelSource, settings: ComposedSettings) -> PreparedModel:
