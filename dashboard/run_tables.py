@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from dashboard.formatting import COMPONENTS, METRIC_LABELS, format_bytes
-from velora_core.contract.result import total_memory_bytes
+from velora_core.contract.result import ItemRecords, total_memory_bytes
 
 
 def memory_table(memory: dict[str, Any]) -> list[dict[str, str]]:
@@ -93,6 +93,28 @@ def fit_rows(estimates: Sequence[dict[str, Any]]) -> list[dict[str, str]]:
                 "Temporaries": format_bytes(e["temporary"]),
                 "Fits": "–" if fits is None else ("yes" if fits else "no"),
                 "Largest micro-batch": "–" if e.get("gpu_bytes") is None else str(largest or "none"),
+            }
+        )
+    return rows
+
+
+#: Items of a run's per-item records the Run detail page shows.
+ITEM_SAMPLE = 10
+
+
+def item_sample(records: ItemRecords, count: int = ITEM_SAMPLE) -> list[dict[str, Any]]:
+    """The first ``count`` item records, one row each: the prompt hash, each choice's
+    log-likelihood (the pick marked ``*``), the pick, the answer and whether it is right."""
+    rows = []
+    for row in records.rows(0, count):
+        lls = [f"{'*' if i == row['choice'] else ''}{v:.3f}" for i, v in enumerate(row["loglikelihoods"])]
+        rows.append(
+            {
+                "prompt hash": row["prompt_hash"],
+                "log-likelihoods": "  ".join(lls),
+                "choice": row["choice"],
+                "answer": row["answer"],
+                "correct": "yes" if row["correct"] else "no",
             }
         )
     return rows

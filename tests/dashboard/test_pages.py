@@ -295,6 +295,11 @@ def test_run_detail_shows_spec_environment_metrics_and_artifact(
     assert list(curve.columns)[:3] == ["Step", "Loss", "Learning rate"]
     assert "Memory allocated (bytes)" not in curve.columns  # recorded on CUDA only: no column of None
     assert not any(curve[column].isna().all() for column in curve.columns)
+    items = run["result"]["eval"]["items"]  # a sample of the per-item records, beside the curve
+    sample = at.dataframe[1].value
+    assert list(sample["prompt hash"]) == items["prompt_hash"][:10]
+    assert list(sample["correct"]) == ["yes" if ok else "no" for ok in items["correct"][:10]]
+    assert "items" not in json.loads(at.json[0].proto.body)  # the evaluation shown without them
     assert json.loads(at.json[-1].proto.body) == run["spec"]
     assert "The run's spec (RunSpec), as stored and hashed" in texts(at.caption)
 

@@ -5,6 +5,7 @@ Plain pydantic models without torch, so the backend and dashboard can read resul
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping
 from enum import StrEnum
 from typing import Any, TypeVar
@@ -196,8 +197,9 @@ class ItemRecords(BaseModel):
     compact enough to keep with every run, complete enough to recompute its accuracy and to compare
     two runs item by item (:func:`velora_core.contract.intervals.paired_difference`).
 
-    ``prompt_hash``: :func:`~velora_core.contract.hashing.short_hash` of the prompt text (the
-    context the choices were scored after), so two runs' items are matched by what was asked;
+    ``prompt_hash``: :func:`~velora_core.contract.hashing.prompt_hash` of the prompt text (the
+    context the choices were scored after; lm-evaluation-harness's ``prompt_hash`` cut to 16 hex
+    digits), so two runs' items, or ours and the harness's, are matched by what was asked;
     ``loglikelihoods``: each choice's log-likelihood (nats, as lm-evaluation-harness computes it,
     rounded to 1e-6); ``choice``: the headline's pick; ``answer``: the right one; ``correct``;
     ``extra``: further columns of the same length (exemplars used, tokens cut, the other metrics'
@@ -214,9 +216,9 @@ class ItemRecords(BaseModel):
     def __len__(self) -> int:
         return len(self.prompt_hash)
 
-    def rows(self, limit: int | None = None) -> list[dict[str, Any]]:
-        """The first ``limit`` items (all by default) as one dict each."""
-        count = len(self) if limit is None else min(limit, len(self))
+    def rows(self, offset: int = 0, limit: int | None = None) -> list[dict[str, Any]]:
+        """Items ``offset`` … ``offset + limit - 1`` (to the end by default) as one dict each."""
+        end = len(self) if limit is None else min(len(self), offset + limit)
         columns = {
             "prompt_hash": self.prompt_hash,
             "loglikelihoods": self.loglikelihoods,
@@ -225,7 +227,11 @@ class ItemRecords(BaseModel):
             "correct": self.correct,
             **self.extra,
         }
-        return [{name: values[i] for name, values in columns.items()} for i in range(count)]
+        return [{name: values[i] for name, values in columns.items()} for i in range(offset, end)]
+
+    def jsonl(self, offset: int = 0, limit: int | None = None) -> str:
+        """:meth:`rows` as JSON Lines, one item a line (what the API and the dashboard let one download)."""
+        return "".join(json.dumps(row) + "\n" for row in self.rows(offset, limit))
 
 
 class EvalResult(BaseModel):
