@@ -12,13 +12,13 @@ import subprocess
 import sys
 import tomllib
 from importlib.metadata import PackageNotFoundError, distribution, packages_distributions
+from pathlib import Path
 
 import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from tests.backend.harness import REPO_ROOT
-
+REPO_ROOT = Path(__file__).resolve().parents[1]
 PROJECT = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
 OWN_PACKAGES = {"backend", "dashboard", "worker", "velora_core", "tests"}
 MODEL_PACKAGES = {"torch", "transformers", "peft", "bitsandbytes", "accelerate", "galore-torch"}
