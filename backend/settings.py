@@ -17,7 +17,6 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from velora_core.contract.spec import MAX_MICRO_BATCH, MAX_SEQ_LEN, MAX_STEPS
 
-API_V1_STR = "/api/v1"
 TASK_RUN_BENCHMARK = "velora.run_benchmark"
 #: Host names the API always answers to: a DNS-rebinding page's Host header is its own domain, never these.
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")

@@ -26,7 +26,8 @@ from backend.broker import Dispatcher
 from backend.db import Database
 from backend.migrate import upgrade
 from backend.reaper import ReaperThread
-from backend.settings import API_V1_STR, Settings, get_settings
+from backend.settings import Settings, get_settings
+from velora_core.contract.http_api import API_PREFIX
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +84,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         title="VeLoRA Bench",
         summary="Queue and compare VeLoRA, QLoRA, LoRA and full fine-tuning runs.",
         version="0.1.0",
-        openapi_url=f"{API_V1_STR}/openapi.json",
+        openapi_url=f"{API_PREFIX}/openapi.json",
         docs_url=None,  # served by serve_docs, from an installed package
         redoc_url=None,  # ReDoc loads from a CDN only: no page that is blank offline
         lifespan=lifespan,
@@ -91,10 +92,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_bytes)
     app.add_middleware(HostGuardMiddleware, settings=settings)  # outermost: checked before anything else
-    app.include_router(api_router, prefix=API_V1_STR)
+    app.include_router(api_router, prefix=API_PREFIX)
     app.add_exception_handler(RequestValidationError, validation_error_response)
     add_schemas(app, comparisons.BODY_MODELS)
-    serve_docs(app, openapi_url=f"{API_V1_STR}/openapi.json")
+    serve_docs(app, openapi_url=f"{API_PREFIX}/openapi.json")
 
     @app.exception_handler(OperationalError)
     async def _database_unavailable(_: Request, exc: OperationalError) -> JSONResponse:

@@ -7,7 +7,7 @@ Worker-side writes (:mod:`backend.store.run_lifecycle`) are guarded by the run's
 worker that lost its claim (reaped, requeued) can no longer change the run.
 """
 
-from backend.store.base import FINISHED_STATUSES, QUEUED, RUNNING, WAITING, StoreError
+from backend.store.base import FINISHED_STATUSES, StoreError, status_moves
 from backend.store.comparisons import create_comparison, get_comparison, list_comparisons
 from backend.store.idempotency import add_idempotency_key, find_idempotency_key, request_hash
 from backend.store.metrics import METRIC_COLUMNS, list_metrics
@@ -52,11 +52,8 @@ from backend.tables import utcnow  # the store's clock, as callers compare with 
 __all__ = [
     "FINISHED_STATUSES",
     "METRIC_COLUMNS",
-    "QUEUED",
-    "RUNNING",
     "RUN_SUMMARY_COLUMNS",
     "TOKEN_PREFIX",
-    "WAITING",
     "AbandonOutcome",
     "StoreError",
     "add_idempotency_key",
@@ -91,6 +88,7 @@ __all__ = [
     "revoke_token",
     "runs_to_dispatch",
     "settle_waiting_runs",
+    "status_moves",
     "stop_worker",
     "stop_worker_runs",
     "touch_token",

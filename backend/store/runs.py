@@ -10,10 +10,10 @@ from typing import Any
 from sqlalchemy import Select, bindparam, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from backend.store.base import FINISHED_STATUSES, QUEUED, WAITING, StoreError, _plain_rows
+from backend.store.base import FINISHED_STATUSES, StoreError, _plain_rows
 from backend.tables import Run, utcnow
 from velora_core.contract.plan import plan_runs
-from velora_core.contract.result import RunStatus
+from velora_core.contract.result import RunStatus, allowed_sources
 from velora_core.contract.spec import RunSpec
 
 
@@ -34,7 +34,7 @@ def add_planned_runs(
             spec=spec.model_dump(mode="json"),
             spec_hash=spec.spec_hash(),
             queue=queue,
-            status=WAITING if needs else QUEUED,
+            status=RunStatus.WAITING if needs else RunStatus.QUEUED,
             role=planned.role,
             depends_on=needs,
             attempts=0,
@@ -50,7 +50,7 @@ def add_planned_runs(
 
 def dispatchable(runs: Sequence[Run]) -> list[tuple[int, str]]:
     """(id, queue) of the ``runs`` that may go to the broker now (queued, not waiting)."""
-    return [(run.id, run.queue) for run in runs if run.status == QUEUED]
+    return [(run.id, run.queue) for run in runs if run.status == RunStatus.QUEUED]
 
 
 def get_run(session: Session, *, run_id: int) -> Run | None:
@@ -111,7 +111,9 @@ def _run_list_statements(by_status: bool, by_method: bool, by_comparison: bool) 
 def mark_dispatched(session: Session, *, run_ids: Sequence[int]) -> None:
     if run_ids:
         session.execute(
-            update(Run).where(Run.id.in_(run_ids), Run.status == QUEUED).values(dispatched_at=utcnow())
+            update(Run)
+            .where(Run.id.in_(run_ids), Run.status == RunStatus.QUEUED)
+            .values(dispatched_at=utcnow())
         )
 
 
@@ -122,7 +124,7 @@ def runs_to_dispatch(
     rows = session.execute(
         select(Run.id, Run.queue)
         .where(
-            Run.status == QUEUED,
+            Run.status == RunStatus.QUEUED,
             Run.dispatched_at.is_(None),
             or_(Run.created_at < created_before, Run.attempts > 0),
         )
@@ -145,8 +147,8 @@ def request_cancel(session: Session, *, run_id: int) -> Run:
     if run.status in FINISHED_STATUSES:
         raise StoreError(f"Run {run_id} has already finished ({run.status}); there is nothing to cancel")
     run.cancel_requested = True
-    if run.status in (QUEUED, WAITING):
-        run.status = RunStatus.CANCELLED.value
+    if run.status in allowed_sources(RunStatus.CANCELLED, [RunStatus.QUEUED, RunStatus.WAITING]):
+        run.status = RunStatus.CANCELLED
         run.finished_at = utcnow()
         run.error = "cancelled before it started"
     session.flush()

@@ -29,9 +29,10 @@ from velora_core.bench.workloads.data import (
     masked_batches,
     stdlib_package_data,
 )
+from velora_core.contract.presets.model_shapes import RobertaPreset, ViTPreset
 from velora_core.contract.result import EvalResult
 from velora_core.contract.spec import DatasetSpec, RunSpec
-from velora_core.contract.workload_registry import ENCODER_WORKLOADS, RobertaPreset, ViTPreset
+from velora_core.contract.workload_registry import ENCODER_WORKLOADS
 from velora_core.models.loading import ModelSource, llama_config
 from velora_core.models.tokenizers import Tokenizer, load_tokenizer
 
