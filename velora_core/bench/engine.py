@@ -43,7 +43,7 @@ from velora_core.bench.trainer import (
     total_steps_for,
 )
 from velora_core.bench.workloads import ENCODER_WORKLOADS, encoder_workload, preset_config
-from velora_core.contract.method_parts import method_config_for
+from velora_core.contract.method_settings import method_config_for
 from velora_core.contract.presets.model_shapes import MODEL_PRESETS
 from velora_core.contract.result import EvalResult, ProgressEvent, RunResult, RunStatus, Throughput
 from velora_core.contract.spec import RunSpec, check_hub_id_not_on_disk

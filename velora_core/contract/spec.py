@@ -30,9 +30,9 @@ from velora_core.contract.method_parts import (
     canonical_method,
     canonical_methods,
     check_method_device,
-    method_config_for,
     trains_all_weights,
 )
+from velora_core.contract.method_settings import method_config_for
 from velora_core.contract.presets.model_shapes import DATASETS, MODEL_PRESETS
 from velora_core.contract.workload_registry import WORKLOAD_NAMES, WORKLOADS, check_workload
 
