@@ -12,7 +12,8 @@ from pydantic import ValidationError
 from velora_core.contract.presets.model_shapes import MODEL_PRESETS
 from velora_core.contract.spec import RunSpec
 from velora_core.methods.registry import prepare_model
-from velora_core.models.loading import ModelSource, llama_config
+from velora_core.models.loading import ModelSource
+from velora_core.models.preset_configs import llama_config
 
 TINY = MODEL_PRESETS["tiny"]  # hidden 128, intermediate 352, 2 layers
 

@@ -14,10 +14,10 @@ written here.
 from __future__ import annotations
 
 import functools
-import importlib
 from collections.abc import Callable
 from typing import Any
 
+from velora_core.contract.code_reference import resolve_reference
 from velora_core.contract.method_parts import BASES, METHOD_CODE, TECHNIQUES, MethodPart, parse_method
 from velora_core.contract.method_settings import ComposedSettings, method_config_for
 from velora_core.methods.prepared import PreparedModel
@@ -28,17 +28,9 @@ __all__ = ["PreparedModel", "apply_step", "prepare_model"]
 
 @functools.cache
 def _resolve(reference: str) -> Callable[..., Any]:
-    module_name, _, name = reference.partition(":")
-    path = f"{METHOD_CODE}.{module_name}"
-    try:
-        module = importlib.import_module(path)
-    except ModuleNotFoundError as exc:
-        if exc.name != path:
-            raise  # the module exists but fails to import: that error, not a lookup's
-        raise LookupError(f"method code {reference!r}: no module {path}") from None
-    step = getattr(module, name, None)
+    step = resolve_reference(METHOD_CODE, reference)
     if not callable(step):
-        raise LookupError(f"method code {reference!r}: {path} has no function {name!r}")
+        raise LookupError(f"method code {reference!r} is not a function")
     return step
 
 
