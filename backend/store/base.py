@@ -4,9 +4,9 @@ state machine (``velora_core.contract.result.RUN_TRANSITIONS``), the store's err
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import ColumnElement, Select
+from sqlalchemy import ColumnElement, CursorResult, Result, Select
 from sqlalchemy.orm import Session
 
 from backend.tables import Run
@@ -27,6 +27,12 @@ def status_moves(target: RunStatus, *, sources: Iterable[RunStatus] | None = Non
 
 class StoreError(Exception):
     """A request the store refuses (the message says why, for a person)."""
+
+
+def changed_rows(result: Result[Any]) -> int:
+    """The rows an UPDATE or DELETE changed: ``Session.execute`` is typed as returning a plain
+    ``Result``, but for these statements it is a ``CursorResult``, which counts them."""
+    return cast(CursorResult[Any], result).rowcount
 
 
 def _plain_rows(session: Session, statement: Select, params: dict[str, Any]) -> list[dict[str, Any]]:

@@ -56,23 +56,27 @@ class Workload:
         return self.metrics[0]
 
 
-_CAUSAL_LM = {
-    "auto_class": "AutoModelForCausalLM",
-    "family": "llama",
-    "metrics": ("perplexity", "mc_accuracy", "none"),
-    "data_kinds": ("lm", "mc", "instruct"),
-    "strategy": "causal_lm:CausalLMWorkload",
-    "peft_task_type": "CAUSAL_LM",
-    "memory_only": True,
-    "batch_search": True,
-}
+def _causal_lm(name: str) -> Workload:
+    """A causal-LM workload: the two differ only in what their data is for."""
+    return Workload(
+        name,
+        auto_class="AutoModelForCausalLM",
+        family="llama",
+        metrics=("perplexity", "mc_accuracy", "none"),
+        data_kinds=("lm", "mc", "instruct"),
+        strategy="causal_lm:CausalLMWorkload",
+        peft_task_type="CAUSAL_LM",
+        memory_only=True,
+        batch_search=True,
+    )
+
 
 #: Every workload, in the order the spec's schema and the dashboard list them.
 WORKLOADS: dict[str, Workload] = {
     w.name: w
     for w in (
-        Workload("pretrain", **_CAUSAL_LM),
-        Workload("finetune", **_CAUSAL_LM),
+        _causal_lm("pretrain"),
+        _causal_lm("finetune"),
         Workload(
             "masked-lm",
             auto_class="AutoModelForMaskedLM",
