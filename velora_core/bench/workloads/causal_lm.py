@@ -16,16 +16,11 @@ from velora_core.bench.data import (
 from velora_core.bench.evaluate.causal_lm import mc_accuracy, perplexity
 from velora_core.bench.evaluate.continuation import continuation_accuracy
 from velora_core.bench.trainer import random_batches
-from velora_core.bench.workloads.strategy import TrainingData
+from velora_core.bench.workloads.strategy import TrainingData, step_budget_examples
 from velora_core.contract.result import EvalResult
 from velora_core.contract.spec import RunSpec
 from velora_core.models.loading import ModelSource
 from velora_core.models.tokenizers import load_tokenizer
-
-
-def step_budget_examples(spec: RunSpec) -> int | None:
-    """With a step budget, the most examples a run can visit (None for an ``epochs`` budget)."""
-    return spec.steps * spec.micro_batch * spec.grad_accum if spec.steps is not None else None
 
 
 class CausalLMWorkload:

@@ -10,9 +10,8 @@ from torch import nn
 
 from velora_core.bench.data import load_eval_data, load_train_data
 from velora_core.bench.evaluate.encoder import masked_lm_perplexity
-from velora_core.bench.workloads.causal_lm import step_budget_examples
 from velora_core.bench.workloads.data import masked_batches
-from velora_core.bench.workloads.strategy import TrainingData
+from velora_core.bench.workloads.strategy import TrainingData, step_budget_examples
 from velora_core.contract.result import EvalResult
 from velora_core.contract.spec import RunSpec
 from velora_core.models.loading import ModelSource

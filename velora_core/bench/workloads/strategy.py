@@ -35,6 +35,11 @@ class TrainingData:
     environment: dict[str, Any] = field(default_factory=dict)
 
 
+def step_budget_examples(spec: RunSpec) -> int | None:
+    """With a step budget, the most examples a run can visit (None for an ``epochs`` budget)."""
+    return spec.steps * spec.micro_batch * spec.grad_accum if spec.steps is not None else None
+
+
 class WorkloadStrategy(Protocol):
     """One workload's side of a run. Built with ``Strategy(spec, source)`` once the model's source
     is known and before the model is: the constructor reads whatever must come first (labels give
