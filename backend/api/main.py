@@ -18,6 +18,7 @@ from sqlalchemy.exc import OperationalError
 
 from backend import store
 from backend.api.docs import add_schemas, error_responses, serve_docs
+from backend.api.edge import EdgeMiddleware
 from backend.api.hosts import HostGuardMiddleware
 from backend.api.limits import BodySizeLimitMiddleware
 from backend.api.routes import comparisons, fit, health, presets, runs
@@ -27,6 +28,7 @@ from backend.db import Database
 from backend.migrate import upgrade
 from backend.reaper import ReaperThread
 from backend.settings import API_V1_STR, Settings, get_settings
+from velora_core.contract.spec import RunSpec
 
 log = logging.getLogger(__name__)
 
@@ -89,11 +91,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
+    app.add_middleware(EdgeMiddleware)  # NUL, nesting depth, HEAD (innermost: reads a bounded body)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_bytes)
     app.add_middleware(HostGuardMiddleware, settings=settings)  # outermost: checked before anything else
     app.include_router(api_router, prefix=API_V1_STR)
     app.add_exception_handler(RequestValidationError, validation_error_response)
-    add_schemas(app, comparisons.BODY_MODELS)
+    add_schemas(app, (*comparisons.BODY_MODELS, RunSpec))
     serve_docs(app, openapi_url=f"{API_V1_STR}/openapi.json")
 
     @app.exception_handler(OperationalError)

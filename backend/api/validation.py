@@ -2,21 +2,23 @@
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from fastapi import Depends, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from backend.settings import Settings
 from velora_core.contract.spec import DatasetSpec, RunSpec
 
 Loc = tuple[str | int, ...]
+M = TypeVar("M", bound=BaseModel)
 
 #: The most files a local model or dataset folder may hold (also stops a walk in a symlink loop).
 MAX_LOCAL_FOLDER_FILES = 10_000
@@ -30,6 +32,21 @@ def error_entries(errors: Sequence[Any], prefix: Loc = ()) -> list[dict[str, Any
     """The API's error format: each error's location (under ``prefix``), message and type. Inputs
     are never echoed back (they may be large, secret, or not JSON at all: a NaN cannot be written)."""
     return [{"loc": [*prefix, *e["loc"]], "msg": e["msg"], "type": e["type"]} for e in errors]
+
+
+def parse_strict(model: type[M], body: Any, prefix: Loc = ("body",)) -> M:
+    """``body`` (parsed JSON) as ``model``, validated as JSON in pydantic's strict mode: ``true`` is no
+    integer, ``1.0`` no step count and ``"5"`` no number (lax mode took ``"steps": true`` as 1).
+
+    Raises:
+        RequestValidationError: each field's error, located under ``prefix``.
+    """
+    try:
+        return model.model_validate_json(json.dumps(body), strict=True)
+    except ValidationError as exc:
+        raise from_pydantic(exc, prefix) from None
+    except (ValueError, TypeError) as exc:  # NaN or infinity, which JSON cannot carry
+        raise invalid(prefix, f"not valid JSON: {exc}") from None
 
 
 def from_pydantic(exc: ValidationError, prefix: Loc) -> RequestValidationError:

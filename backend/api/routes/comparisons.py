@@ -31,7 +31,7 @@ from backend.api.schemas import (
     RunPublic,
     SummaryRow,
 )
-from backend.api.validation import JsonContent, check_limits, from_pydantic, invalid
+from backend.api.validation import JsonContent, check_limits, from_pydantic, invalid, parse_strict
 from backend.models import Comparison, Run
 from backend.settings import Settings
 from velora_core.contract.comparison_presets import COMPARISON_PRESETS, comparison_preset
@@ -78,7 +78,7 @@ def parse_comparison(body: dict[str, Any], settings: Settings) -> tuple[Comparis
         except ValidationError as exc:
             raise from_pydantic(exc, ("body",)) from None
         try:
-            spec = comparison_preset(request.preset, request.overrides)
+            spec = comparison_preset(request.preset, request.overrides, strict=True)
         except KeyError:
             known = sorted(COMPARISON_PRESETS)
             raise invalid(
@@ -92,10 +92,7 @@ def parse_comparison(body: dict[str, Any], settings: Settings) -> tuple[Comparis
             ) from None
         preset = request.preset
     else:
-        try:
-            spec = ComparisonSpec.model_validate(body)
-        except ValidationError as exc:
-            raise from_pydantic(exc, ("body",)) from None
+        spec = parse_strict(ComparisonSpec, body)
         preset = None
     check_limits(spec.runs(), settings, ("body", "base"))
     return spec, preset

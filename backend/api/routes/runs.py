@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Query, Response
+from fastapi import APIRouter, Body, HTTPException, Query, Response
 from pydantic import BaseModel
 from sqlalchemy.orm import Session
 
@@ -32,7 +32,7 @@ from backend.api.schemas import (
     RunPublic,
     RunsPublic,
 )
-from backend.api.validation import JsonContent, check_limits
+from backend.api.validation import JsonContent, check_limits, parse_strict
 from velora_core.contract.result import RunStatus
 from velora_core.contract.spec import RunSpec
 
@@ -46,10 +46,24 @@ def _read_run(session: Session, run_id: int) -> RunDetail:
     return RunDetail.model_validate(run)
 
 
-@router.post("", status_code=201, response_model=RunDetail, responses=error_responses(403, 413, 415))
+_BODY_SCHEMA = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/RunSpec"}}},
+    }
+}
+
+
+@router.post(
+    "",
+    status_code=201,
+    response_model=RunDetail,
+    openapi_extra=_BODY_SCHEMA,
+    responses=error_responses(403, 413, 415),
+)
 def create_run(
     _content_type: JsonContent,
-    spec: RunSpec,
+    body: Annotated[dict[str, Any], Body()],
     session: WriteSessionDep,
     settings: SettingsDep,
     dispatcher: DispatcherDep,
@@ -59,6 +73,7 @@ def create_run(
 ) -> RunDetail:
     """Queue a single run (a ``RunSpec``). A fine-tune from ``model.source='artifact'`` gets a base
     run of its own for the pre-training (listed in its ``depends_on``); it waits for that run."""
+    spec = parse_strict(RunSpec, body)
     check_limits([spec], settings, ("body",))
     scope = f"POST /runs {principal.scope}"
     payload_hash = store.request_hash(spec.model_dump(mode="json"))
