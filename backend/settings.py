@@ -78,6 +78,24 @@ class Settings(BaseSettings):
     fit_timeout_s: float = Field(
         default=600.0, gt=0, le=3600, description="Longest a POST /fit prediction may run (then 504)."
     )
+    max_queued_runs_per_token: int = Field(
+        default=1000,
+        ge=1,
+        description="Runs one token (or trusted localhost) may have queued or waiting at once; a "
+        "submission past it gets 429 with Retry-After.",
+    )
+    max_submissions_per_minute: int = Field(
+        default=60,
+        ge=1,
+        description="Accepted POST /comparisons and POST /runs per token per minute, per API process "
+        "(429 with Retry-After beyond).",
+    )
+    health_cache_s: float = Field(
+        default=1.5,
+        ge=0,
+        le=10,
+        description="/health answers from a check at most this old: probes cannot make it expensive.",
+    )
     api_threads: int = Field(
         default=4,
         ge=1,
@@ -97,6 +115,12 @@ class Settings(BaseSettings):
     max_attempts: int = Field(default=3, ge=1, le=100)
     redispatch_after_s: float = Field(
         default=30.0, gt=0, description="Re-send runs never handed to the broker."
+    )
+    redeliver_after_s: float = Field(
+        default=300.0,
+        gt=0,
+        description="Re-send runs sent to the broker this long ago and still unclaimed, when the broker "
+        "holds fewer messages than there are such runs (a flushed, evicted or failed-over broker).",
     )
     metrics_flush_s: float = Field(default=1.0, ge=0)
     run_time_limit_s: float = Field(default=48 * 3600.0, gt=0)

@@ -28,6 +28,7 @@ _ERROR_WORDS = {
     409: "The request conflicts with the resource's state",
     413: "The request body is larger than this server accepts (VELORA_MAX_REQUEST_BYTES)",
     415: "The request body is not sent as application/json",
+    429: "Past this caller's quota (queued runs or submissions per minute); Retry-After says when to retry",
     503: "The database is unavailable, or (fit) another prediction is running; try again shortly",
     504: "The prediction ran past this server's time limit (VELORA_FIT_TIMEOUT_S)",
 }

@@ -5,6 +5,7 @@ On start it applies migrations, provisions ``VELORA_API_TOKEN`` (hashed) and sta
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
 from collections.abc import AsyncIterator
@@ -21,6 +22,7 @@ from backend.api.docs import add_schemas, error_responses, serve_docs
 from backend.api.edge import EdgeMiddleware
 from backend.api.hosts import HostGuardMiddleware
 from backend.api.limits import BodySizeLimitMiddleware
+from backend.api.quotas import SubmissionWindow
 from backend.api.routes import comparisons, fit, health, presets, runs
 from backend.api.validation import validation_error_response
 from backend.broker import Dispatcher
@@ -91,6 +93,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
+    app.state.submissions = SubmissionWindow()
+    app.state.health_lock, app.state.health_cache = asyncio.Lock(), None
     app.add_middleware(EdgeMiddleware)  # NUL, nesting depth, HEAD (innermost: reads a bounded body)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_bytes)
     app.add_middleware(HostGuardMiddleware, settings=settings)  # outermost: checked before anything else

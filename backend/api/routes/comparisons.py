@@ -5,13 +5,14 @@ from __future__ import annotations
 from collections import Counter
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Body, HTTPException, Query, Response
+from fastapi import APIRouter, Body, HTTPException, Query, Request, Response
 from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
 from backend import store
 from backend.api.deps import (
     DispatcherDep,
+    Principal,
     ReadAccess,
     SessionDep,
     SettingsDep,
@@ -21,6 +22,7 @@ from backend.api.deps import (
 )
 from backend.api.docs import error_responses
 from backend.api.idempotency import IdempotencyKeyHeader, create_once
+from backend.api.quotas import enforce_quotas
 from backend.api.schemas import (
     ComparisonDetail,
     ComparisonFromPreset,
@@ -199,12 +201,28 @@ def _load_detail(session: Session, comparison_id: int, *, include_results: bool 
     return _detail(comparison, include_results=include_results)
 
 
+def _create(
+    request: Request,
+    session: Session,
+    spec: ComparisonSpec,
+    preset: str | None,
+    settings: Settings,
+    principal: Principal,
+) -> Comparison:
+    """Store the comparison and its runs, within the caller's quotas (a replay never gets here)."""
+    enforce_quotas(request, session, principal, store.plan_size(spec.runs()))
+    queue = settings.queue_for_device(spec.base.device)
+    return store.create_comparison(
+        session, spec=spec, preset=preset, queue=queue, submitted_by=principal.scope
+    )
+
+
 @router.post(
     "",
     status_code=201,
     response_model=ComparisonDetail,
     openapi_extra=_BODY_SCHEMA,
-    responses=error_responses(403, 413, 415),
+    responses=error_responses(403, 413, 415, 429),
 )
 def create_comparison(
     _content_type: JsonContent,
@@ -213,6 +231,7 @@ def create_comparison(
     settings: SettingsDep,
     dispatcher: DispatcherDep,
     principal: WriteAccess,
+    request: Request,
     response: Response,
     idempotency_key: IdempotencyKeyHeader = None,
 ) -> ComparisonDetail:
@@ -230,9 +249,7 @@ def create_comparison(
         scope=scope,
         key=idempotency_key,
         payload_hash=payload_hash,
-        create=lambda: store.create_comparison(
-            session, spec=spec, preset=preset, queue=settings.queue_for_device(spec.base.device)
-        ),
+        create=lambda: _create(request, session, spec, preset, settings, principal),
     )
     if comparison is None:
         return committed(session, _load_detail(session, comparison_id))

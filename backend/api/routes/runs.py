@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, HTTPException, Query, Response
+from fastapi import APIRouter, Body, HTTPException, Query, Request, Response
 from pydantic import BaseModel
 from sqlalchemy.orm import Session
 
@@ -22,6 +22,7 @@ from backend.api.deps import (
 )
 from backend.api.docs import error_responses
 from backend.api.idempotency import IdempotencyKeyHeader, create_once
+from backend.api.quotas import enforce_quotas
 from backend.api.schemas import (
     AfterStepQuery,
     IdPath,
@@ -59,7 +60,7 @@ _BODY_SCHEMA = {
     status_code=201,
     response_model=RunDetail,
     openapi_extra=_BODY_SCHEMA,
-    responses=error_responses(403, 413, 415),
+    responses=error_responses(403, 413, 415, 429),
 )
 def create_run(
     _content_type: JsonContent,
@@ -68,6 +69,7 @@ def create_run(
     settings: SettingsDep,
     dispatcher: DispatcherDep,
     principal: WriteAccess,
+    request: Request,
     response: Response,
     idempotency_key: IdempotencyKeyHeader = None,
 ) -> RunDetail:
@@ -80,8 +82,14 @@ def create_run(
     added: list = []
 
     def create():  # the run and its base run, if it needs one; the run is the resource
+        enforce_quotas(request, session, principal, store.plan_size([spec]))  # a replay is not counted
         added.extend(
-            store.add_planned_runs(session, specs=[spec], queue=settings.queue_for_device(spec.device))
+            store.add_planned_runs(
+                session,
+                specs=[spec],
+                queue=settings.queue_for_device(spec.device),
+                submitted_by=principal.scope,
+            )
         )
         return added[-1]
 
