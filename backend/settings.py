@@ -78,6 +78,27 @@ class Settings(BaseSettings):
     fit_timeout_s: float = Field(
         default=600.0, gt=0, le=3600, description="Longest a POST /fit prediction may run (then 504)."
     )
+    # The HTTP server (backend.api.serve): bounds on what a client sends before it is authenticated.
+    http_max_head_bytes: int = Field(
+        default=16_384, ge=1024, le=1_048_576, description="Largest request head (request line + headers)."
+    )
+    http_max_headers: int = Field(
+        default=100, ge=10, le=10_000, description="Most headers a request may have."
+    )
+    http_head_timeout_s: float = Field(
+        default=10.0, gt=0, le=600, description="A connection sends a complete request head within this."
+    )
+    http_body_timeout_s: float = Field(
+        default=30.0, gt=0, le=3600, description="A request's body arrives within this of its head."
+    )
+    http_max_connections: int = Field(
+        default=1000,
+        ge=1,
+        description="Connections served at once (uvicorn's limit_concurrency; 503 beyond).",
+    )
+    http_keep_alive_s: int = Field(
+        default=5, ge=1, le=600, description="Idle keep-alive connections close after this."
+    )
     max_queued_runs_per_token: int = Field(
         default=1000,
         ge=1,

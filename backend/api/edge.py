@@ -1,5 +1,5 @@
-"""Checks at the edge, before any route: text the database cannot store, bodies nested too deep to
-process, and ``HEAD`` wherever ``GET`` is served.
+"""Checks at the edge, before any route: more headers than ``VELORA_HTTP_MAX_HEADERS`` (431), text
+the database cannot store, bodies nested too deep to process, and ``HEAD`` wherever ``GET`` is served.
 
 - NUL: PostgreSQL's text columns cannot hold U+0000 (``psycopg.DataError``, a 500), and no name,
   path, split or filter needs one. A NUL anywhere in the query string, the path, or any string (or
@@ -65,12 +65,17 @@ def _query_problem(scope: Scope) -> tuple[list[str | int], str] | None:
 class EdgeMiddleware:
     """Pure ASGI: the checks above; everything else passes through untouched."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, max_headers: int) -> None:
         self.app = app
+        self.max_headers = max_headers
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
+            return
+        if len(scope["headers"]) > self.max_headers:
+            detail = f"More than {self.max_headers} request headers (VELORA_HTTP_MAX_HEADERS)"
+            await _send_json(send, 431, {"detail": detail})
             return
         problem = _query_problem(scope)
         if problem is not None:
@@ -129,11 +134,15 @@ def _without_body(send: Send) -> Send:
 
 async def _refuse(send: Send, loc: list[str | int], msg: str) -> None:
     detail = [{"loc": [str(p) if isinstance(p, str) else p for p in loc], "msg": msg, "type": "value_error"}]
-    body = json.dumps({"detail": detail}).encode()
+    await _send_json(send, 422, {"detail": detail})
+
+
+async def _send_json(send: Send, status: int, content: dict[str, Any]) -> None:
+    body = json.dumps(content).encode()
     await send(
         {
             "type": "http.response.start",
-            "status": 422,
+            "status": status,
             "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
         }
     )

@@ -95,7 +95,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.submissions = SubmissionWindow()
     app.state.health_lock, app.state.health_cache = asyncio.Lock(), None
-    app.add_middleware(EdgeMiddleware)  # NUL, nesting depth, HEAD (innermost: reads a bounded body)
+    app.add_middleware(
+        EdgeMiddleware, max_headers=settings.http_max_headers
+    )  # NUL, nesting depth, HEAD (innermost: reads a bounded body)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_bytes)
     app.add_middleware(HostGuardMiddleware, settings=settings)  # outermost: checked before anything else
     app.include_router(api_router, prefix=API_V1_STR)
