@@ -1,7 +1,8 @@
 """What ``run_benchmark`` does, step by step (kept apart from Celery so it reads top to bottom).
 
 1. Claim the run (an atomic update: only a *queued* run is taken; anything else is a duplicate
-   delivery and is left alone). A run that depends on a base run is only queued once that completed
+   delivery and is left alone), and check its local files again (``backend.local_paths``: a file
+   swapped for a symlink since submission fails the run, unread). A run that depends on a base run is only queued once that completed
    (the store's rule, ``settle_waiting_runs``); it gets the base's artifact folder.
 2. While the engine runs: a heartbeat thread proves the worker alive and picks up cancellation;
    progress events are buffered and written every ``VELORA_METRICS_FLUSH_S`` (one metrics row per
@@ -22,6 +23,7 @@ from pathlib import Path
 
 from backend import store
 from backend.db import Database
+from backend.local_paths import run_path_problem
 from backend.settings import Settings, get_settings
 from velora_core.contract.plan import ROLE_BASE
 from velora_core.contract.result import ProgressEvent, RunResult, RunStatus
@@ -198,6 +200,10 @@ def _execute_claimed(
     except ValueError as exc:  # stored by another version of the code, say
         _fail(db, run_id, claim_id, f"invalid stored spec: {exc}")
         return "failed (invalid spec)"
+    problem = run_path_problem(spec, settings)  # again: files may have changed since submission
+    if problem is not None:
+        _fail(db, run_id, claim_id, f"refused when the run started: {problem}")
+        return "failed (local path)"
     try:
         base_model = _base_model(db, run_id)
     except ValueError as exc:
