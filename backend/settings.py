@@ -148,6 +148,22 @@ class Settings(BaseSettings):
     worker_max_tasks_per_child: int = Field(
         default=1, ge=0, description="1: every run in a fresh process (clean memory peaks); 0: reuse."
     )
+    worker_check_fit: bool = Field(
+        default=True,
+        description="Predict each run's peak memory before it starts (the fit machinery) and store a run "
+        "that cannot fit its device as out_of_memory, unallocated.",
+    )
+    worker_host_reserve_bytes: int = Field(
+        default=2 * 1024**3,
+        ge=0,
+        description="Host RAM a CPU run leaves to everything else (database, services, the runtime).",
+    )
+    worker_max_rss: int | None = Field(
+        default=None,
+        ge=64 * 1024**2,
+        description="Data-segment limit (RLIMIT_DATA) of a training process, in bytes; default: for CPU "
+        "runs the host's RAM minus worker_host_reserve_bytes, none for GPU runs.",
+    )
     worker_max_restarts: int = Field(
         default=5,
         ge=0,
