@@ -46,7 +46,8 @@ def worker_command(name: str, queues: str) -> list[str]:
 
 
 def dashboard_command(app: Path, *, host: str, port: int, toolbar_mode: str | None = "viewer") -> list[str]:
-    """The command line of the dashboard: ``streamlit run`` of ``app`` (see :func:`dashboard_app`).
+    """The command line of the dashboard: ``streamlit run`` of ``app`` (see :func:`dashboard_app`) behind
+    ``dashboard.guard``, which listens on ``host``:``port`` and refuses foreign Host and Origin headers.
 
     Args:
         app: the dashboard's ``app.py``.
@@ -55,8 +56,9 @@ def dashboard_command(app: Path, *, host: str, port: int, toolbar_mode: str | No
         toolbar_mode: streamlit's ``--client.toolbarMode``; ``"viewer"`` (as docker-compose.yml) hides
             the "Deploy" button, None leaves streamlit's default.
     """
-    argv = [sys.executable, "-m", "streamlit", "run", str(app), "--server.port", str(port)]
-    argv += ["--server.address", host, "--server.headless", "true", "--browser.gatherUsageStats", "false"]
+    guard = [sys.executable, "-m", "dashboard.guard", "--host", host, "--port", str(port), "--"]
+    argv = [*guard, sys.executable, "-m", "streamlit", "run", str(app), "--server.headless", "true"]
+    argv += ["--browser.gatherUsageStats", "false"]
     if toolbar_mode is not None:
         argv += ["--client.toolbarMode", toolbar_mode]
     return argv
