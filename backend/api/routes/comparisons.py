@@ -20,7 +20,7 @@ from backend.api.deps import (
     WriteSessionDep,
     committed,
 )
-from backend.api.docs import error_responses
+from backend.api.docs import SPEC_RULES, add_rules, error_responses
 from backend.api.idempotency import IdempotencyKeyHeader, create_once
 from backend.api.quotas import enforce_quotas
 from backend.api.schemas import (
@@ -294,3 +294,6 @@ def cancel_comparison(comparison_id: IdPath, session: WriteSessionDep, _: WriteA
     session.commit()
     session.expire_all()
     return committed(session, _load_detail(session, comparison_id))
+
+
+add_rules(router, create_comparison, SPEC_RULES)

@@ -20,7 +20,7 @@ from backend.api.deps import (
     committed,
     polled_read,
 )
-from backend.api.docs import error_responses
+from backend.api.docs import SPEC_RULES, add_rules, error_responses
 from backend.api.idempotency import IdempotencyKeyHeader, create_once
 from backend.api.quotas import enforce_quotas
 from backend.api.schemas import (
@@ -177,3 +177,6 @@ def cancel_run(run_id: IdPath, session: WriteSessionDep, _: WriteAccess) -> RunP
     store.settle_waiting_runs(session)  # a cancelled base run cancels the runs waiting for it
     session.commit()
     return RunPublic.model_validate(run)
+
+
+add_rules(router, create_run, SPEC_RULES)

@@ -140,7 +140,9 @@ def _json_array(path: Path, chunk_chars: int = 1 << 20) -> Iterator[dict[str, An
                 if ended:
                     raise ValueError(f"{path}: item {index} is not JSON ({exc.msg})") from None
                 if len(buffer) - position > MAX_RECORD_BYTES:
-                    raise ValueError(f"{path}: item {index} is longer than {MAX_RECORD_BYTES} characters") from None
+                    raise ValueError(
+                        f"{path}: item {index} is longer than {MAX_RECORD_BYTES} characters"
+                    ) from None
                 more = handle.read(chunk_chars)
                 ended = not more
                 buffer, position = buffer[position:] + more, 0
