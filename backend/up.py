@@ -321,6 +321,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         api_base = f"http://{'127.0.0.1' if args.host in ('0.0.0.0', '::') else args.host}:{args.api_port}"
         if app_path is not None:
             dash_env = dict(env, VELORA_API_URL=f"http://127.0.0.1:{args.api_port}", VELORA_API_TOKEN=token)
+            dash_hosts = [*settings.allowed_hosts, *_bound_host_names(dashboard_host)]
+            dash_env["VELORA_ALLOWED_HOSTS"] = ",".join(dash_hosts)  # the dashboard's Host check
             children.append(
                 _Child(
                     "dashboard",

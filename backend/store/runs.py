@@ -18,10 +18,16 @@ from velora_core.contract.spec import RunSpec
 
 
 def add_planned_runs(
-    session: Session, *, specs: Sequence[RunSpec], queue: str, comparison_id: int | None = None
+    session: Session,
+    *,
+    specs: Sequence[RunSpec],
+    queue: str,
+    comparison_id: int | None = None,
+    submitted_by: str | None = None,
 ) -> list[Run]:
     """Add the runs of ``specs`` and a base run for each pre-training they need (``plan_runs``),
     flushed, in plan order (bases first). A run with dependencies starts ``waiting``; the rest ``queued``.
+    ``submitted_by``: the caller (``Principal.scope``), counted by :func:`count_unstarted_runs`.
     """
     rows: list[Run] = []
     for planned in plan_runs(specs):
@@ -37,6 +43,7 @@ def add_planned_runs(
             status=RunStatus.WAITING if needs else RunStatus.QUEUED,
             role=planned.role,
             depends_on=needs,
+            submitted_by=submitted_by,
             attempts=0,
             cancel_requested=False,
             step=0,
@@ -62,7 +69,9 @@ def get_run_status(session: Session, *, run_id: int) -> str | None:
 
 
 #: Everything about a run but its (large) spec and result: what lists and polls need.
-RUN_SUMMARY_COLUMNS = tuple(c for c in Run.__table__.columns if c.name not in ("spec", "result", "claim_id"))
+RUN_SUMMARY_COLUMNS = tuple(
+    c for c in Run.__table__.columns if c.name not in ("spec", "result", "claim_id", "submitted_by")
+)
 
 
 def list_runs(
@@ -153,3 +162,41 @@ def request_cancel(session: Session, *, run_id: int) -> Run:
         run.error = "cancelled before it started"
     session.flush()
     return run
+
+
+def plan_size(specs: Sequence[RunSpec]) -> int:
+    """How many runs ``add_planned_runs`` would add for ``specs`` (base runs included)."""
+    return len(plan_runs(specs))
+
+
+def count_unstarted_runs(session: Session, *, submitted_by: str) -> int:
+    """Runs ``submitted_by`` queued that have not started yet (queued or waiting): its queue quota."""
+    count = session.scalar(
+        select(func.count())
+        .select_from(Run)
+        .where(Run.submitted_by == submitted_by, Run.status.in_((RunStatus.QUEUED, RunStatus.WAITING)))
+    )
+    return count or 0
+
+
+def sent_queued_counts(session: Session) -> dict[str, int]:
+    """Per queue, the runs handed to the broker and not yet claimed: what the broker should hold."""
+    rows = session.execute(
+        select(Run.queue, func.count())
+        .where(Run.status == RunStatus.QUEUED, Run.dispatched_at.is_not(None))
+        .group_by(Run.queue)
+    ).all()
+    return {queue: count for queue, count in rows}
+
+
+def runs_to_redeliver(
+    session: Session, *, queues: Sequence[str], sent_before: datetime, limit: int = 500
+) -> list[tuple[int, str]]:
+    """Queued runs of ``queues`` sent to the broker before ``sent_before`` and still unclaimed: (id, queue)."""
+    rows = session.execute(
+        select(Run.id, Run.queue)
+        .where(Run.status == RunStatus.QUEUED, Run.queue.in_(queues), Run.dispatched_at < sent_before)
+        .order_by(Run.id)
+        .limit(limit)
+    ).all()
+    return [(row.id, row.queue) for row in rows]

@@ -30,7 +30,7 @@ import json
 import math
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
@@ -38,7 +38,7 @@ from typing import Any
 import torch
 from pydantic import ValidationError
 from torch import nn
-from torch._subclasses.fake_tensor import FakeTensorMode
+from torch._subclasses.fake_tensor import FakeTensorMode, unset_fake_temporarily
 
 from velora_core.cli.fit_command import add_fit_arguments, request_from_args
 from velora_core.contract.errors import validation_message
@@ -122,6 +122,32 @@ def _warm_bitsandbytes() -> None:
     import bitsandbytes as bnb
 
     bnb.functional.quantize_4bit(torch.zeros(64, 64), compress_statistics=True, quant_type="nf4")
+
+
+@contextlib.contextmanager
+def _real_quantisation_maps() -> Iterator[None]:
+    """bitsandbytes' 8-bit optimizers build their quantisation maps (``create_dynamic_map``) from
+    tensor values when constructed, which fake tensors refuse (``DataDependentOutputException``: the
+    503 of ``POST /fit`` for ``full+8bit``). The maps are constants: build each once for real and hand
+    the real table to every optimizer built under fake tensors (a few hundred bytes, not counted)."""
+    import bitsandbytes as bnb
+
+    functional = bnb.functional
+    real = functional.create_dynamic_map
+    tables: dict[tuple[Any, ...], torch.Tensor] = {}
+
+    def cached(signed: bool = True, max_exponent_bits: int = 7, total_bits: int = 8) -> torch.Tensor:
+        key = (signed, max_exponent_bits, total_bits)
+        if key not in tables:
+            with unset_fake_temporarily():
+                tables[key] = real(signed=signed, max_exponent_bits=max_exponent_bits, total_bits=total_bits)
+        return tables[key]
+
+    functional.create_dynamic_map = cached
+    try:
+        yield
+    finally:
+        functional.create_dynamic_map = real
 
 
 def materialise(
@@ -210,7 +236,7 @@ def fake_step(spec: RunSpec, timeline_points: int = 240) -> tuple[TrackedStep, l
     model.train()
     vocab = model.get_input_embeddings().num_embeddings
     shape = (spec.micro_batch, spec.seq_len)
-    with mode:
+    with mode, _real_quantisation_maps():
         trainer = Trainer(spec, prepared, torch.device("cpu"), None)
         tracker = MemoryTracker(model, trainer.optimizer, timeline_points)
         with tracker:  # the steps of Trainer.train's first (measured) step

@@ -20,7 +20,7 @@ from fastapi import APIRouter, HTTPException
 from pydantic import ValidationError
 
 from backend.api.deps import SettingsDep, WriteAccess
-from backend.api.docs import error_responses
+from backend.api.docs import FIT_RULES, add_rules, error_responses
 from backend.api.schemas import FitPublic
 from backend.api.validation import JsonContent, invalid
 from velora_core.contract.exit_codes import EXIT_BAD_INPUT, EXIT_OK
@@ -103,3 +103,6 @@ async def predict_fit(
     except (ValueError, ValidationError) as exc:
         raise HTTPException(503, detail=f"The prediction's output could not be read: {exc}") from None
     return FitPublic(request=body, estimates=estimates, seconds=round(time.perf_counter() - start, 2))
+
+
+add_rules(router, predict_fit, FIT_RULES)
