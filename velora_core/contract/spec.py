@@ -379,4 +379,17 @@ class ComparisonSpec(StrictModel):
         return out
 
 
+def read_spec(data: dict[str, Any]) -> RunSpec | ComparisonSpec:
+    """A RunSpec or ComparisonSpec from its fields (a ComparisonSpec has ``base`` or ``methods``).
+
+    Raises:
+        ValueError: ``invalid <kind>: <the first problem, with its field>``.
+    """
+    kind = ComparisonSpec if "base" in data or "methods" in data else RunSpec
+    try:
+        return kind.model_validate(data)
+    except ValidationError as exc:
+        raise ValueError(f"invalid {kind.__name__}: {validation_message(exc)}") from None
+
+
 ModelSpec.model_rebuild()

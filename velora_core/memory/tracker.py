@@ -61,6 +61,8 @@ class TrackedStep:
         formula_bytes: bytes counted by formula, not seen as storages (tensor subclasses whose storage
             cannot be read), by category; included in everything above.
         events: allocations plus frees logged.
+        log: the allocations and frees themselves (for the caching-allocator replay,
+            ``velora_core.memory.reserved``).
     """
 
     peak_bytes: int
@@ -70,6 +72,19 @@ class TrackedStep:
     phase_peaks: dict[str, int] = field(default_factory=dict)
     formula_bytes: dict[str, int] = field(default_factory=dict)
     events: int = 0
+    log: AllocationLog | None = None
+
+
+@dataclass(frozen=True)
+class AllocationLog:
+    """The tracker's log: ``events`` are ``(allocation id, +1 allocated / -1 freed, phase index)`` in
+    order; the first ``entry_events`` are what existed when tracking began (weights, gradients,
+    optimizer state); ``sizes`` and ``categories`` are by allocation id (categories final)."""
+
+    sizes: list[int]
+    categories: list[str]
+    events: list[tuple[int, int, int]]
+    entry_events: int
 
 
 def storage_of(t: torch.Tensor) -> torch.UntypedStorage | None:
@@ -129,6 +144,7 @@ class MemoryTracker(TorchDispatchMode):
         self._hooks: list = []
         self._saved_hooks = None
         self._closed = False  # frees after the step do not matter and are not logged
+        self._entry_events = 0  # log entries made by __enter__: what existed before the step
         self._inner = None  # (pack, unpack) of hooks that run through this tracker's (see saving_through)
 
     # --- counting storages -------------------------------------------------------------
@@ -208,6 +224,7 @@ class MemoryTracker(TorchDispatchMode):
         self.classify(self.model.buffers(), WEIGHTS)
         self.classify((p.grad for p in self.model.parameters()), GRADIENTS)
         self.classify(self._optimizer_tensors(), OPTIMIZER)
+        self._entry_events = len(self._log)
         self._saved_hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, self._unpack)
         self._saved_hooks.__enter__()
         return super().__enter__()
@@ -291,6 +308,7 @@ class MemoryTracker(TorchDispatchMode):
             phase_peaks=phase_peaks,
             formula_bytes=dict(self.extra_bytes),
             events=len(self._log),
+            log=AllocationLog(list(self._size), list(self._category), list(self._log), self._entry_events),
         )
 
 
