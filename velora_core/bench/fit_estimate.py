@@ -79,9 +79,17 @@ def largest_micro_batch(
             notes = [f"capped at {cap} (a run's limit)"] if low == cap else []
             return (low or None), notes
         if round_ > 0:  # the line through the bracket's ends (the nearest sizes tried), or its middle
-            a, b = (low, high) if 0 < low and high <= cap else sorted(steps, key=lambda m: abs(at(m) - budget))[:2]
+            a, b = (
+                (low, high)
+                if low > 0 and high <= cap
+                else sorted(steps, key=lambda m: abs(at(m) - budget))[:2]
+            )
             slope = (at(b) - at(a)) / (b - a) if a != b else 0
-            guess = (low + high) // 2 if round_ % 2 == 0 or slope <= 0 else math.floor(a + (budget - at(a)) / slope)
+            guess = (
+                (low + high) // 2
+                if round_ % 2 == 0 or slope <= 0
+                else math.floor(a + (budget - at(a)) / slope)
+            )
         guess = min(max(guess, low + 1), high - 1)
         beside = guess + 1 if at(guess) <= budget else guess - 1
         if round_ == 0 and low < beside < high:  # the first line is usually right: close it at once
@@ -161,7 +169,11 @@ def print_estimates(rows: Sequence[FitEstimate], as_json: bool) -> None:
         cells += [f"{v / scale:.2f}" for v in r.components().values()]
         cells += [f"{r.reserved_bytes / scale:.2f}", f"{r.card_bytes_needed / scale:.2f}"]
         if searched:
-            cells += [f"{(r.gpu_bytes or 0) / scale:.2f}", "yes" if r.fits else "no", str(r.max_micro_batch or "none")]
+            cells += [
+                f"{(r.gpu_bytes or 0) / scale:.2f}",
+                "yes" if r.fits else "no",
+                str(r.max_micro_batch or "none"),
+            ]
         cells += [f"{r.seconds:.1f}"]
         print("  ".join(f"{c:>12}" for c in cells))
     print(f"context: {rows[0].context_bytes / 1024**2:.0f} MiB (CUDA context, outside the allocator)")

@@ -1,4 +1,4 @@
-""""Will it fit?": one training step of each method under ``FakeTensorMode``, with no weights allocated.
+""" "Will it fit?": one training step of each method under ``FakeTensorMode``, with no weights allocated.
 
 The model is built by the same method code as a real run (``velora_core.methods.registry.prepare_model``) on
 the ``meta`` device; each parameter and buffer is then given a fake tensor of its shape and dtype,

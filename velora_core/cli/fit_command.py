@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import Any, get_args
 
 from pydantic import ValidationError
@@ -29,7 +30,9 @@ def add_fit_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--micro-batch", type=int, help="default 8")
     parser.add_argument("--seq-len", type=int, help="default 512")
     parser.add_argument("--dtype", help="fp32, bf16 or fp16 (default bf16)")
-    parser.add_argument("--spec", metavar="FILE", help="a RunSpec or ComparisonSpec (YAML or JSON) to predict")
+    parser.add_argument(
+        "--spec", metavar="FILE", help="a RunSpec or ComparisonSpec (YAML or JSON) to predict"
+    )
     parser.add_argument(
         "--set",
         action="append",
@@ -80,7 +83,7 @@ def request_from_args(args: argparse.Namespace) -> FitRequest:
     """
     try:
         if args.request is not None:
-            text = sys.stdin.read() if args.request == "-" else open(args.request, encoding="utf-8").read()
+            text = sys.stdin.read() if args.request == "-" else Path(args.request).read_text(encoding="utf-8")
             return FitRequest.model_validate(json.loads(text))
         given = {
             "model": args.model,
@@ -92,7 +95,9 @@ def request_from_args(args: argparse.Namespace) -> FitRequest:
         fields: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
         if args.spec is not None:
             if fields:
-                raise ValueError(f"--spec says the run; leave out --{'/--'.join(sorted(fields)).replace('_', '-')}")
+                raise ValueError(
+                    f"--spec says the run; leave out --{'/--'.join(sorted(fields)).replace('_', '-')}"
+                )
             spec = load_spec_file(args.spec).model_dump(mode="json")
             fields = {"spec": _with_overrides(spec, parse_assignments(args.set or []))}
         elif args.set:

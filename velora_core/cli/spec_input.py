@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
 from velora_core.contract.spec import ComparisonSpec, RunSpec, read_spec
 
 

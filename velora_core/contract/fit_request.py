@@ -56,7 +56,9 @@ def fit_run(spec: RunSpec, allow_local: bool = True) -> RunSpec:
     """
     if spec.workload not in FIT_WORKLOADS:
         raise ValueError(f"fit predicts the {' and '.join(FIT_WORKLOADS)} workloads, not {spec.workload!r}")
-    model = spec.model.pretrain.model if spec.model.source == "artifact" and spec.model.pretrain else spec.model
+    model = (
+        spec.model.pretrain.model if spec.model.source == "artifact" and spec.model.pretrain else spec.model
+    )
     if model.source == "local" and not allow_local:
         raise ValueError("model.source 'local' is not offered here; name a preset or a hub id")
     data = spec.model_dump(mode="json")
@@ -111,7 +113,9 @@ class FitRequest(BaseModel):
             runs = self.runs()
             if len(runs) > MAX_FIT_METHODS:
                 raise ValueError(f"the spec has {len(runs)} methods; fit takes {MAX_FIT_METHODS} at most")
-            bad = [r.method for r in runs if r.micro_batch > MAX_FIT_MICRO_BATCH or r.seq_len > MAX_FIT_SEQ_LEN]
+            bad = [
+                r.method for r in runs if r.micro_batch > MAX_FIT_MICRO_BATCH or r.seq_len > MAX_FIT_SEQ_LEN
+            ]
             if bad:
                 raise ValueError(
                     f"fit predicts micro-batches up to {MAX_FIT_MICRO_BATCH} and sequences up to "
