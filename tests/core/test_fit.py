@@ -78,7 +78,9 @@ def test_largest_micro_batch_fits_beside_one_that_does_not():
     assert row.fits is True and row.max_micro_batch is not None
 
     def needed(micro_batch: int) -> int:
-        return predict_step(fit_spec(request, "lora", micro_batch), workspace).reserved_bytes + row.context_bytes
+        return (
+            predict_step(fit_spec(request, "lora", micro_batch), workspace).reserved_bytes + row.context_bytes
+        )
 
     assert needed(row.max_micro_batch) <= row.gpu_bytes < needed(row.max_micro_batch + 1)
     too_small = estimate(_request("lora", gpu_gib=(row.context_bytes + 1024) / GIB))[0]

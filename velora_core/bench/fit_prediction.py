@@ -27,6 +27,7 @@ from torch import nn
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 from velora_core.contract.spec import RunSpec
+from velora_core.memory.layer_log import layer_tags
 from velora_core.memory.tracker import MemoryTracker, TrackedStep
 
 FOUR_BIT_NOTE = (
@@ -164,7 +165,11 @@ def fake_step(
     with mode:
         trainer = Trainer(spec, prepared, torch.device("cpu"), None)
         tracker = MemoryTracker(model, trainer.optimizer, timeline_points)
-        with tracker:  # the steps of Trainer.train's first (measured) step
+        # The steps of Trainer.train's first (measured) step, each allocation labelled with its layer.
+        with (
+            tracker,
+            layer_tags(model, tracker, trainer.optimizer, getattr(source.config, "num_hidden_layers", 0)),
+        ):
             ids = torch.randint(3, vocab, shape)
             batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone()}
             with _forward_hooks(prepared, tracker):

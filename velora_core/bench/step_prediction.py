@@ -8,8 +8,11 @@ config repeats one layer ``num_hidden_layers`` times is therefore traced with 2 
 (:data:`TRACED_LAYERS`) and each number extended along the line to the real count; a model whose
 layers differ (``layer_types`` that are not all equal), a method whose settings name a layer index
 (a digit in a ``target_modules`` pattern), and a model of at most 3 layers are traced whole, as is a
-step whose peak moves to another phase between the two traces. tests/bench/test_step_prediction.py
-checks the line against the whole trace.
+step whose peak moves to another phase between the two traces. The caching allocator's reserved
+bytes are not a line (which cached block a request reuses depends on all before it): they come from
+replaying the deep model's requests, made from the 3-layer trace's log by repeating its middle layer
+(``velora_core.memory.layer_log``). tests/bench/test_step_prediction.py checks both against the
+whole trace.
 """
 
 from __future__ import annotations
@@ -21,7 +24,9 @@ from typing import Any
 import torch
 
 from velora_core.contract.spec import RunSpec
+from velora_core.memory.layer_log import repeat_layers
 from velora_core.memory.reserved import replay_run
+from velora_core.memory.tracker import AllocationLog
 
 #: The layer counts traced when layers repeat (the line runs through them).
 TRACED_LAYERS = (2, 3)
@@ -85,12 +90,12 @@ def repeated_layers(spec: RunSpec, config: Any) -> int | None:
 
 def _traced(
     spec: RunSpec, layers: int | None, workspace_bytes: int, expandable_segments: bool
-) -> StepPrediction:
+) -> tuple[StepPrediction, AllocationLog]:
     from velora_core.bench.fit_prediction import fake_step
 
     step, notes = fake_step(spec, timeline_points=2, layers=layers)
     stats = replay_run(step.log, workspace_bytes, expandable_segments)
-    return StepPrediction(
+    prediction = StepPrediction(
         peak_bytes=step.peak_bytes,
         peak_phase=step.peak_phase,
         peak_components=dict(step.peak_components),
@@ -100,11 +105,15 @@ def _traced(
         traced_layers=[] if layers is None else [layers],
         notes=notes,
     )
+    return prediction, step.log
 
 
-def extrapolate(low: StepPrediction, high: StepPrediction, layers: int) -> StepPrediction:
-    """Each number of ``low`` (traced at ``TRACED_LAYERS[0]`` layers) and ``high`` (at the next
-    count) extended along their line to ``layers``."""
+def extrapolate(
+    low: StepPrediction, high: StepPrediction, layers: int, reserved: StepPrediction
+) -> StepPrediction:
+    """Each allocated number of ``low`` (traced at ``TRACED_LAYERS[0]`` layers) and ``high`` (at the
+    next count) extended along their line to ``layers``; the allocator's numbers from ``reserved``
+    (the replay of the deep model's log, :func:`~velora_core.memory.layer_log.repeat_layers`)."""
     (a, b) = (low.traced_layers[0], high.traced_layers[0])
 
     def line(x: int, y: int) -> int:
@@ -116,8 +125,8 @@ def extrapolate(low: StepPrediction, high: StepPrediction, layers: int) -> StepP
         peak_phase=high.peak_phase,
         peak_components=components,
         phase_peaks={k: line(low.phase_peaks.get(k, v), v) for k, v in high.phase_peaks.items()},
-        reserved_bytes=line(low.reserved_bytes, high.reserved_bytes),
-        allocator_peak_allocated=line(low.allocator_peak_allocated, high.allocator_peak_allocated),
+        reserved_bytes=reserved.reserved_bytes,
+        allocator_peak_allocated=reserved.allocator_peak_allocated,
         traced_layers=[a, b],
         notes=[
             *high.notes,
@@ -142,13 +151,21 @@ def predict_step(
     config = model_source(spec, torch.device("meta"), None).config
     layers = None if config is None else repeated_layers(spec, config)
     if layers is None:
-        return _traced(spec, None, workspace_bytes, expandable_segments)
-    low, high = (_traced(spec, n, workspace_bytes, expandable_segments) for n in TRACED_LAYERS)
-    if low.peak_phase != high.peak_phase:  # the peak moved: the line does not hold yet
-        whole = _traced(spec, None, workspace_bytes, expandable_segments)
-        whole.notes.append(
-            f"traced whole: the peak is in the {low.peak_phase} phase with {TRACED_LAYERS[0]} layers "
-            f"and in the {high.peak_phase} phase with {TRACED_LAYERS[1]}"
-        )
+        return _traced(spec, None, workspace_bytes, expandable_segments)[0]
+    (low, _), (high, log) = (_traced(spec, n, workspace_bytes, expandable_segments) for n in TRACED_LAYERS)
+    deep = repeat_layers(log, layers)
+    why = (
+        f"the peak is in the {low.peak_phase} phase with {TRACED_LAYERS[0]} layers and in the "
+        f"{high.peak_phase} phase with {TRACED_LAYERS[1]}"
+        if low.peak_phase != high.peak_phase
+        else "the layers' allocations do not line up"
+        if deep is None
+        else None
+    )
+    if why is not None:  # the line does not hold yet, or the log cannot be repeated
+        whole = _traced(spec, None, workspace_bytes, expandable_segments)[0]
+        whole.notes.append(f"traced whole: {why}")
         return whole
-    return extrapolate(low, high, layers)
+    stats = replay_run(deep, workspace_bytes, expandable_segments)
+    reserved = StepPrediction(0, "", {}, {}, stats.peak_reserved, stats.peak_allocated)
+    return extrapolate(low, high, layers, reserved)

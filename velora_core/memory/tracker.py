@@ -85,6 +85,7 @@ class AllocationLog:
     categories: list[str]
     events: list[tuple[int, int, int]]
     entry_events: int
+    tags: list[object] | None = None  # by allocation id: the layer that made it (see MemoryTracker.tag)
 
 
 def storage_of(t: torch.Tensor) -> torch.UntypedStorage | None:
@@ -145,6 +146,11 @@ class MemoryTracker(TorchDispatchMode):
         self._saved_hooks = None
         self._closed = False  # frees after the step do not matter and are not logged
         self._entry_events = 0  # log entries made by __enter__: what existed before the step
+        #: A label for what runs now (a decoder layer's index), stored with each allocation; set by
+        #: the caller's hooks (``velora_core.bench.fit_prediction``) for the layer extrapolation.
+        self.tag: object = None
+        self._tags: list[object] = []  # allocation id -> tag when allocated (or by tag_tensors)
+        self._sources: list[int | None] = []  # allocation id -> the input it was made from (optimizer)
         self._inner = None  # (pack, unpack) of hooks that run through this tracker's (see saving_through)
 
     # --- counting storages -------------------------------------------------------------
@@ -161,6 +167,8 @@ class MemoryTracker(TorchDispatchMode):
         alloc = len(self._size)
         self._size.append(int(storage.nbytes()))
         self._category.append(category)
+        self._tags.append(self.tag)
+        self._sources.append(None)
         self._live[key] = alloc
         self._log.append((alloc, 1, PHASES.index(self.phase)))
         self._refs[alloc] = weakref.ref(storage, lambda _ref, a=alloc, k=key: self._freed(a, k))
@@ -186,6 +194,23 @@ class MemoryTracker(TorchDispatchMode):
             if self._category[alloc] in _REPLACEABLE and category != TEMPORARY:
                 self._category[alloc] = category
 
+    def tag_tensors(self, tensors: Iterable[torch.Tensor | None], tag: object) -> None:
+        """Label the allocations of ``tensors`` (live ones, already counted) with ``tag``."""
+        for t in tensors:
+            storage = self._storage(t) if isinstance(t, torch.Tensor) else None
+            alloc = None if storage is None else self._live.get(storage._cdata)
+            if alloc is not None:
+                self._tags[alloc] = tag
+
+    def _resolved_tags(self) -> list[object]:
+        """Each allocation's tag; an untagged one made in the optimizer phase takes the tag of the
+        tensor it was made from (a foreach op's i-th output: its first list's i-th tensor)."""
+        tags = list(self._tags)
+        for alloc, source in enumerate(self._sources):
+            if tags[alloc] is None and source is not None:
+                tags[alloc] = tags[source]
+        return tags
+
     def set_phase(self, phase: str) -> None:
         """Enter ``phase`` (one of :data:`~velora_core.contract.result.PHASES`)."""
         if phase not in PHASES:
@@ -204,12 +229,25 @@ class MemoryTracker(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
-        for t in tree_leaves(out):
-            if isinstance(t, torch.Tensor):
-                storage = self._storage(t)
-                if storage is not None:
-                    self._allocation_of(storage, TEMPORARY)
+        made = [
+            (index, self._allocation_of(storage, TEMPORARY), len(self._size))
+            for index, t in enumerate(tree_leaves(out))
+            if isinstance(t, torch.Tensor) and (storage := self._storage(t)) is not None
+        ]
+        if self.phase == PHASES[2] and self.tag is None and made:
+            self._link_sources(args, made)
         return out
+
+    def _link_sources(self, args: tuple, made: list[tuple[int, int, int]]) -> None:
+        """Remember what each new allocation of an optimizer op was made from (its tag follows)."""
+        first = next((a for a in args if isinstance(a, (torch.Tensor, list, tuple))), None)
+        inputs = list(first) if isinstance(first, (list, tuple)) else [first]
+        for index, alloc, _ in made:
+            source = inputs[index] if index < len(inputs) else inputs[0]
+            storage = self._storage(source) if isinstance(source, torch.Tensor) else None
+            parent = None if storage is None else self._live.get(storage._cdata)
+            if parent is not None and parent != alloc and self._sources[alloc] is None:
+                self._sources[alloc] = parent
 
     # --- the step's boundaries ---------------------------------------------------------
     def __enter__(self):
@@ -308,7 +346,13 @@ class MemoryTracker(TorchDispatchMode):
             phase_peaks=phase_peaks,
             formula_bytes=dict(self.extra_bytes),
             events=len(self._log),
-            log=AllocationLog(list(self._size), list(self._category), list(self._log), self._entry_events),
+            log=AllocationLog(
+                list(self._size),
+                list(self._category),
+                list(self._log),
+                self._entry_events,
+                self._resolved_tags(),
+            ),
         )
 
 
