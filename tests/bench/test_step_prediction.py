@@ -13,6 +13,7 @@ from velora_core.contract.presets.model_shapes import ModelPreset
 #: LLaMA-7B's depth (32 layers) at the width of llama-60m: the whole trace stays quick on a CPU.
 NARROW_7B = ModelPreset(512, 1376, 8, 32, description="32 layers of llama-60m's width (tests)")
 WORKSPACE = 32 * 1024**2
+TRACED_WHOLE = {"galore", "velora+qlora"}
 
 
 @pytest.fixture
@@ -30,10 +31,14 @@ def _spec(model: str, method: str, **fields):
 @pytest.mark.parametrize("method", sorted(NAMED_METHODS))
 def test_extrapolation_equals_the_whole_trace(narrow, method):
     """Every method, every phase's peak, every component at the peak and the reserved bytes: the line
-    through 2 and 3 layers, extended to 32, within 0.5 % of tracing all 32."""
+    through 2 and 3 layers, extended to 32 (and the 3-layer log repeated to 32 layers for the
+    reserved bytes), within 0.5 % of tracing all 32."""
     spec = _spec(narrow, method)
     line = predict_step(spec, WORKSPACE)
-    assert line.traced_layers == list(TRACED_LAYERS)
+    # GaLore builds its projections parameter by parameter in step 1, and VeLoRA on 4-bit weights
+    # frees a layer's temporaries amid the next one's: their repeated logs miss the line by a few
+    # bytes, so they are traced whole (slower, exact).
+    assert line.traced_layers == ([] if method in TRACED_WHOLE else list(TRACED_LAYERS))
     whole = _traced(spec, None, WORKSPACE, False)[0]
     assert line.peak_phase == whole.peak_phase
     assert line.peak_bytes == pytest.approx(whole.peak_bytes, rel=0.005)

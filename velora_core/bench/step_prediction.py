@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from velora_core.contract.spec import RunSpec
-from velora_core.memory.layer_log import repeat_layers
+from velora_core.memory.layer_log import live_peaks, repeat_layers
 from velora_core.memory.reserved import replay_run
 from velora_core.memory.tracker import AllocationLog
 
@@ -154,12 +154,15 @@ def predict_step(
         return _traced(spec, None, workspace_bytes, expandable_segments)[0]
     (low, _), (high, log) = (_traced(spec, n, workspace_bytes, expandable_segments) for n in TRACED_LAYERS)
     deep = repeat_layers(log, layers)
+    line = extrapolate(low, high, layers, high)
     why = (
         f"the peak is in the {low.peak_phase} phase with {TRACED_LAYERS[0]} layers and in the "
         f"{high.peak_phase} phase with {TRACED_LAYERS[1]}"
         if low.peak_phase != high.peak_phase
         else "the layers' allocations do not line up"
         if deep is None
+        else "the line and the repeated layers disagree on the live peak"
+        if live_peaks(deep) != line.phase_peaks
         else None
     )
     if why is not None:  # the line does not hold yet, or the log cannot be repeated

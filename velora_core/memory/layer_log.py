@@ -24,8 +24,10 @@ import torch
 from torch import nn
 
 from velora_core.contract.result import PHASES
+from velora_core.memory.tensor_bytes import optimizer_state_tensors, quant_state_tensors
 from velora_core.memory.tracker import AllocationLog, MemoryTracker
 
+_OPTIMIZER = PHASES.index("optimizer")
 _LAYER_INDEX = re.compile(r"\.(?:layers|layer|h|blocks)\.(\d+)\.")
 
 
@@ -85,8 +87,13 @@ def layer_tags(
             if found is None:
                 continue
             state = optimizer.state.get(param, {}) if optimizer is not None else {}
-            tensors = [param, param.grad, *(v for v in state.values() if isinstance(v, torch.Tensor))]
+            tensors = [param, param.grad, *quant_state_tensors(param)]
+            tensors += [t for v in state.values() for t in optimizer_state_tensors(v)]
             tracker.tag_tensors(tensors, int(found.group(1)))
+        for name, buffer in model.named_buffers():
+            found = _LAYER_INDEX.search(f".{name}")
+            if found is not None:
+                tracker.tag_tensors([buffer], int(found.group(1)))
 
 
 def _runs(log: AllocationLog) -> list[tuple[object, int, int]]:
@@ -94,11 +101,14 @@ def _runs(log: AllocationLog) -> list[tuple[object, int, int]]:
     begins (what existed before it is one part, the step another)."""
     out: list[tuple[object, int, int]] = []
     tags = log.tags or []
-    for index, (alloc, sign, _) in enumerate(log.events):
-        # A free belongs to the layer running when it happens: the tag of the stretch it falls in;
-        # an allocation carries its own. Frees join the stretch around them.
-        tag = tags[alloc] if sign > 0 else (out[-1][0] if out else tags[alloc])
-        if out and out[-1][0] == tag and index != log.entry_events:
+    for index, (alloc, sign, phase) in enumerate(log.events):
+        # An allocation carries its own tag. In forward and backward a free belongs to the layer
+        # running when it happens (it joins the stretch around it: a layer frees what the one before
+        # made); in the optimizer, whose ops run over every layer's tensors at once, its allocation's.
+        joins = sign < 0 and phase != _OPTIMIZER and out
+        tag = out[-1][0] if joins else tags[alloc]
+        same_part = index != log.entry_events and phase == log.events[index - 1][2]
+        if out and out[-1][0] == tag and same_part:
             out[-1] = (tag, out[-1][1], index + 1)
         else:
             out.append((tag, index, index + 1))
@@ -112,10 +122,26 @@ def repeat_layers(log: AllocationLog, layers: int) -> AllocationLog | None:
         return None
     tags, events = log.tags, log.events
     runs = _runs(log)
-    ones = [r for r in runs if r[0] == 1]
-    twos = [r for r in runs if r[0] == 2]
-    if len(ones) != len(twos) or any(a[2] - a[1] != b[2] - b[1] for a, b in zip(ones, twos, strict=True)):
+    in_optimizer = {r: events[r[1]][2] == _OPTIMIZER for r in runs}
+
+    def paired(optimizer: bool) -> tuple[list, list] | None:
+        ones = [r for r in runs if r[0] == 1 and in_optimizer[r] == optimizer]
+        twos = [r for r in runs if r[0] == 2 and in_optimizer[r] == optimizer]
+        if len(ones) != len(twos) or any(a[2] - a[1] != b[2] - b[1] for a, b in zip(ones, twos, strict=True)):
+            return None
+        return ones, twos
+
+    layer_runs, optimizer_runs = paired(False), paired(True)
+    if layer_runs is None:
         return None
+    # The optimizer's ops run over every layer's tensors: where its stretches do not pair (a loop over
+    # parameters frees one layer's temporaries amid the next one's), each event of layer 1 is repeated
+    # for every copy where it happens (all copies' temporaries at once: an upper bound).
+    per_event = optimizer_runs is None
+    ones, twos = (
+        layer_runs[0] + (optimizer_runs or ([], []))[0],
+        layer_runs[1] + (optimizer_runs or ([], []))[1],
+    )
     position = {}  # event index -> (run number among its tag's runs, offset)
     for group in (ones, twos):
         for number, (_, start, end) in enumerate(group):
@@ -166,7 +192,14 @@ def repeat_layers(log: AllocationLog, layers: int) -> AllocationLog | None:
                 if sign > 0:  # layer 1's allocation outside its stretches cannot be placed
                     return None
                 chosen = {2: [copies - 1], 0: [0]}.get(tag, range(copies))  # freed by next / previous / all
+                if per_event and phase == _OPTIMIZER:
+                    chosen = range(copies)
                 out.extend((key(alloc, c), -1, phase) for c in chosen)
+        elif per_event and in_optimizer[(tag, start, end)]:
+            for index in range(start, end):
+                alloc, sign, phase = events[index]
+                copies_of = range(copies) if tags[alloc] == 1 else [None]
+                out.extend((key(alloc, c), sign, phase) for c in copies_of)
         else:
             number = ones.index((tag, start, end))
             forward = twos[number][1] > start
@@ -195,3 +228,13 @@ def repeat_layers(log: AllocationLog, layers: int) -> AllocationLog | None:
         if end <= log.entry_events:
             entry_events = len(out)
     return AllocationLog(sizes, categories, out, entry_events)
+
+
+def live_peaks(log: AllocationLog) -> dict[str, int]:
+    """The largest live total of each phase when ``log`` is replayed (as the tracker counts)."""
+    live, peaks = 0, {}
+    for alloc, sign, phase in log.events:
+        live += sign * log.sizes[alloc]
+        name = PHASES[phase]
+        peaks[name] = max(peaks.get(name, 0), live)
+    return peaks

@@ -150,7 +150,7 @@ class MemoryTracker(TorchDispatchMode):
         #: the caller's hooks (``velora_core.bench.fit_prediction``) for the layer extrapolation.
         self.tag: object = None
         self._tags: list[object] = []  # allocation id -> tag when allocated (or by tag_tensors)
-        self._sources: list[int | None] = []  # allocation id -> the input it was made from (optimizer)
+        self._sources: list[list[int] | None] = []  # allocation id -> inputs it was made from (optimizer)
         self._inner = None  # (pack, unpack) of hooks that run through this tracker's (see saving_through)
 
     # --- counting storages -------------------------------------------------------------
@@ -203,12 +203,12 @@ class MemoryTracker(TorchDispatchMode):
                 self._tags[alloc] = tag
 
     def _resolved_tags(self) -> list[object]:
-        """Each allocation's tag; an untagged one made in the optimizer phase takes the tag of the
-        tensor it was made from (a foreach op's i-th output: its first list's i-th tensor)."""
+        """Each allocation's tag; an untagged one made in the optimizer phase takes the first tag among
+        the tensors it was made from (see ``_link_sources``)."""
         tags = list(self._tags)
-        for alloc, source in enumerate(self._sources):
-            if tags[alloc] is None and source is not None:
-                tags[alloc] = tags[source]
+        for alloc, sources in enumerate(self._sources):
+            if tags[alloc] is None and sources:
+                tags[alloc] = next((tags[s] for s in sources if tags[s] is not None), None)
         return tags
 
     def set_phase(self, phase: str) -> None:
@@ -217,6 +217,7 @@ class MemoryTracker(TorchDispatchMode):
             raise ValueError(f"unknown phase {phase!r}; one of {PHASES}")
         if phase == PHASES[2]:  # the gradients are all there: count any a hook did not see
             self.classify((p.grad for p in self.model.parameters()), GRADIENTS)
+            self.tag = None  # the optimizer's allocations take their inputs' tags (_link_sources)
         self.phase = phase
 
     def _optimizer_tensors(self) -> Iterator[torch.Tensor]:
@@ -229,25 +230,31 @@ class MemoryTracker(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
+        before = len(self._size)
         made = [
-            (index, self._allocation_of(storage, TEMPORARY), len(self._size))
+            (index, self._allocation_of(storage, TEMPORARY))
             for index, t in enumerate(tree_leaves(out))
             if isinstance(t, torch.Tensor) and (storage := self._storage(t)) is not None
         ]
+        made = [(index, alloc) for index, alloc in made if alloc >= before]  # new ones only
         if self.phase == PHASES[2] and self.tag is None and made:
             self._link_sources(args, made)
         return out
 
-    def _link_sources(self, args: tuple, made: list[tuple[int, int, int]]) -> None:
-        """Remember what each new allocation of an optimizer op was made from (its tag follows)."""
-        first = next((a for a in args if isinstance(a, (torch.Tensor, list, tuple))), None)
-        inputs = list(first) if isinstance(first, (list, tuple)) else [first]
-        for index, alloc, _ in made:
-            source = inputs[index] if index < len(inputs) else inputs[0]
-            storage = self._storage(source) if isinstance(source, torch.Tensor) else None
-            parent = None if storage is None else self._live.get(storage._cdata)
-            if parent is not None and parent != alloc and self._sources[alloc] is None:
-                self._sources[alloc] = parent
+    def _link_sources(self, args: tuple, made: list[tuple[int, int]]) -> None:
+        """Remember what each new allocation of an optimizer op was made from (its tag follows): a
+        foreach op's i-th output, its list arguments' i-th tensors; any other, its tensor inputs."""
+        lists = [a for a in args if isinstance(a, (list, tuple))]
+        flat = [t for t in tree_leaves(args) if isinstance(t, torch.Tensor)]
+        for index, alloc in made:
+            inputs = [a[index] for a in lists if index < len(a)] if lists else flat
+            parents = []
+            for t in inputs:
+                storage = self._storage(t) if isinstance(t, torch.Tensor) else None
+                parent = None if storage is None else self._live.get(storage._cdata)
+                if parent is not None and parent != alloc:
+                    parents.append(parent)
+            self._sources[alloc] = parents or None
 
     # --- the step's boundaries ---------------------------------------------------------
     def __enter__(self):
