@@ -12,6 +12,7 @@ workers' queue may be hours deep (docs/architecture.md, "Deliberate choices").
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import json
 import sys
 import time
@@ -70,6 +71,12 @@ async def predict_fit(
     that does. ``model`` is a preset or a hub id (this server reads its ``config.json`` from the hub;
     local folders are not offered)."""
     _check_models(body)
+    if importlib.util.find_spec("torch") is None:  # the API installed alone, with `.[service]`
+        raise HTTPException(
+            503,
+            detail="This API server is installed without torch (the package's service extra), which the "
+            "prediction needs: install the engine extra beside it, or run velora-bench fit where torch is",
+        )
     if _running.locked():
         raise HTTPException(503, detail="Another fit is running on this server; try again shortly")
     async with _running:
