@@ -212,6 +212,7 @@ PEAK_COMPONENT_STYLE = dict(
             ("Gradients", "#f58518"),
             ("Optimizer state", "#ffbf79"),
             ("Saved activations", "#54a24b"),
+            ("Autocast weight copies", "#b279a2"),
             ("Temporaries", "#bab0ac"),
         ],
         strict=True,

@@ -1,10 +1,11 @@
-""""Will it fit?": one training step of each method under ``FakeTensorMode``, with no weights allocated.
+""""Will it fit?": a steady training step of each method under ``FakeTensorMode``, with no weights allocated.
 
 The model is built by the same method code as a real run (``velora_core.methods.registry.prepare_model``) on
 the ``meta`` device; each parameter and buffer is then given a fake tensor of its shape and dtype,
-the optimizer comes from the trainer (``velora_core.bench.trainer.Trainer``), and one step (forward,
-backward, gradient clipping, optimizer step) runs under :class:`~velora_core.memory.tracker.MemoryTracker`,
-the tracker every real run uses on its first step. Nothing is computed and no byte is allocated,
+the optimizer and the step come from the trainer's own step code (``velora_core.bench.step.TrainingStep``),
+and two steps (forward under the run's autocast, backward, gradient clipping, optimizer step) run, the
+second under :class:`~velora_core.memory.tracker.MemoryTracker`, as every real run tracks its steady
+step: its forward and backward hold the optimizer state the first step created. Nothing is computed and no byte is allocated,
 so a LLaMA-7B step is predicted on a laptop CPU (docs/architecture.md, "Memory accounting").
 
 4-bit weights: bitsandbytes' ``Params4bit`` cannot wrap a fake tensor, so each 4-bit weight becomes
@@ -25,13 +26,12 @@ is the same as ``velora-bench fit …`` (the service runs this module in a subpr
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import math
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import fields, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,7 @@ from pydantic import ValidationError
 from torch import nn
 from torch._subclasses.fake_tensor import FakeTensorMode
 
+from velora_core.bench.step import TrainingStep
 from velora_core.cli.fit_command import add_fit_arguments, request_from_args
 from velora_core.contract.errors import validation_message
 from velora_core.contract.fit_request import MAX_SEARCHED_MICRO_BATCH, FitEstimate, FitRequest
@@ -54,6 +55,10 @@ FOUR_BIT_NOTE = (
     "(bytes as bitsandbytes stores them; the forward is still bitsandbytes' Linear4bit)"
 )
 DEVICE_NOTE = "predicted with the CPU's kernels; a GPU's attention kernels may save less for backward"
+SCALER_NOTE = (
+    "fp16 autocast: the GradScaler is not run on fake tensors (it reads its inf check back); its "
+    "scale and inf flags are a few bytes"
+)
 
 
 def model_spec(name: str, allow_local: bool = True) -> dict[str, Any]:
@@ -67,7 +72,7 @@ def model_spec(name: str, allow_local: bool = True) -> dict[str, Any]:
 
 
 def fit_spec(request: FitRequest, method: str, micro_batch: int, allow_local: bool = True) -> RunSpec:
-    """The one-step memory-only RunSpec that ``method`` of ``request`` at ``micro_batch`` would run.
+    """The memory-only RunSpec that ``method`` of ``request`` at ``micro_batch`` would run.
 
     Raises:
         ValueError: the spec does not validate (the message names the field).
@@ -82,6 +87,7 @@ def fit_spec(request: FitRequest, method: str, micro_batch: int, allow_local: bo
         "micro_batch": micro_batch,
         "steps": 1,
         "dtype": request.dtype,
+        **({"autocast": request.autocast} if request.autocast else {}),
         "device": "cpu",
         "eval": {"metric": "none"},
         "save_artifact": False,
@@ -172,29 +178,30 @@ def _remap(params: Any, new: dict[int, Any]) -> Any:
     return params
 
 
-# --- one fake step --------------------------------------------------------------------------------
+# --- the fake steps -------------------------------------------------------------------------------
 
 
-def _forward_hooks(prepared: Any, tracker: MemoryTracker) -> contextlib.AbstractContextManager[None]:
-    """The saved-tensor hooks a method runs its training forward in (offloading to the host, where a
-    method sets ``PreparedModel.saved_tensors_hooks``), through the tracker's; else nothing."""
-    make = getattr(prepared, "saved_tensors_hooks", None)
-    if make is None:
-        return contextlib.nullcontext()
-    hooks = make()
-    return tracker.saving_through(hooks.pack_hook, hooks.unpack_hook)
+@dataclass
+class PredictedSteps:
+    """What :class:`MemoryTracker` saw of the fake steps: the steady step (step 2, the prediction),
+    step 1 when it was tracked too (None otherwise), and notes on anything counted differently."""
+
+    steady: TrackedStep
+    first: TrackedStep | None
+    notes: list[str]
 
 
-def fake_step(spec: RunSpec, timeline_points: int = 240) -> tuple[TrackedStep, list[str]]:
-    """Predict one training step of ``spec`` (its method, model, shape and dtype) with no weights.
+def fake_steps(spec: RunSpec, timeline_points: int = 240, track_first: bool = True) -> PredictedSteps:
+    """Predict a steady training step of ``spec`` (its method, model, shape, dtype, autocast and
+    ``grad_accum``) with no weights: two fake steps through the trainer's own step code
+    (:class:`~velora_core.bench.step.TrainingStep`), the second tracked, so that the optimizer state the
+    first step creates is held through its forward and backward, as in every step of a long run
+    (docs/architecture.md, "The steady step").
 
-    Returns:
-        What :class:`MemoryTracker` saw, and notes on anything counted differently.
     Raises:
         ValueError: the method cannot be built for this model (from the method code).
     """
     from velora_core.bench.engine import model_source
-    from velora_core.bench.trainer import Trainer
     from velora_core.methods.registry import prepare_model
 
     meta = torch.device("meta")
@@ -209,21 +216,28 @@ def fake_step(spec: RunSpec, timeline_points: int = 240) -> tuple[TrackedStep, l
     model.train()
     vocab = model.get_input_embeddings().num_embeddings
     shape = (spec.micro_batch, spec.seq_len)
-    with mode:
-        trainer = Trainer(spec, prepared, torch.device("cpu"), None)
-        tracker = MemoryTracker(model, trainer.optimizer, timeline_points)
-        with tracker:  # the steps of Trainer.train's first (measured) step
+    if spec.autocast == "fp16":
+        notes.append(SCALER_NOTE)
+
+    def batches():
+        while True:
             ids = torch.randint(3, vocab, shape)
-            batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone()}
-            with _forward_hooks(prepared, tracker):
-                loss = model(**batch).loss
-            tracker.set_phase("backward")
-            (loss / spec.grad_accum).backward()
-            tracker.set_phase("optimizer")
-            if spec.optimizer.max_grad_norm is not None:
-                torch.nn.utils.clip_grad_norm_(trainer.params, spec.optimizer.max_grad_norm)
-            trainer.optimizer.step()
-    return tracker.result(), [*notes, DEVICE_NOTE]
+            yield {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone()}
+
+    with mode:
+        step = TrainingStep(spec, prepared, torch.device("cpu"), scale_loss=False)
+        fake_batches = batches()
+        first = MemoryTracker(model, step.optimizer, timeline_points) if track_first else None
+        step.run(fake_batches, first)
+        steady = MemoryTracker(model, step.optimizer, timeline_points)
+        step.run(fake_batches, steady)
+    return PredictedSteps(steady.result(), first.result() if first else None, [*notes, DEVICE_NOTE])
+
+
+def fake_step(spec: RunSpec, timeline_points: int = 240) -> tuple[TrackedStep, list[str]]:
+    """The steady step of :func:`fake_steps` (step 1 untracked), with its notes."""
+    predicted = fake_steps(spec, timeline_points, track_first=False)
+    return predicted.steady, predicted.notes
 
 
 def largest_micro_batch(
@@ -277,16 +291,19 @@ def estimate(request: FitRequest, allow_local: bool = True) -> list[FitEstimate]
         def step_at(micro_batch: int, method: str = method) -> TrackedStep:
             return fake_step(fit_spec(request, method, micro_batch, allow_local), timeline_points=2)[0]
 
-        tracked, notes = fake_step(fit_spec(request, method, request.micro_batch, allow_local), 2)
+        predicted = fake_steps(fit_spec(request, method, request.micro_batch, allow_local), 2)
+        tracked = predicted.steady
         row = FitEstimate(
             method=method,
             micro_batch=request.micro_batch,
             seq_len=request.seq_len,
             dtype=request.dtype,
+            autocast=request.autocast,
             peak_bytes=tracked.peak_bytes,
             peak_phase=tracked.peak_phase,
+            first_step_peak_bytes=predicted.first.peak_bytes,
             **tracked.peak_components,
-            notes=notes,
+            notes=predicted.notes,
         )
         gpu = request.gpu_bytes
         if gpu is not None:
@@ -313,7 +330,7 @@ def print_estimates(rows: Sequence[FitEstimate], as_json: bool) -> None:
         return
     unit, scale = ("GiB", 1024**3) if max(r.peak_bytes for r in rows) >= 1024**3 else ("MiB", 1024**2)
     header = ["method", f"peak {unit}", "phase", "weights", "trainable", "gradients", "optimizer"]
-    header += ["activations", "temporary", "seconds"]
+    header += ["activations", "autocast", "temporary", "seconds"]
     searched = any(r.gpu_bytes is not None for r in rows)
     if searched:
         header += ["fits", "max batch"]

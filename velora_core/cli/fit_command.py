@@ -21,6 +21,7 @@ def add_fit_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--micro-batch", type=int, default=8, help="default %(default)s")
     parser.add_argument("--seq-len", type=int, default=512, help="default %(default)s")
     parser.add_argument("--dtype", default="bf16", help="fp32, bf16 or fp16 (default %(default)s)")
+    parser.add_argument("--autocast", help="mixed precision on fp32 weights: bf16 or fp16 (default: none)")
     parser.add_argument(
         "--gpu-gib", type=float, help="the card's memory in GiB: adds fits and max_micro_batch"
     )
@@ -43,6 +44,7 @@ def request_from_args(args: argparse.Namespace) -> FitRequest:
             micro_batch=args.micro_batch,
             seq_len=args.seq_len,
             dtype=args.dtype,
+            autocast=args.autocast,
             gpu_gib=args.gpu_gib,
         )
     except ValidationError as exc:

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from velora_core.contract.method_parts import canonical_methods
 from velora_core.contract.result import PEAK_COMPONENTS, ComponentBytes
-from velora_core.contract.spec import MAX_MICRO_BATCH, MAX_NAME_LENGTH, Dtype
+from velora_core.contract.spec import MAX_MICRO_BATCH, MAX_NAME_LENGTH, Autocast, Dtype, check_precision
 
 GIB = 1024**3
 #: A fit request's bounds: a fake step costs CPU time that grows with the micro-batch and the layers.
@@ -35,6 +35,7 @@ class FitRequest(BaseModel):
         methods: the training methods to predict, each once.
         method_configs: settings per method (as in a ComparisonSpec).
         micro_batch, seq_len, dtype: the step's shape and the weights' dtype.
+        autocast: mixed precision (``bf16`` or ``fp16`` on fp32 weights), as a RunSpec's ``autocast``.
         gpu_gib: the card's memory in GiB (2³⁰ bytes); with it, ``fits`` and ``max_micro_batch``.
     """
 
@@ -46,12 +47,14 @@ class FitRequest(BaseModel):
     micro_batch: int = Field(default=8, ge=1, le=MAX_FIT_MICRO_BATCH)
     seq_len: int = Field(default=512, ge=8, le=MAX_FIT_SEQ_LEN)
     dtype: Dtype = "bf16"
+    autocast: Autocast | None = None
     gpu_gib: float | None = Field(default=None, gt=0, le=MAX_GPU_GIB)
 
     @model_validator(mode="after")
     def _check(self) -> FitRequest:
         # Composed names (base + techniques) in their one canonical spelling, as a spec stores them.
         self.methods, self.method_configs = canonical_methods(self.methods, self.method_configs)
+        check_precision(self.dtype, self.autocast, memory_only=True)
         stray = sorted(set(self.method_configs) - set(self.methods))
         if stray:
             raise ValueError(f"method_configs names methods not in the request: {stray}")
@@ -63,7 +66,8 @@ class FitRequest(BaseModel):
 
 
 class FitEstimate(ComponentBytes):
-    """One method's predicted step: the peak and its phase, the bytes at the peak by component
+    """One method's predicted steady step (``tracked_step``; step 1's peak, with no optimizer state
+    yet, in ``first_step_peak_bytes``): the peak and its phase, the bytes at the peak by component
     (:data:`~velora_core.contract.result.PEAK_COMPONENTS`, they add up to ``peak_bytes``), and with a
     card size ``fits`` and ``max_micro_batch`` (None: even 1 does not fit)."""
 
@@ -71,8 +75,11 @@ class FitEstimate(ComponentBytes):
     micro_batch: int
     seq_len: int
     dtype: str
+    autocast: str | None = None
     peak_bytes: int
     peak_phase: str
+    tracked_step: str = "steady"
+    first_step_peak_bytes: int | None = None
     gpu_bytes: int | None = None
     fits: bool | None = None
     max_micro_batch: int | None = None

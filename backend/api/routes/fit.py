@@ -47,6 +47,8 @@ def fit_command(request: FitRequest) -> list[str]:
     ]
     command += ["--methods", *request.methods, "--micro-batch", str(request.micro_batch)]
     command += ["--seq-len", str(request.seq_len), "--dtype", request.dtype]
+    if request.autocast is not None:
+        command += ["--autocast", request.autocast]
     if request.gpu_gib is not None:
         command += ["--gpu-gib", repr(request.gpu_gib)]
     return command
