@@ -224,8 +224,10 @@ def fake_steps(spec: RunSpec, timeline_points: int = 240, track_first: bool = Tr
             ids = torch.randint(3, vocab, shape)
             yield {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone()}
 
+    # Built outside the fake mode: bitsandbytes' 8-bit optimizers build their quantisation maps from
+    # Python numbers (real tensors, as on a real run, and counted the same).
+    step = TrainingStep(spec, prepared, torch.device("cpu"), scale_loss=False)
     with mode:
-        step = TrainingStep(spec, prepared, torch.device("cpu"), scale_loss=False)
         fake_batches = batches()
         first = MemoryTracker(model, step.optimizer, timeline_points) if track_first else None
         step.run(fake_batches, first)
