@@ -108,6 +108,8 @@ def test_fit_cli_json_has_the_documented_fields(capsys):
         (["--methods", "nope"], "unknown method"),
         (["--dtype", "int3"], "dtype"),
         (["--gpu-gib", "-1"], "gpu_gib"),
+        (["--dtype", "bf16", "--autocast", "bf16"], "needs fp32 weights"),
+        (["--dtype", "fp32", "--autocast", "fp8"], "autocast"),
     ],
 )
 def test_fit_cli_bad_input_is_one_line_and_exit_2(capsys, flags, message):

@@ -10,7 +10,14 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    model_serializer,
+    model_validator,
+)
 
 from velora_core.contract.method_parts import canonical_methods
 from velora_core.contract.result import PEAK_COMPONENTS, ComponentBytes
@@ -59,6 +66,13 @@ class FitRequest(BaseModel):
         if stray:
             raise ValueError(f"method_configs names methods not in the request: {stray}")
         return self
+
+    @model_serializer(mode="wrap")
+    def _omit_unset_autocast(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data = handler(self)  # a request without autocast reads back as it did before the field
+        if data.get("autocast", "") is None:
+            data.pop("autocast")
+        return data
 
     @property
     def gpu_bytes(self) -> int | None:
