@@ -1,7 +1,7 @@
 """ "Will it fit?": the request and the per-method answer (no torch, so the API and dashboard share them).
 
 ``velora-bench fit`` and ``POST /api/v1/fit`` take a :class:`FitRequest` and answer with one
-:class:`FitEstimate` per method: the peak bytes of one training step predicted under
+:class:`FitEstimate` per method: the peak bytes of a steady training step predicted under
 ``FakeTensorMode`` (``velora_core.bench.fit_prediction``), by component, and with a card size whether it fits and the
 largest micro-batch that does.
 """

@@ -1,6 +1,6 @@
 """``/fit``: "will it fit?" — each method's predicted peak memory for a model and shape, on this server.
 
-The prediction runs one training step under ``FakeTensorMode`` (``velora_core.bench.fit_prediction``), which needs
+The prediction runs two training steps (the second, a steady one, tracked) under ``FakeTensorMode`` (``velora_core.bench.fit_prediction``), which needs
 torch; the API process never imports torch, so it runs ``python -m velora_core.bench.fit_prediction --json`` in a
 subprocess: one at a time (a second request while one runs gets a 503 at once, not a queue), killed
 after ``VELORA_FIT_TIMEOUT_S`` (a 504), with a request bounded by ``FitRequest``'s fields. A
@@ -58,7 +58,7 @@ def fit_command(request: FitRequest) -> list[str]:
 async def predict_fit(
     body: FitRequest, settings: SettingsDep, _: WriteAccess, _json: JsonContent
 ) -> FitPublic:
-    """Predict each method's peak memory for one training step of ``model`` at the shape given, and
+    """Predict each method's peak memory for a steady training step of ``model`` at the shape given, and
     with ``gpu_gib`` whether it fits and the largest micro-batch that does. ``model`` is a preset or a
     hub id (this server reads its ``config.json`` from the hub; local folders are not offered).
     Methods' own settings (``method_configs``) are not taken here: the defaults are predicted."""
