@@ -120,6 +120,8 @@ def test_old_memory_reports_validate_and_headline_falls_back():
     old = {"weight_bytes": 10, "activation_bytes": 5, "peak_bytes": 40}
     report = MemoryReport.model_validate(old)
     assert report.measured_peak_bytes is None and report.timeline == []
+    assert report.tracked_step == "first" and report.first_step_peak_bytes is None  # before steady steps
+    assert report.run_peak_allocated_bytes is None and report.warmup_steps == 0
     assert report.headline_bytes == 40
     assert MemoryReport(weight_bytes=10, activation_bytes=5).headline_bytes == 15
     assert MemoryReport(peak_bytes=40, measured_peak_bytes=30).headline_bytes == 30
