@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 from fastapi.testclient import TestClient
 
@@ -74,3 +76,12 @@ def test_a_fit_past_the_time_limit_is_504(settings, db, auth: dict) -> None:  # 
         response = client.post("/api/v1/fit", json=TINY, headers=auth)
     assert response.status_code == 504
     assert "VELORA_FIT_TIMEOUT_S" in response.json()["detail"]
+
+
+def test_an_api_installed_without_torch_says_so_with_a_503(
+    client: TestClient, auth: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "torch", None)  # as after `pip install '.[service]'`: no torch to import
+    response = client.post("/api/v1/fit", json=TINY, headers=auth)
+    assert response.status_code == 503
+    assert "installed without torch" in response.json()["detail"]

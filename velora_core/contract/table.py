@@ -49,7 +49,7 @@ COLUMNS = [
 ]
 
 
-def _mb(value: int | None) -> float | None:
+def _mb(value: int | float | None) -> float | None:
     return None if value is None else round(value / MB, 3)
 
 

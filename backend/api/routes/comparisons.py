@@ -40,6 +40,7 @@ from velora_core.contract.presets.comparisons import COMPARISON_PRESETS, compari
 from velora_core.contract.result import (
     MEMORY_COMPONENTS,
     ComparisonStatus,
+    RunStatus,
     full_reference,
     headline_memory_bytes,
     memory_vs_full,
@@ -120,7 +121,7 @@ def _summary_row(run: Run, full_totals: dict[int, int | float | None]) -> Summar
         run_id=run.id,
         method=run.method,
         seed=run.seed,
-        status=run.status,
+        status=RunStatus(run.status),
         steps_done=run.step,
         error=run.error,
         workload=(run.spec or {}).get("workload"),
