@@ -7,7 +7,7 @@ import streamlit as st
 
 from dashboard.api import ApiClient, ApiError
 from dashboard.charts import fit_figure
-from dashboard.forms import GPU_SIZES_GIB
+from dashboard.forms import AUTOCAST_SELECT, GPU_SIZES_GIB
 from dashboard.run_tables import fit_rows
 
 api: ApiClient = st.session_state.api
@@ -42,6 +42,7 @@ limit = models[model].get("max_position_embeddings") or 2048
 seq_len = c1.number_input("Sequence length", 8, int(limit), min(512, int(limit)), key="willfit.seq_len")
 micro_batch = c2.number_input("Micro-batch", 1, 1024, 8, key="willfit.micro_batch")
 dtype = c3.selectbox("dtype", ["bf16", "fp16", "fp32"], key="willfit.dtype")
+autocast = c3.selectbox(**AUTOCAST_SELECT, key="willfit.autocast")
 methods = st.multiselect(
     "Methods", list(presets["methods"]), default=list(presets["methods"]), key="willfit.methods"
 )
@@ -74,6 +75,7 @@ spec = {
         "micro_batch": int(micro_batch),
         "grad_accum": int(grad_accum),
         "dtype": dtype,
+        **({"autocast": autocast} if autocast else {}),
         "optimizer": {"name": "adamw", "max_grad_norm": float(clip) or None},
     },
     "methods": methods,
@@ -106,7 +108,10 @@ if answer:
     estimates = answer["estimates"]
     gpu_bytes = estimates[0].get("gpu_bytes") if estimates else None
     first = estimates[0] if estimates else {"micro_batch": "?", "seq_len": "?", "dtype": "?"}
-    st.subheader(f"{first['micro_batch']}×{first['seq_len']} tokens · {first['dtype']}")
+    st.subheader(
+        f"{first['micro_batch']}×{first['seq_len']} tokens · {first['dtype']}"
+        + (f" · autocast {first['autocast']}" if first.get("autocast") else "")
+    )
     st.plotly_chart(fit_figure(estimates, gpu_bytes), key="willfit.chart")
     st.table(fit_rows(estimates))
     st.caption(f"Predicted in {answer['seconds']:.0f} s.")

@@ -29,6 +29,8 @@ TINY = {"model": "tiny", "methods": ["lora", "velora+lora"], "micro_batch": 1, "
         ({"spec": {"workload": "finetune"}}, ["body"], "give either spec or"),
         ({"card_family": "kepler"}, ["body", "card_family"], "'hopper'"),
         ({"extra": 1}, ["body", "extra"], "Extra inputs are not permitted"),
+        ({"dtype": "bf16", "autocast": "fp16"}, ["body"], "needs fp32 weights"),
+        ({"autocast": "fp8"}, ["body", "autocast"], "'bf16' or 'fp16'"),
     ],
 )
 def test_bad_fit_requests_are_422(client: TestClient, auth: dict, change, loc, words) -> None:
@@ -36,6 +38,15 @@ def test_bad_fit_requests_are_422(client: TestClient, auth: dict, change, loc, w
     assert response.status_code == 422, response.text
     detail = response.json()["detail"]
     assert detail[0]["loc"] == loc and words in detail[0]["msg"]
+
+
+def test_the_fit_subprocess_is_given_autocast_only_when_set(backend_kind: str) -> None:
+    from backend.api.routes.fit import fit_command
+    from velora_core.contract.fit_request import FitRequest
+
+    assert "--autocast" not in fit_command(FitRequest(**TINY))
+    command = fit_command(FitRequest(**{**TINY, "autocast": "bf16"}))
+    assert command[command.index("--autocast") + 1] == "bf16"
 
 
 def test_fit_needs_a_token(client: TestClient) -> None:

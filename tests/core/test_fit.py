@@ -20,7 +20,13 @@ SHAPE = {"micro_batch": 2, "seq_len": 32}
 
 
 def _request(method: str, **extra) -> FitRequest:
-    return FitRequest(model="tiny", methods=[method], dtype="fp32", **SHAPE, **extra)
+    return FitRequest(model="tiny", methods=[method], **{"dtype": "fp32", **SHAPE, **extra})
+
+
+#: The precisions every method is checked in: fp32, pure bf16, and bf16 autocast on fp32 weights.
+PRECISIONS = {"fp32": {"dtype": "fp32"}, "bf16": {"dtype": "bf16"}, "autocast-bf16": {"autocast": "bf16"}}
+#: Every named method, and the 8-bit optimizer technique (offloading needs CUDA).
+STEADY_METHODS = [*sorted(METHODS), "full+8bit"]
 
 
 def fit_spec(request: FitRequest, method: str, micro_batch: int):
@@ -30,20 +36,32 @@ def fit_spec(request: FitRequest, method: str, micro_batch: int):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", sorted(METHODS))
-def test_fit_predicts_the_measured_peak_of_a_real_step(method):
-    """Every registered method: the fake step's peak is the real first step's (tracked by the
-    trainer) within 2 %, in the same phase, with the same weights, trainable bytes and optimizer state."""
-    spec = fit_spec(_request(method), method, SHAPE["micro_batch"])
+@pytest.mark.parametrize("precision", list(PRECISIONS))
+@pytest.mark.parametrize("method", STEADY_METHODS)
+def test_fit_predicts_the_measured_steady_peak_of_a_real_step(method, precision):
+    """Every method in every precision: the real run's tracked step is a steady one (a one-step run
+    takes a warm-up step first), its peak holds the trainable parameters, the optimizer state and the
+    saved activations at once, and the fake steady step predicts it within 2 %, in the same phase,
+    with the same trainable bytes and optimizer state."""
+    request = _request(method, **PRECISIONS[precision])
+    spec = fit_spec(request, method, SHAPE["micro_batch"])
     measured = execute(spec).memory
-    assert measured.measured_peak_bytes, "the trainer tracks its first step"
-    predicted = estimate(_request(method))[0]
+    assert (measured.tracked_step, measured.warmup_steps) == ("steady", 1)
+    assert measured.first_step_peak_bytes is not None
+    held = measured.trainable_bytes + measured.optimizer_bytes + measured.activation_bytes
+    assert measured.measured_peak_bytes >= held
+    assert measured.peak_components["optimizer"] == measured.optimizer_bytes > 0
+    predicted = estimate(request)[0]
+    assert predicted.tracked_step == "steady" and predicted.first_step_peak_bytes is not None
     assert predicted.peak_bytes == pytest.approx(measured.measured_peak_bytes, rel=0.02)
     assert predicted.peak_phase == measured.peak_phase
     assert sum(predicted.components().values()) == predicted.peak_bytes
     for name in ("trainable", "gradients", "optimizer"):
         assert predicted.components()[name] == measured.peak_components[name], name
     assert predicted.weights == pytest.approx(measured.peak_components["weights"], abs=1024)
+    copies = predicted.autocast_copies
+    assert copies == measured.peak_components["autocast_copies"]
+    assert (copies > 0) == (precision == "autocast-bf16" and predicted.peak_phase != "optimizer")
 
 
 def test_fake_4bit_weights_take_the_bytes_bitsandbytes_stores():
@@ -168,6 +186,8 @@ def test_fit_cli_json_has_the_documented_fields(capsys):
         (["--gpu-gib", "-1"], "gpu_gib"),
         (["--set", "steps=2"], "give --spec FILE"),
         (["--spec", "missing.yaml"], "leave out --methods/--model"),
+        (["--dtype", "bf16", "--autocast", "bf16"], "needs fp32 weights"),
+        (["--dtype", "fp32", "--autocast", "fp8"], "autocast"),
     ],
 )
 def test_fit_cli_bad_input_is_one_line_and_exit_2(capsys, flags, message):

@@ -29,6 +29,7 @@ from velora_core.bench.step_prediction import StepPrediction, predict_step
 from velora_core.cli.fit_command import add_fit_arguments, request_from_args
 from velora_core.contract.cards import CARD_FAMILIES
 from velora_core.contract.fit_request import MAX_SEARCHED_MICRO_BATCH, FitEstimate, FitRequest, fit_run
+from velora_core.contract.result import PEAK_COMPONENTS
 
 ALLOCATOR_NOTE = (
     "reserved: PyTorch's caching-allocator rules replayed over two steps on one stream, the cache never "
@@ -123,8 +124,10 @@ def estimate(request: FitRequest, allow_local: bool = True) -> list[FitEstimate]
             micro_batch=spec.micro_batch,
             seq_len=spec.seq_len,
             dtype=spec.dtype,
+            autocast=spec.autocast,
             peak_bytes=step.peak_bytes,
             peak_phase=step.peak_phase,
+            first_step_peak_bytes=step.first_peak_bytes,
             **step.peak_components,
             reserved_bytes=step.reserved_bytes,
             context_bytes=context,
@@ -157,8 +160,7 @@ def print_estimates(rows: Sequence[FitEstimate], as_json: bool) -> None:
         return
     big = max(r.card_bytes_needed for r in rows) >= 1024**3
     unit, scale = ("GiB", 1024**3) if big else ("MiB", 1024**2)
-    header = ["method", f"alloc {unit}", "phase", "weights", "trainable", "gradients", "optimizer"]
-    header += ["activations", "temporary", f"reserved {unit}", f"+context {unit}"]
+    header = ["method", f"alloc {unit}", "phase", *PEAK_COMPONENTS, f"reserved {unit}", f"+context {unit}"]
     searched = any(r.gpu_bytes is not None for r in rows)
     if searched:
         header += [f"card {unit}", "fits", "max batch"]

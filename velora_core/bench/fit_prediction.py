@@ -1,10 +1,11 @@
-""" "Will it fit?": one training step of each method under ``FakeTensorMode``, with no weights allocated.
+""" "Will it fit?": a steady training step of each method under ``FakeTensorMode``, with no weights allocated.
 
 The model is built by the same method code as a real run (``velora_core.methods.registry.prepare_model``) on
 the ``meta`` device; each parameter and buffer is then given a fake tensor of its shape and dtype,
-the optimizer comes from the trainer (``velora_core.bench.trainer.Trainer``), and one step (forward,
-backward, gradient clipping, optimizer step) runs under :class:`~velora_core.memory.tracker.MemoryTracker`,
-the tracker every real run uses on its first step. Nothing is computed and no byte is allocated,
+the optimizer and the step come from the trainer's own step code (``velora_core.bench.step.TrainingStep``),
+and two steps (forward under the run's autocast, backward, gradient clipping, optimizer step) run, the
+second under :class:`~velora_core.memory.tracker.MemoryTracker`, as every real run tracks its steady
+step: its forward and backward hold the optimizer state the first step created. Nothing is computed and no byte is allocated,
 so a LLaMA-7B step is predicted on a laptop CPU (docs/architecture.md, "Memory accounting").
 
 4-bit weights: bitsandbytes' ``Params4bit`` cannot wrap a fake tensor, so each 4-bit weight becomes
@@ -12,20 +13,20 @@ a plain fake ``uint8`` tensor of the packed shape bitsandbytes' own ``quantize_4
 fake kernel), carrying the quantisation state that call returns; the bytes are bitsandbytes', and the
 forward is still bitsandbytes' ``Linear4bit`` and peft's LoRA layer on it.
 
-``velora_core.bench.step_prediction`` runs this step on a few layers and extrapolates;
+``velora_core.bench.step_prediction`` runs these steps on a few layers and extrapolates;
 ``velora_core.bench.fit_estimate`` answers a request with it (``velora-bench fit``).
 """
 
 from __future__ import annotations
 
-import contextlib
-from dataclasses import fields, replace
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 import torch
 from torch import nn
 from torch._subclasses.fake_tensor import FakeTensorMode
 
+from velora_core.bench.step import TrainingStep
 from velora_core.contract.spec import RunSpec
 from velora_core.memory.layer_log import layer_tags
 from velora_core.memory.tracker import MemoryTracker, TrackedStep
@@ -36,6 +37,10 @@ FOUR_BIT_NOTE = (
     "(bytes as bitsandbytes stores them; the forward is still bitsandbytes' Linear4bit)"
 )
 DEVICE_NOTE = "predicted with the CPU's kernels; a GPU's attention kernels may save less for backward"
+SCALER_NOTE = (
+    "fp16 autocast: the GradScaler is not run on fake tensors (it reads its inf check back); its "
+    "scale and inf flags are a few bytes"
+)
 
 
 # --- fake weights ---------------------------------------------------------------------------------
@@ -118,32 +123,34 @@ def _remap(params: Any, new: dict[int, Any]) -> Any:
     return params
 
 
-# --- one fake step --------------------------------------------------------------------------------
+# --- the fake steps -------------------------------------------------------------------------------
 
 
-def _forward_hooks(prepared: Any, tracker: MemoryTracker) -> contextlib.AbstractContextManager[None]:
-    """The saved-tensor hooks a method runs its training forward in (offloading to the host, where a
-    method sets ``PreparedModel.saved_tensors_hooks``), through the tracker's; else nothing."""
-    make = getattr(prepared, "saved_tensors_hooks", None)
-    if make is None:
-        return contextlib.nullcontext()
-    hooks = make()
-    return tracker.saving_through(hooks.pack_hook, hooks.unpack_hook)
+@dataclass
+class PredictedSteps:
+    """What :class:`MemoryTracker` saw of the fake steps: the steady step (step 2, the prediction),
+    step 1 when it was tracked too (None otherwise), and notes on anything counted differently."""
+
+    steady: TrackedStep
+    first: TrackedStep | None
+    notes: list[str]
 
 
-def fake_step(
-    spec: RunSpec, timeline_points: int = 240, layers: int | None = None
-) -> tuple[TrackedStep, list[str]]:
-    """Predict one training step of ``spec`` (its method, model, shape and dtype) with no weights;
-    ``layers``: the model's config with that many hidden layers (``velora_core.bench.step_prediction``).
+def fake_steps(
+    spec: RunSpec, timeline_points: int = 240, track_first: bool = True, layers: int | None = None
+) -> PredictedSteps:
+    """Predict a steady training step of ``spec`` (its method, model, shape, dtype, autocast and
+    ``grad_accum``) with no weights: two fake steps through the trainer's own step code
+    (:class:`~velora_core.bench.step.TrainingStep`), the second tracked, so that the optimizer state the
+    first step creates is held through its forward and backward, as in every step of a long run
+    (docs/architecture.md, "The steady step"). ``layers``: the model's config with that many hidden
+    layers (``velora_core.bench.step_prediction``); the steady step's allocations are labelled by the
+    layer that makes them (``velora_core.memory.layer_log``).
 
-    Returns:
-        What :class:`MemoryTracker` saw, and notes on anything counted differently.
     Raises:
         ValueError: the method cannot be built for this model (from the method code).
     """
     from velora_core.bench.engine import model_source
-    from velora_core.bench.trainer import Trainer
     from velora_core.methods.registry import prepare_model
 
     meta = torch.device("meta")
@@ -162,22 +169,30 @@ def fake_step(
     model.train()
     vocab = model.get_input_embeddings().num_embeddings
     shape = (spec.micro_batch, spec.seq_len)
-    with mode:
-        trainer = Trainer(spec, prepared, torch.device("cpu"), None)
-        tracker = MemoryTracker(model, trainer.optimizer, timeline_points)
-        # The steps of Trainer.train's first (measured) step, each allocation labelled with its layer.
-        with (
-            tracker,
-            layer_tags(model, tracker, trainer.optimizer, getattr(source.config, "num_hidden_layers", 0)),
-        ):
+    if spec.autocast == "fp16":
+        notes.append(SCALER_NOTE)
+
+    def batches():
+        while True:
             ids = torch.randint(3, vocab, shape)
-            batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone()}
-            with _forward_hooks(prepared, tracker):
-                loss = model(**batch).loss
-            tracker.set_phase("backward")
-            (loss / spec.grad_accum).backward()
-            tracker.set_phase("optimizer")
-            if spec.optimizer.max_grad_norm is not None:
-                torch.nn.utils.clip_grad_norm_(trainer.params, spec.optimizer.max_grad_norm)
-            trainer.optimizer.step()
-    return tracker.result(), [*notes, DEVICE_NOTE]
+            yield {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone()}
+
+    # Built outside the fake mode: bitsandbytes' 8-bit optimizers build their quantisation maps from
+    # Python numbers (real tensors, as on a real run, and counted the same).
+    step = TrainingStep(spec, prepared, torch.device("cpu"), scale_loss=False)
+    with mode:
+        fake_batches = batches()
+        first = MemoryTracker(model, step.optimizer, timeline_points) if track_first else None
+        step.run(fake_batches, first)
+        steady = MemoryTracker(model, step.optimizer, timeline_points)
+        with layer_tags(model, steady, step.optimizer, getattr(source.config, "num_hidden_layers", 0)):
+            step.run(fake_batches, steady)
+    return PredictedSteps(steady.result(), first.result() if first else None, [*notes, DEVICE_NOTE])
+
+
+def fake_step(
+    spec: RunSpec, timeline_points: int = 240, layers: int | None = None
+) -> tuple[TrackedStep, list[str]]:
+    """The steady step of :func:`fake_steps` (step 1 untracked), with its notes."""
+    predicted = fake_steps(spec, timeline_points, track_first=False, layers=layers)
+    return predicted.steady, predicted.notes

@@ -45,6 +45,7 @@ class StepPrediction:
         allocator_peak_allocated: the allocator's peak allocated, counted in whole blocks.
         traced_layers: the layer counts traced (empty: the whole model).
         notes: what was counted differently.
+        first_peak_bytes: step 1's peak allocated (no optimizer state yet), a named extra.
     """
 
     peak_bytes: int
@@ -55,6 +56,7 @@ class StepPrediction:
     allocator_peak_allocated: int
     traced_layers: list[int] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    first_peak_bytes: int | None = None
 
 
 def config_with_layers(config: Any, layers: int) -> Any:
@@ -91,9 +93,10 @@ def repeated_layers(spec: RunSpec, config: Any) -> int | None:
 def _traced(
     spec: RunSpec, layers: int | None, workspace_bytes: int, expandable_segments: bool
 ) -> tuple[StepPrediction, AllocationLog]:
-    from velora_core.bench.fit_prediction import fake_step
+    from velora_core.bench.fit_prediction import fake_steps
 
-    step, notes = fake_step(spec, timeline_points=2, layers=layers)
+    steps = fake_steps(spec, timeline_points=2, layers=layers)
+    step, notes = steps.steady, steps.notes
     stats = replay_run(step.log, workspace_bytes, expandable_segments)
     prediction = StepPrediction(
         peak_bytes=step.peak_bytes,
@@ -104,6 +107,7 @@ def _traced(
         allocator_peak_allocated=stats.peak_allocated,
         traced_layers=[] if layers is None else [layers],
         notes=notes,
+        first_peak_bytes=None if steps.first is None else steps.first.peak_bytes,
     )
     return prediction, step.log
 
@@ -128,6 +132,9 @@ def extrapolate(
         reserved_bytes=reserved.reserved_bytes,
         allocator_peak_allocated=reserved.allocator_peak_allocated,
         traced_layers=[a, b],
+        first_peak_bytes=None
+        if low.first_peak_bytes is None or high.first_peak_bytes is None
+        else line(low.first_peak_bytes, high.first_peak_bytes),
         notes=[
             *high.notes,
             f"traced with {a} and {b} layers and extended along the line to {layers} (identical layers)",

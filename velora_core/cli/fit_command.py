@@ -30,6 +30,7 @@ def add_fit_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--micro-batch", type=int, help="default 8")
     parser.add_argument("--seq-len", type=int, help="default 512")
     parser.add_argument("--dtype", help="fp32, bf16 or fp16 (default bf16)")
+    parser.add_argument("--autocast", help="mixed precision on fp32 weights: bf16 or fp16 (default: none)")
     parser.add_argument(
         "--spec", metavar="FILE", help="a RunSpec or ComparisonSpec (YAML or JSON) to predict"
     )
@@ -91,6 +92,7 @@ def request_from_args(args: argparse.Namespace) -> FitRequest:
             "micro_batch": args.micro_batch,
             "seq_len": args.seq_len,
             "dtype": args.dtype,
+            "autocast": args.autocast,
         }
         fields: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
         if args.spec is not None:

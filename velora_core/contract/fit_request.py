@@ -2,7 +2,7 @@
 
 ``velora-bench fit`` and ``POST /api/v1/fit`` take a :class:`FitRequest` — a model and methods with
 the step's shape, or a whole RunSpec / ComparisonSpec (``spec``), as ``run`` would run it — and
-answer with one :class:`FitEstimate` per method: the step's peak *allocated* bytes predicted under
+answer with one :class:`FitEstimate` per method: a steady step's peak *allocated* bytes predicted under
 ``FakeTensorMode`` (``velora_core.bench.fit_prediction``), by component; the caching allocator's
 peak *reserved* bytes over the run (``velora_core.memory.reserved``); the CUDA context
 (``velora_core.contract.cards``); and with a card size whether reserved + context fits and the
@@ -14,14 +14,30 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    model_serializer,
+    model_validator,
+)
 
 from velora_core.contract.cards import CARD_FAMILIES, DEFAULT_CARD_FAMILY, MIB, CardFamilyName
 from velora_core.contract.errors import validation_message
 from velora_core.contract.method_parts import canonical_methods
 from velora_core.contract.presets.model_shapes import MODEL_PRESETS
 from velora_core.contract.result import PEAK_COMPONENTS, ComponentBytes
-from velora_core.contract.spec import MAX_MICRO_BATCH, MAX_NAME_LENGTH, Dtype, RunSpec, read_spec
+from velora_core.contract.spec import (
+    MAX_MICRO_BATCH,
+    MAX_NAME_LENGTH,
+    Autocast,
+    Dtype,
+    RunSpec,
+    check_precision,
+    read_spec,
+)
 
 GIB = 1024**3
 #: A fit request's bounds: a fake step costs CPU time that grows with the micro-batch and the layers.
@@ -34,7 +50,7 @@ MAX_SEARCHED_MICRO_BATCH = MAX_MICRO_BATCH
 #: Workloads whose step fit predicts (a causal language model's training step).
 FIT_WORKLOADS = ("pretrain", "finetune")
 #: The fields that describe the run when no ``spec`` is given.
-_SHAPE_FIELDS = {"model", "methods", "method_configs", "micro_batch", "seq_len", "dtype"}
+_SHAPE_FIELDS = {"model", "methods", "method_configs", "micro_batch", "seq_len", "dtype", "autocast"}
 
 
 def model_spec(name: str, allow_local: bool = True) -> dict[str, Any]:
@@ -79,7 +95,8 @@ class FitRequest(BaseModel):
         methods: the training methods to predict, each once.
         method_configs: settings per method (as in a ComparisonSpec).
         micro_batch, seq_len, dtype: the step's shape and the weights' dtype.
-        spec: instead of the five above, a whole RunSpec or ComparisonSpec (as ``velora-bench run``
+        autocast: mixed precision (``bf16`` or ``fp16`` on fp32 weights), as a RunSpec's ``autocast``.
+        spec: instead of the six above, a whole RunSpec or ComparisonSpec (as ``velora-bench run``
             reads it): every setting of the run (LoRA rank and targets, VeLoRA groups, GaLore rank,
             ``grad_accum``, the optimizer, gradient clipping, precision) is predicted as it would run.
         gpu_gib: the card's memory in GiB (2³⁰ bytes); with it, ``fits`` and ``max_micro_batch``.
@@ -98,6 +115,7 @@ class FitRequest(BaseModel):
     micro_batch: int = Field(default=8, ge=1, le=MAX_FIT_MICRO_BATCH)
     seq_len: int = Field(default=512, ge=8, le=MAX_FIT_SEQ_LEN)
     dtype: Dtype = "bf16"
+    autocast: Autocast | None = None
     spec: dict[str, Any] | None = None
     gpu_gib: float | None = Field(default=None, gt=0, le=MAX_GPU_GIB)
     card_family: CardFamilyName = DEFAULT_CARD_FAMILY
@@ -126,6 +144,7 @@ class FitRequest(BaseModel):
             raise ValueError("give model and methods (with micro_batch, seq_len, dtype), or a spec")
         # Composed names (base + techniques) in their one canonical spelling, as a spec stores them.
         self.methods, self.method_configs = canonical_methods(self.methods, self.method_configs)
+        check_precision(self.dtype, self.autocast, memory_only=True)
         stray = sorted(set(self.method_configs) - set(self.methods))
         if stray:
             raise ValueError(f"method_configs names methods not in the request: {stray}")
@@ -153,6 +172,7 @@ class FitRequest(BaseModel):
                 "micro_batch": self.micro_batch,
                 "steps": 1,
                 "dtype": self.dtype,
+                **({"autocast": self.autocast} if self.autocast else {}),
                 "device": "cpu",
                 "eval": {"metric": "none"},
                 "save_artifact": False,
@@ -162,6 +182,13 @@ class FitRequest(BaseModel):
             except ValidationError as exc:
                 raise ValueError(f"method {method!r}: {validation_message(exc, whole=None)}") from None
         return out
+
+    @model_serializer(mode="wrap")
+    def _omit_unset_autocast(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data = handler(self)  # a request without autocast reads back as it did before the field
+        if data.get("autocast", "") is None:
+            data.pop("autocast")
+        return data
 
     @property
     def gpu_bytes(self) -> int | None:
@@ -176,7 +203,8 @@ class FitRequest(BaseModel):
 
 
 class FitEstimate(ComponentBytes):
-    """One method's predicted step: the peak allocated bytes and their phase, the bytes at the peak
+    """One method's predicted steady step (``tracked_step``; step 1's peak, with no optimizer state
+    yet, in ``first_step_peak_bytes``): the peak allocated bytes and their phase, the bytes at the peak
     by component (:data:`~velora_core.contract.result.PEAK_COMPONENTS`, they add up to
     ``peak_bytes``), the allocator's peak reserved bytes over the run and the CUDA context; with a
     card size, ``fits`` (reserved + context within the card) and ``max_micro_batch`` (None: even 1
@@ -186,8 +214,11 @@ class FitEstimate(ComponentBytes):
     micro_batch: int
     seq_len: int
     dtype: str
+    autocast: str | None = None
     peak_bytes: int
     peak_phase: str
+    tracked_step: str = "steady"
+    first_step_peak_bytes: int | None = None
     reserved_bytes: int = 0
     context_bytes: int = 0
     traced_layers: list[int] = Field(default_factory=list)

@@ -15,6 +15,9 @@ What a storage *is* is decided by identity, as the step goes:
 - ``optimizer``: the optimizer's state tensors (GaLore's projection matrices too), read after the
   step (and at the start);
 - ``activations``: tensors autograd saves for backward (``torch.autograd.graph.saved_tensors_hooks``);
+- ``autocast_copies``: a weight cast to another dtype (``aten._to_copy`` of a ``weights`` or
+  ``trainable`` storage: what ``torch.autocast`` makes of each weight a lower-precision op uses),
+  kept as such when backward saves it;
 - ``temporary``: everything else.
 
 Allocations and frees are logged in order with an allocation id; a storage's category is only known
@@ -42,9 +45,11 @@ from torch.utils._pytree import tree_leaves
 from velora_core.contract.result import PEAK_COMPONENTS, PHASES
 from velora_core.memory.tensor_bytes import optimizer_state_tensors, quant_state_tensors
 
-WEIGHTS, TRAINABLE, GRADIENTS, OPTIMIZER, ACTIVATIONS, TEMPORARY = PEAK_COMPONENTS
+WEIGHTS, TRAINABLE, GRADIENTS, OPTIMIZER, ACTIVATIONS, AUTOCAST_COPIES, TEMPORARY = PEAK_COMPONENTS
 #: Categories a later classification may replace; the others are fixed once known.
 _REPLACEABLE = {TEMPORARY, ACTIVATIONS}
+#: The operator a dtype cast runs as (autocast's casts of the weights among them).
+_TO_COPY = torch.ops.aten._to_copy.default
 
 
 @dataclass
@@ -228,11 +233,17 @@ class MemoryTracker(TorchDispatchMode):
             for value in state.values():
                 yield from optimizer_state_tensors(value)
 
+    def _is_weight(self, t: Any) -> bool:
+        storage = self._storage(t) if isinstance(t, torch.Tensor) else None
+        alloc = None if storage is None else self._live.get(storage._cdata)
+        return alloc is not None and self._category[alloc] in (WEIGHTS, TRAINABLE)
+
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
+        category = AUTOCAST_COPIES if func is _TO_COPY and args and self._is_weight(args[0]) else TEMPORARY
         before = len(self._size)
         made = [
-            (index, self._allocation_of(storage, TEMPORARY))
+            (index, self._allocation_of(storage, category))
             for index, t in enumerate(tree_leaves(out))
             if isinstance(t, torch.Tensor) and (storage := self._storage(t)) is not None
         ]

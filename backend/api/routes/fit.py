@@ -1,8 +1,8 @@
 """``/fit``: "will it fit?" — each method's predicted memory (allocated, the caching allocator's reserved
 bytes and the CUDA context, against the card) for a model and shape or a whole RunSpec / ComparisonSpec.
 
-The prediction runs training steps under ``FakeTensorMode`` (``velora_core.bench.fit_estimate``), which needs
-torch; the API process never imports torch, so it runs ``python -m velora_core.bench.fit_estimate --json
+The prediction runs two training steps (the second, a steady one, tracked) under ``FakeTensorMode``
+(``velora_core.bench.fit_estimate``), which needs torch; the API process never imports torch, so it runs ``python -m velora_core.bench.fit_estimate --json
 --request -`` in a subprocess, the request on its standard input: one at a time (a second request while one runs gets a 503 at once, not a queue), killed
 after ``VELORA_FIT_TIMEOUT_S`` (a 504), with a request bounded by ``FitRequest``'s fields. A
 subprocess, not a worker task: the answer is wanted now, by the person at the form, and the GPU
