@@ -69,6 +69,8 @@ def largest_micro_batch(
             steps[size] = step_at(size)
         return steps[size].reserved_bytes
 
+    if first.reserved_bytes > budget and micro_batch > 1 and at(1) > budget:
+        return None, []  # not even one sequence: no line needed
     at(2 * micro_batch)
     cap = MAX_SEARCHED_MICRO_BATCH
     guess = _first_guess(first, steps[2 * micro_batch], micro_batch, budget)
