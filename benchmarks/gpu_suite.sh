@@ -3,7 +3,7 @@
 #   1. benchmarks/layer_speed.py: VeLoRA's layer against F.linear and peft's, LLaMA-7B's GPU shapes;
 #   2. benchmarks/step_speed.py's GPU shapes, where that benchmark exists;
 #   3. memory at two shapes, all six methods, bf16 (memory-7b: LLaMA-7B's shape at 8x512 tokens, and
-#      llama-1b's shape at 8x1024): a real run's tracked step, torch.cuda.max_memory_allocated and
+#      Llama-3.2-3B's at 4x768, peft's MetaMathQA shape, docs/memory-references.md): a real run's tracked step, torch.cuda.max_memory_allocated and
 #      max_memory_reserved and the CUDA context (used less reserved) beside velora-bench fit's
 #      allocated and reserved predictions for this card's family (benchmarks/memory_vs_fit.py).
 # Each writes JSON naming the card into benchmarks/results/ (or --out), and this script a summary.
@@ -37,7 +37,7 @@ if [[ -z "$OUT" ]]; then
   if [[ $SKIP_CUDA == 1 || $DRY_RUN == 1 ]]; then OUT="$(mktemp -d)"; else OUT="benchmarks/results"; fi
 fi
 # The memory step's two shapes: memory_vs_fit.py arguments after --preset memory-7b.
-SHAPES=("--model llama-7b --seq-len 512 --micro-batch 8" "--model llama-1b --seq-len 1024 --micro-batch 8")
+SHAPES=("--model llama-7b --seq-len 512 --micro-batch 8" "--model llama-3.2-3b --seq-len 768 --micro-batch 4")
 mkdir -p "$OUT"
 
 if [[ -n "$WHEELS" ]]; then

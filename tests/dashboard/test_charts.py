@@ -158,6 +158,7 @@ def test_fit_figure_stacks_each_methods_peak_against_the_card() -> None:
             "gradients": 0,
             "optimizer": 0,
             "activations": 15 * gib,
+            "autocast_copies": 0,
             "temporary": gib,
             "gpu_bytes": 24 * gib,
             "fits": False,
