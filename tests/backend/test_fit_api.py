@@ -41,12 +41,13 @@ def test_bad_fit_requests_are_422(client: TestClient, auth: dict, change, loc, w
 
 
 def test_the_fit_subprocess_is_given_autocast_only_when_set(backend_kind: str) -> None:
-    from backend.api.routes.fit import fit_command
+    import json
+
+    from backend.api.routes.fit import fit_input
     from velora_core.contract.fit_request import FitRequest
 
-    assert "--autocast" not in fit_command(FitRequest(**TINY))
-    command = fit_command(FitRequest(**{**TINY, "autocast": "bf16"}))
-    assert command[command.index("--autocast") + 1] == "bf16"
+    assert "autocast" not in json.loads(fit_input(FitRequest(**TINY)))
+    assert json.loads(fit_input(FitRequest(**{**TINY, "autocast": "bf16"})))["autocast"] == "bf16"
 
 
 def test_fit_needs_a_token(client: TestClient) -> None:

@@ -42,6 +42,12 @@ def fit_command() -> list[str]:
     return [sys.executable, "-m", "velora_core.bench.fit_estimate", "--json", "--no-local", "--request", "-"]
 
 
+def fit_input(request: FitRequest) -> bytes:
+    """What the subprocess reads on standard input: the request's JSON, the fields the client set
+    (so a spec and the shape fields are never both present, and an unset autocast stays unset)."""
+    return request.model_dump_json(exclude_unset=True).encode()
+
+
 def _check_models(body: FitRequest) -> None:
     """Every model the request names is a preset or a hub id (a path on this server is refused)."""
     if body.model is not None and body.model not in MODEL_PRESETS:
@@ -87,9 +93,8 @@ async def predict_fit(
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
         )
-        request = body.model_dump_json(exclude_unset=True).encode()
         try:
-            out, err = await asyncio.wait_for(process.communicate(request), settings.fit_timeout_s)
+            out, err = await asyncio.wait_for(process.communicate(fit_input(body)), settings.fit_timeout_s)
         except TimeoutError:
             process.kill()
             await process.wait()
