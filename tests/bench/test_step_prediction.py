@@ -6,7 +6,7 @@ import pytest
 
 from velora_core.bench.step_prediction import TRACED_LAYERS, _traced, predict_step, repeated_layers
 from velora_core.contract.fit_request import FitRequest, fit_run
-from velora_core.contract.method_parts import NAMED_METHODS
+from velora_core.contract.method_settings import NAMED_METHODS
 from velora_core.contract.presets import model_shapes
 from velora_core.contract.presets.model_shapes import ModelPreset
 

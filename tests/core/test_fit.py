@@ -13,7 +13,7 @@ from velora_core.bench.step_prediction import predict_step
 from velora_core.cli.main import main
 from velora_core.contract.cards import CARD_FAMILIES
 from velora_core.contract.fit_request import GIB, FitEstimate, FitRequest, fit_run
-from velora_core.contract.method_parts import NAMED_METHODS as METHODS
+from velora_core.contract.method_settings import NAMED_METHODS as METHODS
 from velora_core.contract.result import PEAK_COMPONENTS
 
 SHAPE = {"micro_batch": 2, "seq_len": 32}
