@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from enum import StrEnum
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, Field
 
@@ -128,8 +128,21 @@ MEMORY_COMPONENTS = (
 )
 
 
-#: What the memory tracker attributes every live byte of a step to (``MemoryReport.peak_components``).
-PEAK_COMPONENTS = ("weights", "trainable", "gradients", "optimizer", "activations", "temporary")
+#: What the memory tracker attributes every live byte of a step to (``MemoryReport.peak_components``);
+#: ``autocast_copies``: the lower-precision copies ``torch.autocast`` makes of the weights (held while
+#: the forward caches them and, where backward needs them, until backward frees them).
+PEAK_COMPONENTS = (
+    "weights",
+    "trainable",
+    "gradients",
+    "optimizer",
+    "activations",
+    "autocast_copies",
+    "temporary",
+)
+#: The step a memory report holds: the first (no optimizer state yet; every result before the steady
+#: step) or a steady one (optimizer state, accumulated gradients: everything a long run holds).
+TRACKED_STEPS = ("first", "steady")
 #: The phases of a training step, in order (``MemoryReport.peak_phase``, the timeline's ``phase``).
 PHASES = ("forward", "backward", "optimizer")
 
@@ -180,6 +193,7 @@ class ComponentBytes(BaseModel):
     gradients: int = 0
     optimizer: int = 0
     activations: int = 0
+    autocast_copies: int = 0
     temporary: int = 0
 
 
@@ -210,6 +224,14 @@ class MemoryReport(BaseModel):
     subsampled. CUDA's allocator in fields of its own: ``cuda_reserved_bytes``
     (``max_memory_reserved``) and ``allocator_gap_bytes`` (reserved minus the tracker's peak: what the
     caching allocator adds, which nvidia-smi shows). All default to empty, so older results validate.
+
+    Which step (docs/architecture.md, "The steady step"): ``tracked_step`` is ``steady`` when the
+    step measured is one in which the optimizer state and everything else a long run holds exist
+    (step 2; a run of one step takes ``warmup_steps`` = 1 untimed warm-up step first, whose update is
+    real: its model has been updated twice), ``first`` for older results, which measured step 1
+    (no optimizer state yet). ``first_step_peak_bytes``: the tracker's peak of step 1, an extra beside
+    the headline. On CUDA, ``run_peak_allocated_bytes`` / ``run_peak_reserved_bytes``: the allocator's
+    peaks over the whole training loop (``peak_bytes`` and ``cuda_reserved_bytes`` are the tracked step's).
     """
 
     weight_bytes: int = 0
@@ -231,6 +253,11 @@ class MemoryReport(BaseModel):
     timeline: list[MemoryPoint] = Field(default_factory=list)
     cuda_reserved_bytes: int | None = None
     allocator_gap_bytes: int | None = None
+    tracked_step: Literal[TRACKED_STEPS] = TRACKED_STEPS[0]
+    first_step_peak_bytes: int | None = None
+    warmup_steps: int = 0
+    run_peak_allocated_bytes: int | None = None
+    run_peak_reserved_bytes: int | None = None
 
     @property
     def total_bytes(self) -> int:

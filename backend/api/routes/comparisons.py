@@ -148,6 +148,8 @@ def _summary_row(run: Run, full_totals: dict[int, int | float | None]) -> Summar
             "peak_bytes": memory.get("peak_bytes"),
             "measured_peak_bytes": memory.get("measured_peak_bytes"),
             "peak_phase": memory.get("peak_phase"),
+            # A stored result from before the steady step measured the first (MemoryReport's default).
+            "tracked_step": (memory.get("tracked_step") or "first") if memory else None,
             "temporary_bytes": memory.get("temporary_bytes"),
             "predicted_activation_bytes": memory.get("predicted_activation_bytes"),
             "velora_measured_bytes": memory.get("velora_measured_bytes"),
