@@ -43,6 +43,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from velora_core.bench.step import TrainingStep
 from velora_core.cli.fit_command import add_fit_arguments, request_from_args
 from velora_core.contract.errors import validation_message
+from velora_core.contract.exit_codes import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK
 from velora_core.contract.fit_request import MAX_SEARCHED_MICRO_BATCH, FitEstimate, FitRequest
 from velora_core.contract.presets.model_shapes import MODEL_PRESETS
 from velora_core.contract.result import PHASES
@@ -353,13 +354,13 @@ def run(args: argparse.Namespace) -> int:
         rows = estimate(request_from_args(args), allow_local=not args.no_local)
     except (ValueError, OSError) as exc:
         print(f"velora-bench fit: error: {' '.join(str(exc).split())}", file=sys.stderr)  # one line
-        return 2
+        return EXIT_BAD_INPUT
     except Exception as exc:  # a method the fake step cannot run: say which error, in one line
         words = " ".join(str(exc).split())[:500]
         print(f"velora-bench fit: the fake step failed: {type(exc).__name__}: {words}", file=sys.stderr)
-        return 1
+        return EXIT_FAILED
     print_estimates(rows, args.json)
-    return 0
+    return EXIT_OK
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -20,9 +20,10 @@ from fastapi import APIRouter, HTTPException
 from pydantic import ValidationError
 
 from backend.api.deps import SettingsDep, WriteAccess
-from backend.api.docs import error_responses
+from backend.api.docs import FIT_RULES, add_rules, error_responses
 from backend.api.schemas import FitPublic
 from backend.api.validation import JsonContent, invalid
+from velora_core.contract.exit_codes import EXIT_BAD_INPUT, EXIT_OK
 from velora_core.contract.fit_request import FitEstimate, FitRequest
 from velora_core.contract.presets.model_shapes import MODEL_PRESETS
 from velora_core.contract.spec import check_hub_id
@@ -31,8 +32,6 @@ router = APIRouter(prefix="/fit", tags=["fit"], responses=error_responses(401, 5
 
 #: One prediction at a time per API process: each takes a CPU core for up to the time limit.
 _running = asyncio.Lock()
-#: Exit code of ``velora_core.bench.fit_prediction`` for bad input (the model or a method cannot be built).
-EXIT_BAD_INPUT = 2
 
 
 def fit_command(request: FitRequest) -> list[str]:
@@ -97,7 +96,7 @@ async def predict_fit(
     if process.returncode == EXIT_BAD_INPUT:
         line = message[-1] if message else "bad input"
         raise invalid(("body",), line.removeprefix("velora-bench fit: error: "))
-    if process.returncode != 0:
+    if process.returncode != EXIT_OK:
         raise HTTPException(
             503, detail=f"The prediction failed (exit code {process.returncode}): {(message or ['?'])[-1]}"
         )
@@ -106,3 +105,6 @@ async def predict_fit(
     except (ValueError, ValidationError) as exc:
         raise HTTPException(503, detail=f"The prediction's output could not be read: {exc}") from None
     return FitPublic(request=body, estimates=estimates, seconds=round(time.perf_counter() - start, 2))
+
+
+add_rules(router, predict_fit, FIT_RULES)
