@@ -9,7 +9,7 @@ from collections.abc import Callable
 import torch
 
 from velora_core.bench.step import FIRST_STEP, STEADY_STEP, TrainingStep
-from velora_core.contract.result import LossPoint, MemoryReport, ProgressEvent
+from velora_core.contract.result import LossPoint, MemoryReport, ProgressEvent, TrackedStep
 from velora_core.contract.spec import RunSpec
 from velora_core.memory.report import step_report
 from velora_core.memory.saved_tensors import SavedTensorMeter
@@ -130,7 +130,9 @@ class Trainer:
                     self._run_peaks if self.device.type == "cuda" else (None, None)
                 )
 
-    def _one_step(self, batches, step: int, kind: str | None) -> tuple[float, int, MemoryReport | None]:
+    def _one_step(
+        self, batches, step: int, kind: TrackedStep | None
+    ) -> tuple[float, int, MemoryReport | None]:
         """One optimizer step: its mean loss, its tokens, and the memory report when ``kind`` names
         the tracked step it is (``first`` or ``steady``; padded to ``seq_len``)."""
         spec = self.spec
@@ -168,7 +170,7 @@ class Trainer:
                 tracker.__exit__(None, None, None)
         self.step.clear()
         report = None
-        if kind:
+        if kind is not None and meter is not None and tracker is not None:
             report = step_report(self.model, meter, grad_bytes, self.optimizer, self.device, tracker.result())
             report.tracked_step = kind
         return sum(loss.item() for loss in losses) / spec.grad_accum, step_tokens, report
@@ -183,13 +185,15 @@ class Trainer:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
-        first = None
+        first: MemoryReport | None = None
         warmup = 1 if total_steps == 1 else 0
         if warmup:  # untimed, unlogged; its update is real (MemoryReport.warmup_steps)
             first = self._one_step(batches, 0, FIRST_STEP)[2]
         steady_step = 2 - warmup
         for step in range(1, total_steps + 1):
-            kind = STEADY_STEP if step == steady_step else FIRST_STEP if step == 1 else None
+            kind: TrackedStep | None = (
+                STEADY_STEP if step == steady_step else FIRST_STEP if step == 1 else None
+            )
             self._sync()
             start = time.perf_counter()
             loss_value, step_tokens, report = self._one_step(batches, step, kind)
@@ -197,9 +201,9 @@ class Trainer:
             scheduler.step()
             self._sync()
             elapsed = time.perf_counter() - start
-            if kind == FIRST_STEP:
+            if report is not None and kind == FIRST_STEP:
                 first = self.memory = report  # the headline only if the run stops before step 2
-            elif kind == STEADY_STEP:
+            elif report is not None and first is not None:
                 self.memory = report.model_copy(
                     update={"first_step_peak_bytes": first.measured_peak_bytes, "warmup_steps": warmup}
                 )

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from enum import StrEnum
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar, get_args
 
 from pydantic import BaseModel, Field
 
@@ -142,7 +142,8 @@ PEAK_COMPONENTS = (
 )
 #: The step a memory report holds: the first (no optimizer state yet; every result before the steady
 #: step) or a steady one (optimizer state, accumulated gradients: everything a long run holds).
-TRACKED_STEPS = ("first", "steady")
+TrackedStep = Literal["first", "steady"]
+TRACKED_STEPS: tuple[TrackedStep, TrackedStep] = get_args(TrackedStep)
 #: The phases of a training step, in order (``MemoryReport.peak_phase``, the timeline's ``phase``).
 PHASES = ("forward", "backward", "optimizer")
 
@@ -253,7 +254,7 @@ class MemoryReport(BaseModel):
     timeline: list[MemoryPoint] = Field(default_factory=list)
     cuda_reserved_bytes: int | None = None
     allocator_gap_bytes: int | None = None
-    tracked_step: Literal[TRACKED_STEPS] = TRACKED_STEPS[0]
+    tracked_step: TrackedStep = "first"
     first_step_peak_bytes: int | None = None
     warmup_steps: int = 0
     run_peak_allocated_bytes: int | None = None
