@@ -212,6 +212,7 @@ PEAK_COMPONENT_STYLE = dict(
             ("Gradients", "#f58518"),
             ("Optimizer state", "#ffbf79"),
             ("Saved activations", "#54a24b"),
+            ("Autocast weight copies", "#b279a2"),
             ("Temporaries", "#bab0ac"),
         ],
         strict=True,
@@ -220,7 +221,7 @@ PEAK_COMPONENT_STYLE = dict(
 
 
 def timeline_figure(timeline: Sequence[dict[str, Any]]) -> go.Figure:
-    """A run's first training step, live bytes by category over its allocations (stacked areas), with
+    """A run's tracked training step (steady; the first in older results), live bytes by category over its allocations (stacked areas), with
     the forward, backward and optimizer phases shaded and named."""
     events = [p["event"] for p in timeline]
     tallest = max((sum(p.get(c, 0) for c in PEAK_COMPONENTS) for p in timeline), default=0)
@@ -251,7 +252,7 @@ def timeline_figure(timeline: Sequence[dict[str, Any]]) -> go.Figure:
             )
             start = index + 1
     fig.update_layout(yaxis_title=unit, xaxis_title="allocations and frees in the step")
-    return _layout(fig, "Memory over the first training step, by category")
+    return _layout(fig, "Memory over the tracked training step, by category")
 
 
 def fit_figure(estimates: Sequence[dict[str, Any]], gpu_bytes: float | None = None) -> go.Figure:
@@ -278,4 +279,4 @@ def fit_figure(estimates: Sequence[dict[str, Any]], gpu_bytes: float | None = No
         )
     fig.update_layout(barmode="stack", yaxis_title=unit, xaxis_title=None)
     fig.update_yaxes(range=[0, tallest / scale * 1.15 if tallest else 1])
-    return _layout(fig, "Predicted peak memory of one training step, by category")
+    return _layout(fig, "Predicted peak memory of a steady training step, by category")

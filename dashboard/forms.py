@@ -37,6 +37,15 @@ class LaunchRequest:
 # --- small helpers --------------------------------------------------------------------------------
 
 
+#: The mixed-precision choice (RunSpec.autocast), beside dtype: needs dtype fp32; the API says why not.
+AUTOCAST_SELECT = {
+    "label": "Autocast",
+    "options": [None, "bf16", "fp16"],
+    "format_func": lambda v: v or "none",
+    "help": "Mixed precision: the forward under torch.autocast, weights in dtype (fp32); fp16 adds a GradScaler",
+}
+
+
 def parse_seeds(text: str, max_seeds: int = 16) -> list[int]:
     """``"0, 1 2"`` -> ``[0, 1, 2]``.
 
@@ -289,6 +298,7 @@ def spec_form(presets: dict[str, Any]) -> LaunchRequest:
     seq_len = c3.number_input("Sequence length", 8, seq_limit, min(128, seq_limit), key="spec.seq_len")
     lr = c4.number_input("Learning rate", 1e-7, 10.0, 2e-3, format="%g", key="spec.lr")
     dtype = c5.selectbox("dtype", ["fp32", "bf16", "fp16"], key="spec.dtype")
+    autocast = c5.selectbox(**AUTOCAST_SELECT, key="spec.autocast")
     device = c6.selectbox("Device", ["auto", "cpu", "cuda"], key="spec.device")
     c1, c2 = st.columns([2, 1])
     methods = method_picker(presets, "spec.methods", "Methods", list(presets["methods"]), c1)
@@ -320,6 +330,7 @@ def spec_form(presets: dict[str, Any]) -> LaunchRequest:
         "steps": int(steps),
         "optimizer": {"lr": float(lr), "warmup_steps": max(1, int(steps) // 10)},
         "dtype": dtype,
+        **({"autocast": autocast} if autocast else {}),
         "device": device,
         "eval": {"metric": metric, "max_examples": int(eval_examples)},
     }
@@ -373,6 +384,7 @@ def fit_form(presets: dict[str, Any]) -> LaunchRequest:
     seq_len = c1.number_input("Sequence length", 8, seq_limit, min(512, seq_limit), key="fit.seq_len")
     micro_batch = c2.number_input("Batch", 1, limits["max_micro_batch"], 8, key="fit.micro_batch")
     dtype = c3.selectbox("dtype", ["bf16", "fp16", "fp32"], key="fit.dtype")
+    autocast = c3.selectbox(**AUTOCAST_SELECT, key="fit.autocast")
     device = c4.selectbox("Device", ["auto", "cuda", "cpu"], key="fit.device")
     methods = method_picker(presets, "fit.methods", "Methods", list(presets["methods"]))
     method_configs = {}
@@ -392,6 +404,7 @@ def fit_form(presets: dict[str, Any]) -> LaunchRequest:
             "micro_batch": int(micro_batch),
             "steps": 2,
             "dtype": dtype,
+            **({"autocast": autocast} if autocast else {}),
             "device": device,
             "save_artifact": False,
             "eval": {"metric": "none"},

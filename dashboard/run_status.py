@@ -9,16 +9,16 @@ from typing import Any
 
 from dashboard.formatting import METRIC_LABELS, duration_words
 from velora_core.contract.plan import ROLE_BASE
-from velora_core.contract.result import ACTIVE_STATUSES, ComparisonStatus
+from velora_core.contract.result import ACTIVE_STATUSES, ComparisonStatus, RunStatus
 
 STATUS_WORDS = {
-    "waiting": "Waiting for its base model",
-    "queued": "Waiting for a worker",
-    "running": "Running",
-    "completed": "Completed",
-    "failed": "Failed",
-    "out_of_memory": "Out of memory",
-    "cancelled": "Cancelled",
+    RunStatus.WAITING: "Waiting for its base model",
+    RunStatus.QUEUED: "Waiting for a worker",
+    RunStatus.RUNNING: "Running",
+    RunStatus.COMPLETED: "Completed",
+    RunStatus.FAILED: "Failed",
+    RunStatus.OUT_OF_MEMORY: "Out of memory",
+    RunStatus.CANCELLED: "Cancelled",
 }
 
 COMPARISON_STATUS_WORDS = {
@@ -36,7 +36,7 @@ def comparison_status_words(comparison: dict[str, Any]) -> str:
     status = comparison["status"]
     words = COMPARISON_STATUS_WORDS.get(status, status)
     if status in (ComparisonStatus.PARTIAL, ComparisonStatus.FAILED):
-        completed = comparison["status_counts"].get("completed", 0)
+        completed = comparison["status_counts"].get(RunStatus.COMPLETED, 0)
         words += f": {completed} of {sum(comparison['status_counts'].values())} runs completed"
     return words
 
@@ -58,7 +58,7 @@ def progress_fraction(run: dict[str, Any]) -> float:
 
 def eta_seconds(run: dict[str, Any], now: datetime | None = None) -> float | None:
     """Seconds until a running run finishes training, from its pace so far; None if unknown."""
-    if run["status"] != "running":
+    if run["status"] != RunStatus.RUNNING:
         return None
     total, step = run.get("total_steps") or 0, run.get("step") or 0
     started = _parse_time(run.get("started_at"))
@@ -72,19 +72,21 @@ def status_words(run: dict[str, Any]) -> str:
     """A run's state as a person would say it, with its error when it has one."""
     status = run["status"]
     words = STATUS_WORDS.get(status, status)
-    if status == "running":
+    if status == RunStatus.RUNNING:
         phase = run.get("phase") or "starting"
         total = run.get("total_steps") or 0
         words = (
             f"Running ({phase}, step {run.get('step') or 0} of {total})" if total else f"Running ({phase})"
         )
-    elif status == "waiting" and run.get("depends_on"):
+    elif status == RunStatus.WAITING and run.get("depends_on"):
         words = f"Waiting for its base model (run {', '.join(str(i) for i in run['depends_on'])})"
-    elif status == "queued" and run.get("cancel_requested"):
+    elif status == RunStatus.QUEUED and run.get("cancel_requested"):
         words = "Cancelling"
-    if run.get("cancel_requested") and status == "running":
+    if run.get("cancel_requested") and status == RunStatus.RUNNING:
         words += ", cancelling"
-    error = run.get("error") or (run.get("message") if status in ("failed", "out_of_memory") else None)
+    error = run.get("error") or (
+        run.get("message") if status in (RunStatus.FAILED, RunStatus.OUT_OF_MEMORY) else None
+    )
     if error and status not in ACTIVE_STATUSES:
         words += f": {error}"
     return words

@@ -78,8 +78,9 @@ def run_facts(run: dict[str, Any]) -> list[dict[str, str]]:
 
 
 def fit_rows(estimates: Sequence[dict[str, Any]]) -> list[dict[str, str]]:
-    """The "Will it fit?" table: per method its predicted peak, when it happens, whether it fits the
-    card and the largest micro-batch that does (``POST /fit``'s estimates)."""
+    """The "Will it fit?" table: per method its predicted allocated peak, when it happens, the caching
+    allocator's reserved bytes and what the card must hold (reserved + CUDA context), whether it fits
+    and the largest micro-batch that does (``POST /fit``'s estimates)."""
     rows = []
     for e in estimates:
         fits = e.get("fits")
@@ -87,8 +88,10 @@ def fit_rows(estimates: Sequence[dict[str, Any]]) -> list[dict[str, str]]:
         rows.append(
             {
                 "Method": e["method"],
-                "Peak": format_bytes(e["peak_bytes"]),
+                "Allocated": format_bytes(e["peak_bytes"]),
                 "Peak during": e["peak_phase"],
+                "Reserved": format_bytes(e.get("reserved_bytes", 0)),
+                "Card needs": format_bytes(e.get("reserved_bytes", 0) + e.get("context_bytes", 0)),
                 "Activations": format_bytes(e["activations"]),
                 "Temporaries": format_bytes(e["temporary"]),
                 "Fits": "–" if fits is None else ("yes" if fits else "no"),

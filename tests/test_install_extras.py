@@ -93,7 +93,7 @@ def test_the_service_extra_pulls_in_no_model_package() -> None:
 
 
 def test_the_base_install_is_the_torch_free_contract() -> None:
-    assert {canonicalize_name(r.name) for r in requirements(None)} == {"pydantic", "pyyaml"}
+    assert {canonicalize_name(r.name) for r in requirements(None)} == {"pydantic", "pyyaml", "google-re2"}
     assert imported_distributions("velora_core/contract") <= closure(requirements(None))
 
 

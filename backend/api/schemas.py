@@ -145,9 +145,14 @@ class SummaryRow(BaseModel):
     total_bytes: int | None = None
     peak_bytes: int | None = Field(default=None, description="CUDA's max_memory_allocated (None off CUDA).")
     measured_peak_bytes: int | None = Field(
-        default=None, description="The memory tracker's peak of the first step (every device)."
+        default=None, description="The memory tracker's peak of the tracked step (every device)."
     )
     peak_phase: str | None = Field(default=None, description="forward, backward or optimizer.")
+    tracked_step: str | None = Field(
+        default=None,
+        description="Which step the memory figures hold: 'steady' (step 2, with the optimizer state), or "
+        "'first' for results stored before the steady step (no optimizer state yet).",
+    )
     temporary_bytes: int | None = Field(default=None, description="Temporaries at the measured peak.")
     predicted_activation_bytes: int | None = Field(
         default=None, description="Analytic bytes the VeLoRA-wrapped layers save for backward."

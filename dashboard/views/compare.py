@@ -13,6 +13,7 @@ from velora_core.contract.result import (
     ACTIVE_STATUSES,
     FINISHED_RUN_STATUSES,
     ComparisonStatus,
+    RunStatus,
     measured_peak_bytes,
 )
 
@@ -128,7 +129,7 @@ def comparison_view() -> None:
         if base["status"] in ACTIVE_STATUSES:
             st.progress(progress_fraction(base))
         points = ((detail.get("result") or {}).get("loss_curve")) or []
-        if not points and base["status"] == "running":
+        if not points and base["status"] == RunStatus.RUNNING:
             try:
                 points = api.metrics(base["id"])["data"]
             except ApiError:
@@ -138,7 +139,7 @@ def comparison_view() -> None:
                 curve = {"method": f"pre-training ({base['method']})", "seed": base["seed"], "points": points}
                 st.plotly_chart(loss_figure([curve]), key=f"compare.base_loss.{base['id']}")
     for run in everything:
-        if run["status"] in ("failed", "out_of_memory"):
+        if run["status"] in (RunStatus.FAILED, RunStatus.OUT_OF_MEMORY):
             st.error(
                 f"{run['method']} (seed {run['seed']}) {run['status'].replace('_', ' ')}: {run.get('error') or 'no message'}"
             )
@@ -179,7 +180,7 @@ def comparison_view() -> None:
     curves = []
     for run, record in zip(runs, records, strict=True):
         points = record["loss_curve"]
-        if not points and run["status"] == "running":
+        if not points and run["status"] == RunStatus.RUNNING:
             try:
                 points = api.metrics(run["id"])["data"]
             except ApiError:

@@ -20,6 +20,7 @@ from dashboard.run_tables import item_sample, memory_table, metric_rows, run_fac
 from velora_core.contract.result import (
     ACTIVE_STATUSES,
     ItemRecords,
+    RunStatus,
     headline_memory_bytes,
     measured_peak_bytes,
 )
@@ -67,9 +68,9 @@ def run_view() -> None:
     evaluation = result.get("eval") or {}
     st.subheader(f"Run {run['id']}: {run['method']}, seed {run['seed']}")
     state = status_words(run)
-    if run["status"] in ("failed", "out_of_memory"):
+    if run["status"] in (RunStatus.FAILED, RunStatus.OUT_OF_MEMORY):
         st.error(state)
-    elif run["status"] == "cancelled":
+    elif run["status"] == RunStatus.CANCELLED:
         st.warning(state)
     else:
         eta = duration_words(eta_seconds(run))

@@ -285,6 +285,7 @@ def test_api_cli_and_dashboard_agree_on_memory_vs_full_when_a_peak_is_measured(
     dashboard = {row["method"]: row["memory_vs_full"] for row in method_rows(records, ["full", "lora"])}
     expected = {"full": 1.0, "lora": 0.25 if tracked else 0.4}  # 1000 / 4000; 2000 / 5000, not 1200 / 2000
     assert api == cli == dashboard == expected
+    assert {row["tracked_step"] for row in body["summary"]} == {"first"}  # stored without a steady step
     if tracked:
         assert {row["method"]: row["measured_peak_bytes"] for row in body["summary"]} == {
             "full": 4000,

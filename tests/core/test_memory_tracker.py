@@ -120,6 +120,8 @@ def test_old_memory_reports_validate_and_headline_falls_back():
     old = {"weight_bytes": 10, "activation_bytes": 5, "peak_bytes": 40}
     report = MemoryReport.model_validate(old)
     assert report.measured_peak_bytes is None and report.timeline == []
+    assert report.tracked_step == "first" and report.first_step_peak_bytes is None  # before steady steps
+    assert report.run_peak_allocated_bytes is None and report.warmup_steps == 0
     assert report.headline_bytes == 40
     assert MemoryReport(weight_bytes=10, activation_bytes=5).headline_bytes == 15
     assert MemoryReport(peak_bytes=40, measured_peak_bytes=30).headline_bytes == 30
@@ -151,3 +153,22 @@ def test_only_the_tracked_devices_memory_counts():
     with tracker:
         torch.ones(1024)
     assert tracker.result().peak_bytes == 0
+
+
+def test_autocasts_copies_of_the_weights_are_their_own_component_exactly():
+    """Under bf16 autocast a linear layer runs on bf16 copies of its fp32 weight and bias: those copies
+    are ``autocast_copies`` (kept so while backward holds them), the input's cast is not."""
+    torch.manual_seed(0)
+    model = nn.Linear(64, 32)
+    x = torch.randn(8, 64)
+    tracker = MemoryTracker(model)
+    with tracker:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = model(x).float().square().mean()
+        copies = (64 * 32 + 32) * 2  # weight and bias in bf16
+        tracker.set_phase("backward")
+        loss.backward()
+    result = tracker.result()
+    assert max(p["autocast_copies"] for p in result.timeline) == copies
+    assert result.timeline[-1]["autocast_copies"] == 0  # freed once backward used them
+    assert model.weight.grad.dtype == torch.float32

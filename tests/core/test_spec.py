@@ -225,3 +225,49 @@ def test_spec_modules_import_without_torch():
         "assert 'torch' not in sys.modules, 'torch was imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_autocast_is_left_out_of_the_spec_when_unset_so_hashes_stay():
+    assert "autocast" not in spec().model_dump(mode="json")
+    assert spec().spec_hash() == "3d7676ac09648a34"  # the hash before the field existed
+    mixed = spec(autocast="bf16")
+    assert mixed.model_dump(mode="json")["autocast"] == "bf16" and mixed.spec_hash() != spec().spec_hash()
+    assert RunSpec.model_validate(json.loads(mixed.model_dump_json())) == mixed
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"dtype": "bf16", "autocast": "bf16"}, "autocast='bf16' needs fp32 weights"),
+        ({"dtype": "fp16", "autocast": "fp16"}, "autocast='fp16' needs fp32 weights"),
+        ({"dtype": "fp16"}, "with AdamW and no loss scaling does not train"),
+        ({"autocast": "fp8"}, "autocast"),
+    ],
+)
+def test_precisions_that_cannot_train_are_refused_with_the_reason(overrides, message):
+    with pytest.raises(ValidationError, match=message):
+        spec(**overrides)
+
+
+def test_pure_fp16_weights_are_allowed_for_memory_only_runs():
+    run = spec(model={"source": "preset", "name": "tiny", "memory_only": True}, dtype="fp16")
+    assert run.dtype == "fp16" and run.autocast is None
+
+
+def test_qlora_compute_dtype_follows_autocast():
+    plain = spec(method="qlora", method_config={"quant": {"compute_dtype": "fp32"}})
+    assert plain.method_config["quant"]["compute_dtype"] == "fp32"
+    for autocast in ("bf16", "fp16"):
+        mixed = spec(method="velora+qlora", autocast=autocast, method_config=plain.method_config)
+        assert mixed.method_config["quant"]["compute_dtype"] == autocast
+
+
+def test_a_preset_takes_autocast_as_an_override():
+    runs = comparison_preset("cpu-smoke", {"autocast": "bf16"}).runs()
+    assert {r.autocast for r in runs} == {"bf16"}
+    assert {r.method_config["quant"]["compute_dtype"] for r in runs if "quant" in r.method_config} == {"bf16"}
+    assert [r.spec_hash() for r in comparison_preset("cpu-smoke").runs()][:3] == [
+        "586667522522e202",  # the hashes before the field existed
+        "4ac0d661724f7f62",
+        "ad088b8825c01bb4",
+    ]

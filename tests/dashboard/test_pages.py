@@ -153,9 +153,13 @@ def test_will_it_fit_page_predicts_each_method_against_the_card(open_page: OpenP
     at.number_input(key="willfit.seq_len").set_value(16)
     at.number_input(key="willfit.micro_batch").set_value(1)
     at.selectbox(key="willfit.dtype").set_value("fp32")
+    at.selectbox(key="willfit.autocast").set_value("bf16")
     at.multiselect(key="willfit.methods").set_value(["lora", "velora+lora"])
+    at.number_input(key="willfit.lora_r").set_value(4)
+    at.number_input(key="willfit.grad_accum").set_value(2)
     at.button(key="willfit.submit").click().run(timeout=180)
     assert not at.exception and not at.error, texts(at.error)
+    assert at.subheader[0].value.endswith("fp32 · autocast bf16")
     (chart,) = plotly_specs(at)
     assert {bar["x"][0] for bar in chart["data"]} == {"lora"} or chart["data"][0]["x"] == [
         "lora",
@@ -165,6 +169,7 @@ def test_will_it_fit_page_predicts_each_method_against_the_card(open_page: OpenP
     table = at.table[0].value
     assert list(table["Method"]) == ["lora", "velora+lora"]
     assert list(table["Fits"]) == ["yes", "yes"]
+    assert {"Allocated", "Reserved", "Card needs"} <= set(table)
 
 
 def test_runs_lists_a_comparison_and_filters_it(

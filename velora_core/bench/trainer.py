@@ -8,13 +8,13 @@ from collections.abc import Callable
 
 import torch
 
-from velora_core.contract.result import LossPoint, MemoryReport, ProgressEvent
+from velora_core.bench.step import FIRST_STEP, STEADY_STEP, TrainingStep
+from velora_core.contract.result import LossPoint, MemoryReport, ProgressEvent, TrackedStep
 from velora_core.contract.spec import RunSpec
 from velora_core.memory.report import step_report
-from velora_core.memory.saved_tensors import SavedTensorMeter, training_forward
+from velora_core.memory.saved_tensors import SavedTensorMeter
 from velora_core.memory.tensor_bytes import gradient_bytes
-from velora_core.memory.tracker import MemoryTracker, TrackedStep
-from velora_core.methods.optimizers import build_optimizer
+from velora_core.memory.tracker import MemoryTracker
 from velora_core.methods.registry import PreparedModel
 
 ProgressCallback = Callable[[ProgressEvent], bool | None]
@@ -59,7 +59,10 @@ def random_batches(vocab: int, micro_batch: int, seq_len: int, seed: int):
 
 class Trainer:
     """The training loop of one run: micro-batches, gradient accumulation, AdamW, schedule,
-    memory accounting on the first optimizer step, progress and cancellation."""
+    progress and cancellation, and memory accounting on a steady step (docs/architecture.md, "The
+    steady step"): step 2, whose forward and backward run with the optimizer state step 1 created
+    (a run of one step takes an untimed, unlogged warm-up step first; its update is real and
+    ``MemoryReport.warmup_steps`` says so). Step 1 is tracked too, for ``first_step_peak_bytes``."""
 
     def __init__(
         self, spec: RunSpec, prepared: PreparedModel, device: torch.device, on_progress, pad_token_id: int = 0
@@ -70,15 +73,15 @@ class Trainer:
         self.params = prepared.trainable_parameters
         self.device = device
         self.on_progress = on_progress
-        self.offload = prepared.saved_tensors_hooks
-        self.optimizer = build_optimizer(prepared, spec.optimizer)
+        self.step = TrainingStep(spec, prepared, device)
+        self.optimizer = self.step.optimizer
         self.memory = MemoryReport()
         self.loss_curve: list[LossPoint] = []
         self.tokens = 0
         self.train_time = 0.0
         self.steps_done = 0
         self.total_steps = 0
-        self._tracker: MemoryTracker | None = None  # on for the first (measured) step only
+        self._run_peaks = (0, 0)  # CUDA allocated / reserved over the loop, folded before each reset
 
     def _to_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
@@ -103,22 +106,74 @@ class Trainer:
             for k, v in batch.items()
         }
 
-    def _phase(self, phase: str) -> None:
-        if self._tracker is not None:
-            self._tracker.set_phase(phase)
-
-    def _stop_tracking(self) -> TrackedStep | None:
-        tracker, self._tracker = self._tracker, None
-        if tracker is None:
-            return None
-        tracker.__exit__(None, None, None)
-        return tracker.result()
+    def _fold_cuda_peaks(self, reset: bool) -> None:
+        """Fold the allocator's peaks since the last reset into the run's, and reset them."""
+        if self.device.type != "cuda":
+            return
+        torch.cuda.synchronize(self.device)
+        allocated, reserved = self._run_peaks
+        self._run_peaks = (
+            max(allocated, int(torch.cuda.max_memory_allocated(self.device))),
+            max(reserved, int(torch.cuda.max_memory_reserved(self.device))),
+        )
+        if reset:
+            torch.cuda.reset_peak_memory_stats(self.device)
 
     def train(self, batches, total_steps: int) -> None:
         try:
             self._train(batches, total_steps)
         finally:
-            self._stop_tracking()  # an error inside the measured step must not leave the tracker on
+            self.step.tracker = None  # an error inside a tracked step leaves no tracker on
+            if self.steps_done:
+                self._fold_cuda_peaks(reset=False)
+                self.memory.run_peak_allocated_bytes, self.memory.run_peak_reserved_bytes = (
+                    self._run_peaks if self.device.type == "cuda" else (None, None)
+                )
+
+    def _one_step(
+        self, batches, step: int, kind: TrackedStep | None
+    ) -> tuple[float, int, MemoryReport | None]:
+        """One optimizer step: its mean loss, its tokens, and the memory report when ``kind`` names
+        the tracked step it is (``first`` or ``steady``; padded to ``seq_len``)."""
+        spec = self.spec
+        if kind == STEADY_STEP:
+            self._fold_cuda_peaks(reset=True)  # the allocator's peaks around this step alone
+        meter = SavedTensorMeter(self.model, self.step.offload and self.step.offload()) if kind else None
+        tracker = MemoryTracker(self.model, self.optimizer) if kind else None
+        losses, step_tokens, grad_bytes = [], 0, 0
+        self.step.tracker = tracker.__enter__() if tracker is not None else None
+        try:
+            for micro in range(spec.grad_accum):
+                batch = next(batches)
+                batch = self._to_device(self._full_length(batch) if kind else batch)
+                inputs = batch.get("input_ids", batch.get("pixel_values"))
+                shape = {"micro_batch": inputs.shape[0], "seq_len": inputs.shape[-1], "step": step}
+                try:
+                    losses.append(self.step.micro_batch(batch, meter if micro == 0 else None))
+                except oom_types() as exc:
+                    raise OutOfMemory(shape) from exc
+                step_tokens += (
+                    int(batch["attention_mask"].sum())
+                    if "attention_mask" in batch
+                    else batch["input_ids"].numel()
+                    if "input_ids" in batch
+                    else inputs.shape[0]  # images: one per example
+                )
+            grad_bytes = gradient_bytes(self.model) if kind else 0
+            try:
+                self.step.update()
+            except oom_types() as exc:
+                raise OutOfMemory({"phase": "optimizer step", "step": step}) from exc
+        finally:
+            self.step.tracker = None
+            if tracker is not None:
+                tracker.__exit__(None, None, None)
+        self.step.clear()
+        report = None
+        if kind is not None and meter is not None and tracker is not None:
+            report = step_report(self.model, meter, grad_bytes, self.optimizer, self.device, tracker.result())
+            report.tracked_step = kind
+        return sum(loss.item() for loss in losses) / spec.grad_accum, step_tokens, report
 
     def _train(self, batches, total_steps: int) -> None:
         spec = self.spec
@@ -127,61 +182,34 @@ class Trainer:
             self.optimizer, lr_lambda(spec.optimizer.warmup_steps, total_steps, spec.optimizer.min_lr_ratio)
         )
         self.model.train()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+        first: MemoryReport | None = None
+        warmup = 1 if total_steps == 1 else 0
+        if warmup:  # untimed, unlogged; its update is real (MemoryReport.warmup_steps)
+            first = self._one_step(batches, 0, FIRST_STEP)[2]
+        steady_step = 2 - warmup
         for step in range(1, total_steps + 1):
-            measure = step == 1
-            if measure and self.device.type == "cuda":
-                torch.cuda.synchronize(self.device)
-                torch.cuda.reset_peak_memory_stats(self.device)
+            kind: TrackedStep | None = (
+                STEADY_STEP if step == steady_step else FIRST_STEP if step == 1 else None
+            )
             self._sync()
             start = time.perf_counter()
-            loss_sum, step_tokens = 0.0, 0
-            meter = SavedTensorMeter(self.model, self.offload and self.offload()) if measure else None
-            self._tracker = MemoryTracker(self.model, self.optimizer).__enter__() if measure else None
-            for micro in range(spec.grad_accum):
-                self._phase("forward")
-                batch = next(batches)
-                if measure:
-                    batch = self._full_length(batch)
-                batch = self._to_device(batch)
-                inputs = batch.get("input_ids", batch.get("pixel_values"))
-                shape = {"micro_batch": inputs.shape[0], "seq_len": inputs.shape[-1], "step": step}
-                try:
-                    with training_forward(
-                        self.model, self.offload, meter if micro == 0 else None, self._tracker
-                    ):
-                        loss = self.model(**batch).loss
-                    self._phase("backward")
-                    (loss / spec.grad_accum).backward()
-                except oom_types() as exc:
-                    raise OutOfMemory(shape) from exc
-                loss_sum += loss.item()
-                step_tokens += (
-                    int(batch["attention_mask"].sum())
-                    if "attention_mask" in batch
-                    else batch["input_ids"].numel()
-                    if "input_ids" in batch
-                    else inputs.shape[0]  # images: one per example
-                )
-            grad_bytes = gradient_bytes(self.model) if measure else 0
-            self._phase("optimizer")
-            if spec.optimizer.max_grad_norm is not None:
-                torch.nn.utils.clip_grad_norm_(self.params, spec.optimizer.max_grad_norm)
-            try:
-                self.optimizer.step()
-            except oom_types() as exc:
-                raise OutOfMemory({"phase": "optimizer step", "step": step}) from exc
-            tracked = self._stop_tracking()
+            loss_value, step_tokens, report = self._one_step(batches, step, kind)
             lr = scheduler.get_last_lr()[0]
             scheduler.step()
-            self.optimizer.zero_grad(set_to_none=True)
             self._sync()
             elapsed = time.perf_counter() - start
-            if measure:
-                self.memory = step_report(self.model, meter, grad_bytes, self.optimizer, self.device, tracked)
+            if report is not None and kind == FIRST_STEP:
+                first = self.memory = report  # the headline only if the run stops before step 2
+            elif report is not None and first is not None:
+                self.memory = report.model_copy(
+                    update={"first_step_peak_bytes": first.measured_peak_bytes, "warmup_steps": warmup}
+                )
             self.train_time += elapsed
             self.tokens += step_tokens
             self.steps_done = step
-            loss_value = loss_sum / spec.grad_accum
             if not math.isfinite(loss_value):
                 raise FloatingPointError(
                     f"the loss became {loss_value} at step {step}; try a lower learning rate"

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping
 from enum import StrEnum
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar, get_args
 
 from pydantic import BaseModel, Field
 
@@ -25,6 +25,58 @@ class RunStatus(StrEnum):
     @property
     def finished(self) -> bool:
         return self not in (RunStatus.WAITING, RunStatus.QUEUED, RunStatus.RUNNING)
+
+
+#: The run state machine, defined once: each status and the statuses a run may move to from it.
+#: The store's UPDATEs check it (``backend/store``: ``status_moves``); a finished run never changes,
+#: except a run the reaper failed while its (slow, not dead) worker still ran: that run takes the
+#: result its worker then reports.
+RUN_TRANSITIONS: dict[RunStatus, frozenset[RunStatus]] = {
+    # its bases completed (queued), or one did not (failed, cancelled); or cancelled by request
+    RunStatus.WAITING: frozenset({RunStatus.QUEUED, RunStatus.FAILED, RunStatus.CANCELLED}),
+    # claimed by a worker, or cancelled before it started
+    RunStatus.QUEUED: frozenset({RunStatus.RUNNING, RunStatus.CANCELLED}),
+    # its result; requeued when its worker is gone
+    RunStatus.RUNNING: frozenset(
+        {
+            RunStatus.QUEUED,
+            RunStatus.COMPLETED,
+            RunStatus.FAILED,
+            RunStatus.OUT_OF_MEMORY,
+            RunStatus.CANCELLED,
+        }
+    ),
+    # failed by the reaper, then finished by its worker after all
+    RunStatus.FAILED: frozenset(
+        {RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.OUT_OF_MEMORY, RunStatus.CANCELLED}
+    ),
+    RunStatus.COMPLETED: frozenset(),
+    RunStatus.OUT_OF_MEMORY: frozenset(),
+    RunStatus.CANCELLED: frozenset(),
+}
+
+
+def allowed_sources(
+    target: RunStatus | str, sources: Iterable[RunStatus | str] | None = None
+) -> tuple[str, ...]:
+    """The statuses a run may move to ``target`` from, as the strings the database holds: all that
+    :data:`RUN_TRANSITIONS` allows, or ``sources`` after checking that each is allowed.
+
+    Raises:
+        ValueError: ``target`` cannot be reached from one of ``sources`` (or from anywhere).
+    """
+    target = RunStatus(target)
+    allowed = [s for s in RunStatus if target in RUN_TRANSITIONS[s]]
+    if sources is None:
+        chosen = allowed
+    else:
+        chosen = [RunStatus(s) for s in sources]
+        refused = [s.value for s in chosen if s not in allowed]
+        if refused:
+            raise ValueError(f"a run cannot move from {refused} to {target.value!r}")
+    if not chosen:
+        raise ValueError(f"no run status moves to {target.value!r}")
+    return tuple(s.value for s in chosen)
 
 
 #: The status sets, as the strings the API and the database use (defined here once).
@@ -77,8 +129,22 @@ MEMORY_COMPONENTS = (
 )
 
 
-#: What the memory tracker attributes every live byte of a step to (``MemoryReport.peak_components``).
-PEAK_COMPONENTS = ("weights", "trainable", "gradients", "optimizer", "activations", "temporary")
+#: What the memory tracker attributes every live byte of a step to (``MemoryReport.peak_components``);
+#: ``autocast_copies``: the lower-precision copies ``torch.autocast`` makes of the weights (held while
+#: the forward caches them and, where backward needs them, until backward frees them).
+PEAK_COMPONENTS = (
+    "weights",
+    "trainable",
+    "gradients",
+    "optimizer",
+    "activations",
+    "autocast_copies",
+    "temporary",
+)
+#: The step a memory report holds: the first (no optimizer state yet; every result before the steady
+#: step) or a steady one (optimizer state, accumulated gradients: everything a long run holds).
+TrackedStep = Literal["first", "steady"]
+TRACKED_STEPS: tuple[TrackedStep, TrackedStep] = get_args(TrackedStep)
 #: The phases of a training step, in order (``MemoryReport.peak_phase``, the timeline's ``phase``).
 PHASES = ("forward", "backward", "optimizer")
 
@@ -129,6 +195,7 @@ class ComponentBytes(BaseModel):
     gradients: int = 0
     optimizer: int = 0
     activations: int = 0
+    autocast_copies: int = 0
     temporary: int = 0
 
 
@@ -159,6 +226,14 @@ class MemoryReport(BaseModel):
     subsampled. CUDA's allocator in fields of its own: ``cuda_reserved_bytes``
     (``max_memory_reserved``) and ``allocator_gap_bytes`` (reserved minus the tracker's peak: what the
     caching allocator adds, which nvidia-smi shows). All default to empty, so older results validate.
+
+    Which step (docs/architecture.md, "The steady step"): ``tracked_step`` is ``steady`` when the
+    step measured is one in which the optimizer state and everything else a long run holds exist
+    (step 2; a run of one step takes ``warmup_steps`` = 1 untimed warm-up step first, whose update is
+    real: its model has been updated twice), ``first`` for older results, which measured step 1
+    (no optimizer state yet). ``first_step_peak_bytes``: the tracker's peak of step 1, an extra beside
+    the headline. On CUDA, ``run_peak_allocated_bytes`` / ``run_peak_reserved_bytes``: the allocator's
+    peaks over the whole training loop (``peak_bytes`` and ``cuda_reserved_bytes`` are the tracked step's).
     """
 
     weight_bytes: int = 0
@@ -180,6 +255,11 @@ class MemoryReport(BaseModel):
     timeline: list[MemoryPoint] = Field(default_factory=list)
     cuda_reserved_bytes: int | None = None
     allocator_gap_bytes: int | None = None
+    tracked_step: TrackedStep = "first"
+    first_step_peak_bytes: int | None = None
+    warmup_steps: int = 0
+    run_peak_allocated_bytes: int | None = None
+    run_peak_reserved_bytes: int | None = None
 
     @property
     def total_bytes(self) -> int:

@@ -30,13 +30,17 @@ from velora_core.contract.method_parts import (
     canonical_method,
     canonical_methods,
     check_method_device,
-    method_config_for,
     trains_all_weights,
 )
+from velora_core.contract.method_settings import method_config_for
 from velora_core.contract.presets.model_shapes import DATASETS, MODEL_PRESETS
-from velora_core.contract.workload_registry import ENCODER_WORKLOADS, WORKLOAD_METRICS, check_workload
+from velora_core.contract.workload_registry import WORKLOAD_NAMES, WORKLOADS, check_workload
 
 Dtype = Literal["fp32", "bf16", "fp16"]
+#: Mixed precision: the forward's compute dtype under ``torch.autocast`` (the weights stay in ``dtype``).
+Autocast = Literal["bf16", "fp16"]
+#: The registered workloads (``workload_registry.WORKLOADS``), in their order.
+WorkloadName = Literal[WORKLOAD_NAMES]  # type: ignore[valid-type]
 
 #: Bounds that keep a single request from asking for something absurd.
 MAX_STEPS = 1_000_000
@@ -86,6 +90,40 @@ def _check_local_path(name: str, field: str) -> str:
     if "\x00" in name:
         raise ValueError(f"{field} must not contain a NUL character")
     return name
+
+
+def check_precision(dtype: str, autocast: str | None, memory_only: bool) -> None:
+    """Refuse a precision that cannot train (the reason in the message).
+
+    - ``autocast`` casts fp32 weights down for the forward: with ``dtype`` bf16 or fp16 there is nothing
+      to cast (and fp16's GradScaler refuses fp16 gradients).
+    - Pure fp16 weights with AdamW and no loss scaling: small gradients flush to zero and updates below
+      fp16's resolution are lost, so the run does not train; allowed for memory-only runs (no accuracy).
+
+    Raises:
+        ValueError: naming the fields and what to use instead.
+    """
+    if autocast is not None and dtype != "fp32":
+        raise ValueError(
+            f"autocast={autocast!r} needs fp32 weights (dtype='fp32'), got dtype={dtype!r}: autocast runs "
+            "the forward in lower precision from fp32 master weights; for pure low-precision training "
+            "leave autocast unset"
+        )
+    if dtype == "fp16" and not memory_only:
+        raise ValueError(
+            "dtype='fp16' (pure fp16 weights) with AdamW and no loss scaling does not train: small gradients "
+            "underflow and updates below fp16's resolution are lost; use dtype='fp32' with autocast='fp16' "
+            "(a GradScaler), or dtype='bf16' (fp16 weights are allowed for memory-only runs)"
+        )
+
+
+def follow_autocast(settings: dict[str, Any], autocast: str | None) -> dict[str, Any]:
+    """A method's (dumped) settings with 4-bit QLoRA's ``quant.compute_dtype`` set to ``autocast``'s
+    dtype: under autocast the dequantised weights meet autocast's activations, so the value a preset
+    chose for runs without autocast (fp32 on the CPU) gives way, and the stored spec says so."""
+    if autocast is None or "quant" not in settings:
+        return settings
+    return {**settings, "quant": {**settings["quant"], "compute_dtype": autocast}}
 
 
 class StrictModel(BaseModel):
@@ -338,7 +376,7 @@ class EvalSpec(StrictModel):
 class RunSpec(StrictModel):
     """One training run. See the module docstring."""
 
-    workload: Literal["pretrain", "finetune", "masked-lm", "image-classification", "sequence-classification"]
+    workload: WorkloadName
     model: ModelSpec
     dataset: DatasetSpec
     method: str = Field(default="full", max_length=50)
@@ -350,6 +388,14 @@ class RunSpec(StrictModel):
     epochs: float | None = Field(default=None, gt=0, le=1000)
     optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
     dtype: Dtype = "fp32"
+    # Left out of the dump when unset, so the specs and hashes of every earlier run stay as they were.
+    autocast: Autocast | None = Field(
+        default=None,
+        description=(
+            "Mixed precision: run the forward under torch.autocast in this dtype, the weights staying in "
+            "dtype (which must be 'fp32'); 'fp16' adds a GradScaler. None: everything in dtype."
+        ),
+    )
     seed: int = Field(default=0, ge=0, le=2**31 - 1)
     device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
     eval: EvalSpec = Field(default_factory=EvalSpec)
@@ -357,13 +403,21 @@ class RunSpec(StrictModel):
     max_batch_search: bool = False
     save_artifact: bool = True
 
+    @model_serializer(mode="wrap")
+    def _omit_unset_autocast(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data = handler(self)
+        if data.get("autocast", "") is None:
+            data.pop("autocast")
+        return data
+
     @model_validator(mode="after")
     def _check(self) -> RunSpec:
         self.method = canonical_method(self.method)  # any order of its parts; one spelling stored
         check_method_device(self.method, self.device)
+        check_precision(self.dtype, self.autocast, self.model.memory_only)
         # Validate the method's settings now (typed, with their own clear errors), keep them as plain JSON.
         parsed = method_config_for(self.method, self.method_config)
-        self.method_config = parsed.model_dump(mode="json")
+        self.method_config = follow_autocast(parsed.model_dump(mode="json"), self.autocast)
         if (self.steps is None) == (self.epochs is None):
             raise ValueError("give exactly one of steps and epochs")
         limit = self.model.max_positions()
@@ -377,11 +431,25 @@ class RunSpec(StrictModel):
         layers = self.model.linear_layers()
         if layers is not None:
             parsed.check_against_model(layers)
-        if self.workload in ENCODER_WORKLOADS and "metric" not in self.eval.model_fields_set:
-            self.eval = self.eval.model_copy(update={"metric": WORKLOAD_METRICS[self.workload][0]})
+        if "metric" not in self.eval.model_fields_set:  # the workload's own default
+            self.eval = self.eval.model_copy(update={"metric": WORKLOADS[self.workload].default_metric})
         if self.model.memory_only:
             self.eval = self.eval.model_copy(update={"metric": "none"})
-        check_workload(self, MODEL_PRESETS, DATASETS)
+        model = self.model
+        base = model.pretrain.model if model.source == "artifact" and model.pretrain is not None else model
+        check_workload(
+            self.workload,
+            base_preset=base.name if base.source == "preset" else None,
+            builtin_datasets=[
+                (where, data.name)
+                for where, data in (("dataset", self.dataset), ("eval.dataset", self.eval.dataset))
+                if data is not None and data.source == "builtin"
+            ],
+            metric=self.eval.metric,
+            pooling=model.pooling,
+            memory_only=model.memory_only,
+            max_batch_search=self.max_batch_search,
+        )
         evaluated = self.eval.dataset or self.dataset
         if (
             self.eval.metric == "mc_accuracy"
@@ -434,6 +502,19 @@ class ComparisonSpec(StrictModel):
                 except ValidationError as exc:
                     raise ValueError(f"method {method!r}: {validation_message(exc, whole=None)}") from None
         return out
+
+
+def read_spec(data: dict[str, Any]) -> RunSpec | ComparisonSpec:
+    """A RunSpec or ComparisonSpec from its fields (a ComparisonSpec has ``base`` or ``methods``).
+
+    Raises:
+        ValueError: ``invalid <kind>: <the first problem, with its field>``.
+    """
+    kind = ComparisonSpec if "base" in data or "methods" in data else RunSpec
+    try:
+        return kind.model_validate(data)
+    except ValidationError as exc:
+        raise ValueError(f"invalid {kind.__name__}: {validation_message(exc)}") from None
 
 
 ModelSpec.model_rebuild()

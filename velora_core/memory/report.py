@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -71,7 +72,7 @@ def step_report(
         torch.cuda.synchronize(device)
         peak = int(torch.cuda.max_memory_allocated(device))
         reserved = int(torch.cuda.max_memory_reserved(device))
-    measured = {}
+    measured: dict[str, Any] = {}
     if tracked is not None:
         measured = {
             "measured_peak_bytes": tracked.peak_bytes,

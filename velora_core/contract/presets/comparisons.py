@@ -6,6 +6,7 @@ No torch here: the backend expands presets into runs without loading it.
 from __future__ import annotations
 
 import copy
+import json
 from typing import Any
 
 from pydantic import ValidationError
@@ -179,6 +180,9 @@ def _table7_memory(preset: str, groups: int) -> dict:
     }
 
 
+#: GaLore's C4 pre-training trains in pure bf16; the C4 presets follow it.
+_GALORE_PRECISION = "precision: pure bf16, as GaLore's C4 runs"
+
 _PAPER_LORA = {"r": 32, "alpha": 16, "dropout": 0.1}
 _PAPER_VELORA = {"num_groups": 32, "scale": 0.1, "init": "batch_average_once"}
 
@@ -216,21 +220,23 @@ PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
         _stdlib_pretrain("small", steps=200),
     ),
     "c4-60m": (
-        "VeLoRA Table 4: LLaMA-60M pre-trained on C4 (needs the hub and a GPU); full, LoRA, VeLoRA, GaLore",
+        "VeLoRA Table 4: LLaMA-60M pre-trained on C4 (needs the hub and a GPU); full, LoRA, VeLoRA, GaLore; "
+        f"{_GALORE_PRECISION}",
         _c4("llama-60m", lr=1e-3, groups=64, steps=10_000, galore_rank=128),
     ),
     "c4-130m": (
-        "VeLoRA Table 4: LLaMA-130M pre-trained on C4 (needs the hub and a GPU); full, LoRA, VeLoRA, GaLore",
+        "VeLoRA Table 4: LLaMA-130M pre-trained on C4 (needs the hub and a GPU); full, LoRA, VeLoRA, GaLore; "
+        f"{_GALORE_PRECISION}",
         _c4("llama-130m", lr=1e-3, groups=64, steps=20_000, galore_rank=256),
     ),
     "table7-60m": (
         "VeLoRA Table 7: speed and memory of full, gradient checkpointing and VeLoRA at batch 1, "
-        "LLaMA-60M on C4 (needs the hub and a GPU)",
+        f"LLaMA-60M on C4 (needs the hub and a GPU); {_GALORE_PRECISION}",
         _table7_c4("llama-60m", groups=64),
     ),
     "table7-130m": (
         "VeLoRA Table 7: speed and memory of full, gradient checkpointing and VeLoRA at batch 1, "
-        "LLaMA-130M on C4 (needs the hub and a GPU)",
+        f"LLaMA-130M on C4 (needs the hub and a GPU); {_GALORE_PRECISION}",
         _table7_c4("llama-130m", groups=64),
     ),
     "table7-7b": (
@@ -244,7 +250,10 @@ PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
         _table7_memory("llama-13b", groups=32),
     ),
     "alpaca-7b": (
-        "VeLoRA Table 3: LLaMA-7B fine-tuned on Alpaca, 5-shot MMLU (needs the hub and a GPU)",
+        "VeLoRA Table 3: LLaMA-7B fine-tuned on Alpaca, 5-shot MMLU (needs the hub and a GPU). Precision: "
+        "the paper trained with fp16 AMP; this preset keeps pure bf16 weights (its spec, and the hashes "
+        "of its results, as before); set dtype='fp32' and autocast='fp16' for the source's setting (the "
+        "frozen 7B base then holds 25 GiB in fp32 plus fp16 copies of it for backward)",
         {
             "base": {
                 "workload": "finetune",
@@ -329,7 +338,9 @@ def _spelled(method: Any) -> Any:
         return method
 
 
-def comparison_preset(name: str, overrides: dict[str, Any] | None = None) -> ComparisonSpec:
+def comparison_preset(
+    name: str, overrides: dict[str, Any] | None = None, *, strict: bool = False
+) -> ComparisonSpec:
     """The preset's :class:`ComparisonSpec`, with ``overrides`` merged in.
 
     ``overrides`` has the shape of a ComparisonSpec (``{"methods": [...], "seeds": [...],
@@ -361,6 +372,8 @@ def comparison_preset(name: str, overrides: dict[str, Any] | None = None) -> Com
         chosen = [_spelled(m) for m in data["methods"]]  # the preset's settings follow any spelling
         data["method_configs"] = {m: c for m, c in data.get("method_configs", {}).items() if m in chosen}
     try:
+        if strict:
+            return ComparisonSpec.model_validate_json(json.dumps(data), strict=True)
         return ComparisonSpec.model_validate(data)
     except ValidationError as exc:
         problems = validation_message(exc, prefix="overrides.", whole=None)

@@ -129,7 +129,8 @@ ENCODER_COMPARISONS: dict[str, tuple[str, dict[str, Any]]] = {
     ),
     "vtab-vit-b16": (
         "VeLoRA Table 1: ViT-B/16 (ImageNet-21k) on a VTAB-1k-sized CIFAR-100 (1,000 training images), "
-        "AdamW lr 5e-4, weight decay 1e-4 (needs the hub and a GPU)",
+        "AdamW lr 5e-4, weight decay 1e-4 (needs the hub and a GPU); precision: fp16 AMP on fp32 weights, as "
+        "the paper's VTAB runs (dtype fp32, autocast fp16)",
         {
             "base": {
                 "workload": "image-classification",
@@ -143,6 +144,7 @@ ENCODER_COMPARISONS: dict[str, tuple[str, dict[str, Any]]] = {
                     "eval_split": "test",
                 },
                 "micro_batch": 64,
+                "autocast": "fp16",  # the paper's fp16 AMP
                 "epochs": 100,
                 "steps": None,
                 "optimizer": {"lr": 5e-4, "weight_decay": 1e-4, "warmup_steps": 100},
