@@ -282,12 +282,13 @@ def submit_and_follow(
     print(f"Comparison {comparison_id}: {final['status']} ({counts})")
     for base in results_of(client, final, ROLE_BASE):
         print(base_run_line(base))
-    results = results_of(client, final)
-    print_table(results)
-    if out:
-        from velora_core.contract.table import write_outputs
+    from velora_core.contract.table import MethodRow, write_outputs
 
-        json_path, csv_path = write_outputs(results, out)
+    results = results_of(client, final)
+    rows = [MethodRow.model_validate(row) for row in final["table"]]  # as the API computed it
+    print_table(rows)
+    if out:
+        json_path, csv_path = write_outputs(results, out, rows)
         print(f"wrote {json_path} and {csv_path}")
     return EXIT_OK if all(r.status in ANSWERED_RUN_STATUSES for r in results) else EXIT_FAILED
 

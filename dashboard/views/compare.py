@@ -8,7 +8,7 @@ from dashboard.api import ApiClient, ApiError
 from dashboard.charts import loss_figure, memory_figure, pareto_figure
 from dashboard.formatting import GIB, MAX_QUERY_ID, format_bytes, query_number
 from dashboard.run_status import base_run_words, comparison_status_words, progress_fraction, split_roles
-from dashboard.summary import chance_words, comparison_json, display_table, method_rows, rows_csv, run_record
+from dashboard.summary import chance_words, comparison_json, display_table, rows_csv, table_rows
 from velora_core.contract.result import (
     ACTIVE_STATUSES,
     FINISHED_RUN_STATUSES,
@@ -143,10 +143,9 @@ def comparison_view() -> None:
                 f"{run['method']} (seed {run['seed']}) {run['status'].replace('_', ' ')}: {run.get('error') or 'no message'}"
             )
 
-    records = [run_record(run, details.get(run["id"])) for run in runs]
-    rows = method_rows(records, comparison["spec"]["methods"])
+    rows = table_rows(comparison)  # the comparison table, as the API computed it
     budget = gpu_gib * GIB if gpu_gib else None
-    if not any(row["results"] for row in rows):
+    if not any(row["completed"] for row in rows):
         st.info("No results yet: the table and charts appear as runs finish.")
     else:
         measured = any(measured_peak_bytes(row) is not None for row in rows)
@@ -177,8 +176,8 @@ def comparison_view() -> None:
                 )
             )
     curves = []
-    for run, record in zip(runs, records, strict=True):
-        points = record["loss_curve"]
+    for run in runs:
+        points = ((details.get(run["id"]) or {}).get("result") or {}).get("loss_curve") or []
         if not points and run["status"] == "running":
             try:
                 points = api.metrics(run["id"])["data"]
@@ -198,7 +197,7 @@ def comparison_view() -> None:
     )
     c2.download_button(
         "Download everything (JSON)",
-        comparison_json(comparison, records, rows),
+        comparison_json(comparison, rows),
         file_name=f"comparison-{comparison_id}.json",
         mime="application/json",
         key="compare.json",

@@ -92,12 +92,12 @@ def run_comparison(runs: list[RunSpec], artifacts: str, title: str) -> tuple[lis
 
 
 def _finish(outcome: tuple[list, list], out: str | None) -> int:
-    from velora_core.contract.table import write_outputs
+    from velora_core.contract.table import comparison_table, write_outputs
 
     results, bases = outcome
     for base in bases:
         print(base_run_line(base))
-    print_table(results)
+    print_table(comparison_table(results))
     if out:
         json_path, csv_path = write_outputs(results, out)
         print(f"wrote {json_path} and {csv_path}")
