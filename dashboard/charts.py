@@ -134,11 +134,13 @@ def pareto_figure(rows: Sequence[dict[str, Any]]) -> go.Figure:
     fig = go.Figure()
     for i, (r, place) in enumerate(zip(shown, places, strict=True)):
         ci = r["ci95"]
-        words = r["method"]
-        if not place.on_front and place.not_distinguishable_from:
+        words = r["method"] + (" (on the Pareto front)" if place.on_front else "")
+        if place.not_distinguishable_from:
             words += "<br>not distinguishable from " + ", ".join(
                 shown[k]["method"] for k in place.not_distinguishable_from
             )
+        if ci is not None:
+            words += f"<br>95 % interval {ci[0] * factor:.2f}–{ci[1] * factor:.2f}"
         fig.add_scatter(
             name=r["method"],
             x=[r["memory_bytes"] / scale],
@@ -152,9 +154,8 @@ def pareto_figure(rows: Sequence[dict[str, Any]]) -> go.Figure:
             }
             if ci is not None
             else None,
-            mode="markers+text",
+            mode="markers",
             text=[words],
-            textposition="top center",
             marker={"size": 14, "color": method_color(r["method"], i)},
             hovertemplate=f"%{{text}}<br>{unit}: %{{x:.2f}}<br>{label}: %{{y:.2f}}<extra></extra>",
         )
@@ -166,18 +167,21 @@ def pareto_figure(rows: Sequence[dict[str, Any]]) -> go.Figure:
             name="Pareto front",
             x=[r["memory_bytes"] / scale for r in front],
             y=[r["value"] * factor for r in front],
-            mode="lines",
-            line={"dash": "dot", "color": "#555", "shape": "hv" if higher_is_better(metric) else "vh"},
+            mode="lines+markers",  # one point on the front is still drawn
+            line={"color": "#222", "width": 2, "shape": "hv" if higher_is_better(metric) else "vh"},
+            marker={"symbol": "circle-open", "size": 22, "color": "#222"},
             hoverinfo="skip",
         )
         chance = next((r["chance"] for r in shown if r["chance"] is not None), None)
         if chance is not None:
-            fig.add_hline(
-                y=chance * factor,
-                line_dash="dash",
-                line_color="#999",
-                annotation_text="chance",
-                annotation_position="bottom right",
+            xs = [r["memory_bytes"] / scale for r in shown]
+            fig.add_scatter(
+                name="Chance level",
+                x=[min(xs), max(xs)],
+                y=[chance * factor] * 2,
+                mode="lines",
+                line={"color": "#b07aa1", "dash": "dash", "width": 1},
+                hovertemplate=f"chance level: {chance * factor:.1f}<extra></extra>",
             )
     direction = "higher is better" if higher_is_better(metric) else "lower is better"
     fig.update_layout(

@@ -41,6 +41,24 @@ def front_places(rows: Sequence[dict[str, Any]]) -> list[FrontPlace]:
     return pareto_front(points, higher_better=higher_is_better(metric))
 
 
+def indistinguishable_list(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """The short list under the accuracy chart: each method kept off the front because a method with
+    no more memory cannot be told from it (their 95 % intervals overlap)."""
+    shown = [r for r in rows if r["value"] is not None and r["memory_bytes"] is not None]
+    items = [
+        f"{row['method']} ≈ {', '.join(shown[k]['method'] for k in place.not_distinguishable_from)}"
+        for row, place in zip(shown, front_places(shown), strict=True)
+        if not place.on_front and place.not_distinguishable_from
+    ]
+    if not items:
+        return []
+    return [
+        "Not distinguishable from a method with no more memory (95 % intervals overlap): "
+        + "; ".join(items)
+        + "."
+    ]
+
+
 def chance_words(rows: Sequence[dict[str, Any]]) -> str | None:
     """The sentence under the accuracy chart about chance level (None for perplexity)."""
     shown = [r for r in rows if r["value"] is not None]

@@ -229,3 +229,5 @@ class FitPublic(BaseModel):
     request: FitRequest
     estimates: list[FitEstimate]
     seconds: float
+    cached: bool = Field(default=False, description="Answered from the cache of earlier requests.")
+    ahead_on_arrival: int = Field(default=0, description="Requests ahead of this one when it came.")

@@ -173,3 +173,36 @@ def test_launch_cpu_smoke_in_a_browser_and_compare_shows_the_api_numbers(
         target = Path(os.environ["VELORA_SCREENSHOT_DIR"])
         target.mkdir(parents=True, exist_ok=True)
         shutil.copy(screenshot, target / "compare.png")
+
+
+def test_swagger_ui_authorizes_with_the_token_and_try_it_out_answers(
+    browser: Any, live_service: LiveService
+) -> None:
+    """``/docs`` declares the bearer scheme: "Authorize" takes the token and "Try it out" then gets a
+    200 (was: no Authorize button, and every call answered 401)."""
+    from selenium.webdriver.common.by import By
+
+    browser.get(f"{live_service.url}/docs")
+    find(browser, "button.authorize").click()
+    field = find(browser, ".auth-container input")
+    field.send_keys(live_service.token)
+    find(browser, ".auth-btn-wrapper button.authorize").click()
+    find(browser, ".auth-btn-wrapper button.btn-done").click()
+    operation = find(browser, '.opblock-get .opblock-summary-path[data-path="/api/v1/comparisons"]')
+    operation.click()
+    block = operation.find_element(By.XPATH, "./ancestor::div[contains(@class, 'opblock-get')]")
+    wait_until(
+        lambda: block.find_elements(By.CSS_SELECTOR, "button.try-out__btn"),
+        timeout=15,
+        message="no Try it out",
+    )[0].click()
+    wait_until(
+        lambda: block.find_elements(By.CSS_SELECTOR, "button.execute"), timeout=15, message="no Execute"
+    )[0].click()
+    status = wait_until(
+        lambda: block.find_elements(By.CSS_SELECTOR, ".live-responses-table .response-col_status"),
+        timeout=30,
+        message="no response shown",
+    )
+    assert status[0].text.strip() == "200", status[0].text
+    assert "Authorization: Bearer" in block.find_element(By.CSS_SELECTOR, ".curl-command").text

@@ -100,8 +100,16 @@ def test_pareto_figure_draws_the_front_and_chance_for_accuracy() -> None:
     assert list(traces["full"]["error_y"]["array"]) == [pytest.approx(3.0)]
     assert list(traces["full"]["error_y"]["arrayminus"]) == [pytest.approx(3.0)]
     # velora+full is dearer than lora with an overlapping interval: said, not ranked.
-    assert list(traces["velora+full"]["text"]) == ["velora+full<br>not distinguishable from lora"]
-    assert [shape["y0"] for shape in figure["layout"]["shapes"]] == [25.0]
+    assert list(traces["velora+full"]["text"]) == [
+        "velora+full<br>not distinguishable from lora<br>95 % interval 38.00–46.00"
+    ]
+    assert all(trace.get("mode") != "markers+text" for trace in figure["data"])  # words in the hover only
+    assert (
+        front["mode"] == "lines+markers" and front["line"]["color"] != traces["Chance level"]["line"]["color"]
+    )
+    assert (
+        list(traces["Chance level"]["y"]) == [25.0, 25.0] and traces["Chance level"]["line"]["dash"] == "dash"
+    )
     assert "higher is better" in figure["layout"]["yaxis"]["title"]["text"]
 
 
@@ -117,7 +125,7 @@ def test_pareto_figure_for_perplexity_prefers_lower() -> None:
     front = next(trace for trace in figure["data"] if trace["name"] == "Pareto front")
     assert list(front["y"]) == [12.0, 9.0]
     assert "lower is better" in figure["layout"]["yaxis"]["title"]["text"]
-    assert not figure["layout"].get("shapes")  # no chance level for perplexity
+    assert "Chance level" not in [trace["name"] for trace in figure["data"]]  # none for perplexity
 
 
 def test_loss_figure_overlays_runs_by_method_and_seed() -> None:

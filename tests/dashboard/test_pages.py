@@ -15,7 +15,14 @@ from tests.backend.harness import free_port, wait_until
 from tests.dashboard.conftest import APP, LiveService
 
 MIB = 1024**2
-COMPONENT_LABELS = ["Frozen weights", "Trainable weights", "Gradients", "Optimizer state", "Activations"]
+PEAK_LABELS = [
+    "Frozen weights",
+    "Trainable parameters",
+    "Gradients",
+    "Optimizer state",
+    "Saved activations",
+    "Temporaries",
+]
 
 OpenPage = Callable[..., AppTest]
 
@@ -66,9 +73,14 @@ def test_launch_a_preset_with_overrides_opens_compare_and_cancel_all_stops_it(
     assert created["spec"]["base"]["steps"] == 500
     assert created["spec"]["base"]["model"]["pretrain"]["steps"] == 3
 
-    # Compare shows it in progress, with a button that cancels every run.
-    assert any("runs finished" in (p.proto.text or "") for p in at.get("progress"))
+    # Compare shows it in progress, with a button that cancels every run once confirmed.
+    assert any("method runs finished" in (p.proto.text or "") for p in at.get("progress"))
     at.button(key="compare.cancel").click().run()
+    assert any(w.startswith("Cancel the ") and "unfinished run(s)" in w for w in texts(at.warning))
+    assert not any(
+        run["cancel_requested"] for run in live_service.get(f"/comparisons/{comparison_id}")["runs"]
+    )
+    at.button(key="compare.cancel.confirm").click().run()
     detail = live_service.wait_comparison(comparison_id, timeout=60)
     assert {run["status"] for run in detail["runs"]} == {"cancelled"}
 
@@ -117,7 +129,7 @@ def test_will_it_fit_runs_memory_only_and_compare_checks_the_gpu_size(
     at = open_page()
     at.radio(key="launch.mode").set_value("fit").run()
     at.selectbox(key="fit.model").set_value("tiny")
-    at.selectbox(key="fit.gpu_gib").set_value(8)
+    at.number_input(key="fit.gpu_gib").set_value(8)
     at.selectbox(key="fit.device").set_value("cpu")
     at.number_input(key="fit.seq_len").set_value(64)
     at.multiselect(key="fit.methods").set_value(["full", "velora+lora"])
@@ -147,9 +159,9 @@ def test_will_it_fit_runs_memory_only_and_compare_checks_the_gpu_size(
 
 def test_will_it_fit_page_predicts_each_method_against_the_card(open_page: OpenPage) -> None:
     at = open_page("views/fit.py")
-    assert at.title[0].value == "Will it fit?"
+    assert at.title[0].value == "Will it fit? (predict)"
     at.selectbox(key="willfit.model").set_value("tiny")
-    at.selectbox(key="willfit.gpu").set_value(8)
+    at.number_input(key="willfit.gpu").set_value(8)
     at.number_input(key="willfit.seq_len").set_value(16)
     at.number_input(key="willfit.micro_batch").set_value(1)
     at.selectbox(key="willfit.dtype").set_value("fp32")
@@ -254,19 +266,14 @@ def test_compare_shows_every_method_with_the_api_numbers(
     assert "pre-training full · Completed · Perplexity " in link.label
     base_loss, memory, pareto, loss = plotly_specs(at)
     assert [t["name"] for t in base_loss["data"]] == ["pre-training (full)"]
-    bars = {trace["name"]: trace for trace in memory["data"] if trace.get("type") == "bar"}
-    assert list(bars) == COMPONENT_LABELS
+    bars = [trace for trace in memory["data"] if trace.get("type") == "bar"]
+    assert [b["name"] for b in bars] == PEAK_LABELS
     for i, method in enumerate(methods):
-        # The bars are means over seeds (a seed's measured batch may hold padding, and its mask).
-        own = [row for row in summary if row["method"] == method]
-        assert bars["Activations"]["x"][i] == method
-        assert bars["Activations"]["y"][i] == pytest.approx(
-            statistics.fmean(r["activation_bytes"] for r in own) / MIB
-        )
-        assert bars["Frozen weights"]["y"][i] == pytest.approx(
-            statistics.fmean(r["weight_bytes"] for r in own) / MIB
-        )
-    assert [t["name"] for t in pareto["data"]] == [*methods, "Pareto front"]
+        # A bar is the method's measured peak (mean over seeds), stacked from what was live at it.
+        peak = statistics.fmean(row["measured_peak_bytes"] for row in summary if row["method"] == method)
+        assert bars[0]["x"][i] == method
+        assert sum(b["y"][i] for b in bars) == pytest.approx(peak / MIB, abs=1e-4)
+    assert [t["name"] for t in pareto["data"]] == [*methods, "Pareto front", "Chance level"]
     assert len(loss["data"]) == len(smoke_comparison["runs"]) - 1  # the methods' runs
 
     assert [b.proto.label for b in at.get("download_button")] == [

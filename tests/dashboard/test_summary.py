@@ -204,14 +204,37 @@ def test_parse_seeds() -> None:
             parse_seeds(bad)
 
 
-def test_comparison_status_words_cover_every_status_and_count_partial_runs() -> None:
+def test_comparison_status_words_count_methods_apart_from_the_base_run() -> None:
     assert set(COMPARISON_STATUS_WORDS) == set(ComparisonStatus)
-    partial = {"status": "partial", "status_counts": {"completed": 2, "failed": 1}}
-    assert comparison_status_words(partial) == "Partly completed: 2 of 3 runs completed"
-    assert comparison_status_words({"status": "failed", "status_counts": {"failed": 2}}) == (
-        "Failed: 0 of 2 runs completed"
+    base = run(1, "full", 0, "completed", role="base")
+    methods = [run(2, "full", 0), run(3, "lora", 0), run(4, "qlora", 0, "cancelled")]
+    partial = {"status": "partial", "runs": [base, *methods]}
+    assert comparison_status_words(partial) == "Partly completed · 2 of 3 methods completed · base ✓"
+    cancelled = {
+        "status": "cancelled",
+        "runs": [run(1, "full", 0, "cancelled", role="base"), run(2, "lora", 0, "cancelled")],
+    }
+    assert comparison_status_words(cancelled) == "Cancelled · 0 of 1 method completed · base cancelled"
+    two_seeds = {"status": "running", "runs": [run(2, "lora", 0), run(3, "lora", 1, "running")]}
+    assert (
+        comparison_status_words(two_seeds) == "Running · 0 of 1 method completed"
+    )  # a seed is still running
+
+
+def test_a_cancelled_run_shows_the_steps_it_did() -> None:
+    cancelled = run(1, "lora", 0, "cancelled", step=6, total_steps=10)
+    assert progress_fraction(cancelled) == pytest.approx(0.6)  # was a full bar
+    starting = run(
+        1,
+        "lora",
+        0,
+        "running",
+        step=0,
+        total_steps=10,
+        phase="setup",
+        message="loading the model (tiny) on cpu",
     )
-    assert comparison_status_words({"status": "completed", "status_counts": {"completed": 2}}) == "Completed"
+    assert status_words(starting) == "Running (setup: loading the model (tiny) on cpu, step 0 of 10)"
 
 
 def test_query_number_parses_or_explains() -> None:

@@ -157,7 +157,7 @@ def execute(
             if on_progress is not None and on_progress(event):
                 raise RunCancelled()
 
-        emit("setup", f"building {spec.method} on {device}")
+        emit("setup", f"loading the model ({spec.model.name}) on {device}")
         seed_everything(spec.seed)
         source = model_source(spec, device, base_model)
         # The encoder workloads (ViT, RoBERTa) bring their own model head, data and evaluation.
@@ -168,6 +168,7 @@ def execute(
             tokenizer = load_tokenizer(spec.model, source.path if spec.model.source == "artifact" else None)
         method_config_for(spec.method, spec.method_config)  # re-validated: specs may come from storage
         seed_everything(spec.seed)
+        emit("setup", f"applying {spec.method}")
         prepared = prepare_model(spec.method, source, spec.method_config)
         _check_positions(prepared.model, spec.seq_len)
         if model_hook is not None:
@@ -183,6 +184,7 @@ def execute(
         else:
             # With a step budget, load no more examples than the run can visit.
             bound = spec.steps * spec.micro_batch * spec.grad_accum if spec.steps is not None else None
+            emit("setup", f"tokenizing the training data ({spec.dataset.name})")
             data = load_train_data(spec.dataset, tokenizer, spec.seq_len, spec.seed, max_examples=bound)
             batches = data.batches(spec.micro_batch, spec.seed)
             num_examples = data.num_examples

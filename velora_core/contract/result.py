@@ -209,6 +209,16 @@ class Throughput(BaseModel):
     tokens: int = 0
 
 
+#: A loss curve has at least this many points when the run has that many steps (every step below).
+LOSS_CURVE_POINTS = 100
+
+
+def loss_curve_every(total_steps: int, progress_every: int = 1) -> int:
+    """Record the loss every k steps: every step up to :data:`LOSS_CURVE_POINTS` steps, then k so that
+    the curve keeps at least that many points (never sparser than ``progress_every`` asks)."""
+    return max(1, min(progress_every, total_steps // LOSS_CURVE_POINTS))
+
+
 class LossPoint(BaseModel):
     step: int
     loss: float
