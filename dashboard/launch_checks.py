@@ -1,5 +1,6 @@
 """What the Launch page checks before it sends anything: the request against the spec's own JSON
-schema and this server's limits (``GET /presets``: what the API would refuse), each field's valid
+schema and this server's limits (``GET /presets``), then the spec's rules across fields (the
+contract's ComparisonSpec, as the API checks it): what the API would refuse. Each field's valid
 range in words, and an estimate of the duration from the runs this server has finished. Pure
 functions, no Streamlit.
 """
@@ -13,9 +14,13 @@ from datetime import datetime
 from typing import Any
 
 from jsonschema import Draft202012Validator
-from jsonschema.exceptions import ValidationError, best_match
+from jsonschema.exceptions import ValidationError as SchemaError
+from jsonschema.exceptions import best_match
+from pydantic import ValidationError
 
 from dashboard.formatting import duration_words
+from velora_core.contract.errors import validation_message
+from velora_core.contract.spec import ComparisonSpec
 
 #: The base fields the server bounds tighter than the schema (``limits`` of ``GET /presets``).
 LIMITED_FIELDS = {"steps": "max_steps", "micro_batch": "max_micro_batch", "seq_len": "max_seq_len"}
@@ -58,7 +63,7 @@ def range_words(low: Any, high: Any) -> str:
     )
 
 
-def _message(error: ValidationError) -> str:
+def _message(error: SchemaError) -> str:
     if error.context:  # anyOf/oneOf: the branch of the value's type says what is wrong
         error = best_match([e for e in error.context if e.validator != "type"] or error.context)
     where = ".".join(str(p) for p in error.absolute_path) or "the request"
@@ -120,7 +125,18 @@ def request_problems(body: dict[str, Any], presets: dict[str, Any]) -> list[str]
     else:
         spec = body
     problems = schema_problems(spec, schema) if schema else []
-    return problems + limit_problems(spec, presets.get("limits") or {})
+    flagged = {p.split(":", 1)[0] for p in problems}  # one message per field
+    problems += [
+        p for p in limit_problems(spec, presets.get("limits") or {}) if p.split(":", 1)[0] not in flagged
+    ]
+    if not problems:  # the rules across fields (a model's position limit …), as the API's spec checks them
+        try:
+            ComparisonSpec.model_validate(spec)
+        except ValidationError as exc:
+            problems.append(validation_message(exc, whole=None))
+        except ValueError as exc:
+            problems.append(str(exc))
+    return problems
 
 
 def _seconds(run: dict[str, Any]) -> float | None:

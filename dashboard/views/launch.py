@@ -38,7 +38,10 @@ problems = list(request.problems) or request_problems(request.body, presets)
 with st.expander("Request body"):
     st.json(request.body)
 for problem in problems:
-    st.error(f"Not sent: {problem}") if problem not in request.problems else st.warning(problem)
+    if problem in request.problems:  # the form's own (no method chosen, bad seeds)
+        st.warning(problem)
+    else:  # what the API would refuse
+        st.error(f"Not sent: {problem}")
 
 spec = request.body
 if "preset" in spec:
@@ -50,6 +53,13 @@ if spec.get("base") and not problems:
         finished = api.runs(status=["completed"], limit=200)["data"]
     except ApiError:
         finished = []
+    base = spec["base"]
+    tokens = int(base.get("micro_batch") or 0) * int(base.get("seq_len") or 0)
+    if tokens > 1_048_576:
+        st.warning(
+            f"{base['micro_batch']:,} × {base['seq_len']:,} = {tokens:,} tokens per step: far beyond what fits "
+            "most cards. Predict its memory before launching."
+        )
     st.caption(duration_estimate(spec, finished))
     model = spec["base"].get("model") or {}
     name = model.get("name") or (model.get("pretrain") or {}).get("model", {}).get("name")

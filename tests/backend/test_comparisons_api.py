@@ -285,6 +285,13 @@ def test_api_cli_and_dashboard_agree_on_memory_vs_full_when_a_peak_is_measured(
     expected = {"full": 1.0, "lora": 0.25 if tracked else 0.4}  # 1000 / 4000; 2000 / 5000, not 1200 / 2000
     assert api == table == cli == expected
     assert dashboard == {method: f"{ratio:.2f}×" for method, ratio in expected.items()}
+    # The same table as files: CSV (one line per method) and JSON (with the per-seed detail).
+    path = f"/api/v1/comparisons/{created['id']}/table"
+    lines = client.get(path, headers=auth).text.splitlines()
+    assert lines[0].startswith("method,techniques,rank,alpha,targets,groups,lr,") and len(lines) == 3
+    as_json = client.get(path, params={"format": "json"}, headers=auth).json()
+    assert [row["memory_vs_full"] for row in as_json["table"]] == [1.0, expected["lora"]]
+    assert client.get("/api/v1/comparisons/999999/table", headers=auth).status_code == 404
     if tracked:
         assert {row["method"]: row["measured_peak_bytes"] for row in body["summary"]} == {
             "full": 4000,

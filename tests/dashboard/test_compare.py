@@ -91,7 +91,8 @@ def test_compare_counts_methods_apart_from_the_base_and_shows_what_differs(
     )
     diff = at.table[1].value.set_index("Method")
     assert list(diff.index) == methods
-    assert {"Techniques", "Rank", "Learning rate"} <= set(diff.columns)
+    assert {"Techniques", "Rank"} <= set(diff.columns)
+    assert "Learning rate" not in diff.columns  # the same for every method: not a difference
     assert diff.loc["velora+lora", "Techniques"] == "velora" and diff.loc["full", "Rank"] == "–"
     # Loss at every step (4 steps: 4 points; was steps 1 and 4 only).
     loss = json.loads(at.get("plotly_chart")[-1].proto.spec)
@@ -119,7 +120,7 @@ def test_a_failed_run_shows_its_error_and_nothing_that_was_not_measured(
     wait_until(lambda: live_service.get(path)["status"] == "failed", timeout=120, message=live_service.logs)
     at = open_page("views/run_detail.py", run=run["id"])
     (error,) = texts(at.error)
-    assert error.startswith("Failed: ") and "no-such-model" in error
+    assert error.startswith("Failed: OSError: ")  # the run's own error
     assert not at.metric  # no "Peak memory 0.00 MiB" of a step that never ran
     assert any(t.startswith("Nothing was measured: the run ended failed") for t in texts(at.info))
     assert not at.get("plotly_chart")

@@ -26,7 +26,7 @@ def test_a_typo_of_a_preset_is_caught_with_the_nearest_preset_and_never_sent(ope
 def test_a_pasted_config_is_predicted_per_method_against_any_card_size(open_page: OpenPage) -> None:
     at = open_page("views/fit.py")
     at.radio(key="willfit.source").set_value("config").run()
-    at.text_area(key="willfit.config").set_value(json.dumps(TINY_CONFIG))
+    at.text_area(key="willfit.config").set_value(json.dumps(TINY_CONFIG)).run()
     at.number_input(key="willfit.gpu").set_value(10.5)
     at.number_input(key="willfit.seq_len").set_value(16)
     at.number_input(key="willfit.micro_batch").set_value(1)

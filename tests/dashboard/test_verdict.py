@@ -38,9 +38,7 @@ ROWS = [
 def test_verdict_sorts_by_peak_colours_the_fit_and_names_the_cheapest_peer_of_the_best() -> None:
     lines = verdict_lines(ROWS, gpu_budget_bytes=256 * MIB)
     assert [line.split("**")[1] for line in lines] == ["qlora", "lora", "full"]
-    assert lines[0].endswith(":green[fits 0.25 GiB]") and lines[2].endswith(
-        ":red[does not fit 0.25 GiB]"
-    )
+    assert lines[0].endswith(":green[fits 0.25 GiB]") and lines[2].endswith(":red[does not fit 0.25 GiB]")
     assert "Accuracy 60.0 % [53.0–67.0 %]" in lines[1]
     sentence = cheapest_sentence(ROWS)
     assert sentence.startswith(
@@ -146,3 +144,14 @@ def test_a_pasted_config_must_be_a_models_json_object() -> None:
     )
     assert "not valid JSON" in parse_config("{")[1]
     assert "no hidden_size" in parse_config('{"num_hidden_layers": 2}')[1]
+
+
+def test_launch_checks_the_rules_across_fields_as_the_api_does() -> None:
+    presets = {
+        "schemas": {"ComparisonSpec": ComparisonSpec.model_json_schema()},
+        "comparison_specs": {"cpu-smoke": comparison_preset("cpu-smoke").model_dump(mode="json")},
+        "limits": {},
+    }
+    assert request_problems({"preset": "cpu-smoke", "overrides": {"seq_len": 131072}}, presets) == [
+        "base: seq_len 131072 is beyond the model's limit of 512 positions"
+    ]
