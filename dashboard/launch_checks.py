@@ -104,6 +104,9 @@ def preset_spec(spec: dict[str, Any], overrides: dict[str, Any] | None) -> dict[
     for key, value in (overrides or {}).items():
         if key in ("methods", "seeds"):
             merged[key] = value
+            if key == "methods":  # the preset's settings of the methods that stay
+                configs = merged.get("method_configs") or {}
+                merged["method_configs"] = {m: c for m, c in configs.items() if m in value}
         elif key == "eval":
             merged["base"]["eval"] = {**(merged["base"].get("eval") or {}), **value}
         elif key == "pretrain":

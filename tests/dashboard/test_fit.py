@@ -31,11 +31,11 @@ def test_a_pasted_config_is_predicted_per_method_against_any_card_size(open_page
     at.number_input(key="willfit.seq_len").set_value(16)
     at.number_input(key="willfit.micro_batch").set_value(1)
     at.selectbox(key="willfit.dtype").set_value("fp32")
-    at.multiselect(key="willfit.methods").set_value(["lora", "velora+lora"])
+    at.multiselect(key="willfit.methods").set_value(["lora"])  # one fake step (each costs a subprocess)
     at.button(key="willfit.submit").click().run(timeout=300)
     assert not at.exception and not at.error, texts(at.error)
     table = at.table[0].value
-    assert list(table["Method"]) == ["lora", "velora+lora"] and list(table["Fits"]) == ["yes", "yes"]
+    assert list(table["Method"]) == ["lora"] and list(table["Fits"]) == ["yes"]
     (chart,) = plotly_specs(at)
     assert chart["layout"]["shapes"][0]["y0"] == 10.5  # any size, not a list of cards
     assert at.subheader[0].value == "pasted config.json · 1×16 tokens · fp32"

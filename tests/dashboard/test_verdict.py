@@ -80,6 +80,9 @@ def test_launch_checks_a_preset_request_against_the_schema_and_the_limits() -> N
         },
     }
     assert request_problems({"preset": "cpu-smoke", "overrides": {"steps": 4}}, presets) == []
+    assert (
+        request_problems({"preset": "cpu-smoke", "overrides": {"methods": ["full", "lora"]}}, presets) == []
+    )
     assert request_problems({"preset": "cpu-smoke", "overrides": {"steps": -5}}, presets) == [
         "base.steps: -5 is less than the minimum of 1"
     ]
