@@ -1,16 +1,15 @@
 # syntax=docker/dockerfile:1
-# One image for every service (API, worker, dashboard): the same package the tests install, `pip install .`.
+# Two images from one file, each installing the package with the extra of its job (pyproject.toml):
+#   --target service  `pip install '.[service]'`: the API and the dashboard, which never run a model,
+#                     so no torch (docker-compose.yml tags it velora-bench:service)
+#   --target engine   torch, then `pip install '.[engine]'`: the workers (velora-bench:cuda)
 #
-# TORCH_INDEX_URL chooses the torch build and nothing else:
-#   https://download.pytorch.org/whl/cpu  CPU-only wheels (small): the API and the dashboard, which never
-#                                         run a model (docker-compose.yml tags this velora-bench:cpu)
-#   https://pypi.org/simple               PyPI's Linux wheels, which bundle CUDA: GPU workers (velora-bench:cuda).
+# TORCH_INDEX_URL chooses the engine's torch build and nothing else:
+#   https://pypi.org/simple               PyPI's Linux wheels, which bundle CUDA: GPU workers.
 #                                         The host needs only the NVIDIA driver and the NVIDIA Container Toolkit.
+#   https://download.pytorch.org/whl/cpu  CPU-only wheels (small): CPU workers.
 ARG PYTHON_VERSION=3.11
-FROM python:${PYTHON_VERSION}-slim
-
-ARG TORCH_VERSION=2.13.0
-ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+FROM python:${PYTHON_VERSION}-slim AS base
 
 ENV PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
@@ -22,16 +21,24 @@ ENV PYTHONUNBUFFERED=1 \
 
 # An unprivileged user owns the data and artifact directories (named volumes take their ownership).
 RUN useradd --create-home --uid 1000 velora && mkdir -p /data /artifacts && chown velora:velora /data /artifacts
-
-# torch first, from the chosen index, so that installing the package below keeps it (and this layer
-# is reused when only the code changes).
-RUN pip install "torch==${TORCH_VERSION}" --index-url "${TORCH_INDEX_URL}"
-
 WORKDIR /app
-COPY . /app
-RUN pip install /app
-
-USER velora
 EXPOSE 8000 8501
 # docker-compose.yml gives each service its command; this one lists them.
 CMD ["velora-bench", "--help"]
+
+
+FROM base AS service
+COPY . /app
+RUN pip install "/app[service]"
+USER velora
+
+
+FROM base AS engine
+ARG TORCH_VERSION=2.13.0
+ARG TORCH_INDEX_URL=https://pypi.org/simple
+# torch first, from the chosen index, so that installing the package below keeps it (and this layer
+# is reused when only the code changes).
+RUN pip install "torch==${TORCH_VERSION}" --index-url "${TORCH_INDEX_URL}"
+COPY . /app
+RUN pip install "/app[engine]"
+USER velora

@@ -1,7 +1,8 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
-# Written when the virtual environment holds everything pyproject.toml asks for; `make test` and
-# `make demo` build it first on a fresh machine, and again when pyproject.toml changes.
+# Written when the virtual environment holds everything pyproject.toml asks for (the `dev` extra: the
+# service, the engine and the tools); `make test` and `make demo` build it first on a fresh machine,
+# and again when pyproject.toml changes.
 INSTALLED := $(VENV)/.installed
 ARGS ?=
 
@@ -33,9 +34,11 @@ compare-demo: $(INSTALLED)
 bench: $(INSTALLED)
 	$(PY) benchmarks/layer_speed.py --out benchmarks/results
 
+# ruff on everything; mypy on backend/, worker/ and velora_core/contract/ ([tool.mypy] in pyproject.toml).
 lint: $(INSTALLED)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 
 format: $(INSTALLED)
 	$(VENV)/bin/ruff format .

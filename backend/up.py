@@ -149,7 +149,7 @@ def _bound_host_names(host: str) -> list[str]:
         return [host.lower()]
     names = {socket.gethostname().lower(), socket.getfqdn().lower()}
     with contextlib.suppress(OSError):
-        names |= {info[4][0] for info in socket.getaddrinfo(socket.gethostname(), None)}
+        names |= {str(info[4][0]) for info in socket.getaddrinfo(socket.gethostname(), None)}
     return sorted(names)
 
 

@@ -192,6 +192,7 @@ def _execute_claimed(
             log.info("run %s not taken: %s", run_id, status or "no such run")
             return f"skipped ({status or 'missing'})"
         row = store.get_run(session, run_id=run_id)
+        assert row is not None  # claimed just now, in this transaction
         spec_json, role = row.spec, row.role
     try:
         spec = RunSpec.model_validate(spec_json)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Annotated, TypeVar
+from typing import Annotated, Protocol, TypeVar
 
 from fastapi import Header, Response
 from sqlalchemy.exc import IntegrityError
@@ -22,7 +22,15 @@ IdempotencyKeyHeader = Annotated[
     ),
 ]
 
-T = TypeVar("T")
+
+class Stored(Protocol):
+    """A stored row: what ``create_once`` needs of the resource it creates."""
+
+    @property
+    def id(self) -> int: ...
+
+
+T = TypeVar("T", bound=Stored)
 
 
 def replay_or_conflict(session: Session, *, scope: str, key: str, payload_hash: str) -> int | None:

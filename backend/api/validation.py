@@ -76,11 +76,11 @@ def nested_runs(spec: RunSpec, loc: Loc) -> Iterator[tuple[RunSpec, Loc]]:
         yield from nested_runs(spec.model.pretrain, (*loc, "model", "pretrain"))
 
 
-def _local_paths(spec: RunSpec) -> Iterator[tuple[Loc, str, Literal["model", "dataset"]]]:
+def _local_paths(spec: RunSpec) -> Iterator[tuple[tuple[str, ...], str, Literal["model", "dataset"]]]:
     """Every local path a run reads: its model folder, its dataset (and evaluation) files."""
-    if spec.model.source == "local":
+    if spec.model.source == "local" and spec.model.name is not None:
         yield ("model", "name"), spec.model.name, "model"
-    datasets: list[tuple[Loc, DatasetSpec | None]] = [
+    datasets: list[tuple[tuple[str, ...], DatasetSpec | None]] = [
         (("dataset",), spec.dataset),
         (("eval", "dataset"), spec.eval.dataset),
     ]

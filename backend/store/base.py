@@ -3,9 +3,9 @@ plain-row reads."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Select
+from sqlalchemy import CursorResult, Result, Select
 from sqlalchemy.orm import Session
 
 from velora_core.contract.result import FINISHED_RUN_STATUSES, RunStatus
@@ -16,6 +16,12 @@ FINISHED_STATUSES = tuple(sorted(FINISHED_RUN_STATUSES))  # a sequence, for SQL 
 
 class StoreError(Exception):
     """A request the store refuses (the message says why, for a person)."""
+
+
+def changed_rows(result: Result[Any]) -> int:
+    """The rows an UPDATE or DELETE changed: ``Session.execute`` is typed as returning a plain
+    ``Result``, but for these statements it is a ``CursorResult``, which counts them."""
+    return cast(CursorResult[Any], result).rowcount
 
 
 def _plain_rows(session: Session, statement: Select, params: dict[str, Any]) -> list[dict[str, Any]]:

@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import Select, delete, func, select, update
 from sqlalchemy.orm import Session
 
-from backend.store.base import FINISHED_STATUSES, QUEUED, RUNNING, WAITING
+from backend.store.base import FINISHED_STATUSES, QUEUED, RUNNING, WAITING, changed_rows
 from backend.tables import Run, RunMetric, utcnow
 from velora_core.contract.plan import dependency_outcome
 from velora_core.contract.result import LossPoint, ProgressEvent, RunResult, RunStatus
@@ -49,7 +49,7 @@ def claim_run(session: Session, *, run_id: int, worker_host: str, worker_device:
         )
         .execution_options(synchronize_session=False)
     )
-    if claimed.rowcount != 1:
+    if changed_rows(claimed) != 1:
         session.execute(
             update(Run)
             .where(Run.id == run_id, Run.status == QUEUED, Run.cancel_requested.is_(True))
@@ -77,10 +77,9 @@ def heartbeat_run(session: Session, *, run_id: int, claim_id: str) -> bool | Non
 def _insert_metrics(session: Session, rows: list[dict[str, Any]]) -> None:
     if not rows:
         return
-    if session.get_bind().dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert
+    from sqlalchemy.dialects import postgresql, sqlite
+
+    insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
     session.execute(insert(RunMetric).values(rows).on_conflict_do_nothing(index_elements=["run_id", "step"]))
 
 
@@ -156,7 +155,7 @@ def finish_run(
         .values(**values)
         .execution_options(synchronize_session=False)
     )
-    if done.rowcount != 1:
+    if changed_rows(done) != 1:
         return False
     _insert_metrics(session, [_loss_point_row(run_id, p) for p in result.loss_curve])
     return True
@@ -183,7 +182,7 @@ def fail_run(session: Session, *, run_id: int, claim_id: str, error: str) -> boo
         .values(status=RunStatus.FAILED.value, error=error, finished_at=utcnow(), phase="done")
         .execution_options(synchronize_session=False)
     )
-    return done.rowcount == 1
+    return changed_rows(done) == 1
 
 
 @dataclass
@@ -198,7 +197,7 @@ class AbandonOutcome:
 def _abandon(
     session: Session,
     *,
-    candidates: Select[Any],
+    candidates: Select,
     guard: list[Any],
     reason: str,
     requeue: bool,
@@ -230,7 +229,7 @@ def _abandon(
         changed = session.execute(
             update(Run).where(*where).values(**values).execution_options(synchronize_session=False)
         )
-        if changed.rowcount == 1:
+        if changed_rows(changed) == 1:
             getattr(outcome, bucket).append(row.id)
     return outcome
 
@@ -338,7 +337,7 @@ def settle_waiting_runs(session: Session) -> list[tuple[int, str]]:
             .values(**values)
             .execution_options(synchronize_session=False)
         )
-        if changed.rowcount == 1 and values["status"] == QUEUED:
+        if changed_rows(changed) == 1 and values["status"] == QUEUED:
             ready.append((row.id, row.queue))
     return ready
 

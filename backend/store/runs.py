@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, bindparam, func, or_, select, update
+from sqlalchemy import ColumnElement, Select, bindparam, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from backend.store.base import FINISHED_STATUSES, QUEUED, WAITING, StoreError, _plain_rows
@@ -90,7 +90,7 @@ def list_runs(
 
 @functools.cache
 def _run_list_statements(by_status: bool, by_method: bool, by_comparison: bool) -> tuple[Select, Select]:
-    where = []
+    where: list[ColumnElement[bool]] = []
     if by_status:
         where.append(Run.status.in_(bindparam("status", expanding=True)))
     if by_method:

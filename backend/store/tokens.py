@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from backend.store.base import StoreError
+from backend.store.base import StoreError, changed_rows
 from backend.tables import ApiToken, utcnow
 
 TOKEN_PREFIX = "vb_"
@@ -60,7 +60,7 @@ def revoke_token(session: Session, *, token_id: int) -> bool:
         .where(ApiToken.id == token_id, ApiToken.revoked_at.is_(None))
         .values(revoked_at=utcnow())
     )
-    return done.rowcount == 1
+    return changed_rows(done) == 1
 
 
 def count_active_tokens(session: Session) -> int:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 from fastapi.testclient import TestClient
 
@@ -121,3 +123,12 @@ def test_a_second_fit_waits_in_line_a_repeat_is_cached_and_a_pasted_config_is_pr
     assert (
         pasted.json()["estimates"][0]["peak_bytes"] == answers["first"].json()["estimates"][0]["peak_bytes"]
     )
+
+
+def test_an_api_installed_without_torch_says_so_with_a_503(
+    client: TestClient, auth: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "torch", None)  # as after `pip install '.[service]'`: no torch to import
+    response = client.post("/api/v1/fit", json=TINY, headers=auth)
+    assert response.status_code == 503
+    assert "installed without torch" in response.json()["detail"]

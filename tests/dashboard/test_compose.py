@@ -97,20 +97,25 @@ def resolve(node: Any, env: dict[str, str]) -> Any:
     return node
 
 
-def dockerfile(path: Path = DOCKERFILE) -> tuple[dict[str, str], set[str], list[str]]:
-    """The Dockerfile's ENV (as the image's environment), its ARG names and its RUN commands."""
+def dockerfile(path: Path = DOCKERFILE) -> tuple[dict[str, str], set[str], dict[str, list[str]]]:
+    """The Dockerfile's ENV (as the images' environment), its ARG names and each stage's RUN commands
+    (by the stage's ``AS`` name)."""
     text = re.sub(r"\\\n", " ", path.read_text())
     env: dict[str, str] = {}
     args: set[str] = set()
-    runs: list[str] = []
+    runs: dict[str, list[str]] = {}
+    stage = ""
     for line in text.splitlines():
         instruction, _, rest = line.strip().partition(" ")
-        if instruction == "ENV":
+        if instruction == "FROM":
+            stage = rest.split(" AS ")[-1].strip() if " AS " in rest else rest.strip()
+            runs[stage] = []
+        elif instruction == "ENV":
             env.update(part.split("=", 1) for part in shlex.split(rest))
         elif instruction == "ARG":
             args.add(rest.split("=", 1)[0].strip())
         elif instruction == "RUN":
-            runs.append(rest.strip())
+            runs[stage].append(rest.strip())
     return env, args, runs
 
 
@@ -148,15 +153,23 @@ def test_compose_file_has_the_services_healthchecks_volumes_and_gpu_workers() ->
     assert "profiles" not in services["worker"]  # GPU 0's worker starts by default
 
 
-def test_images_install_the_package_with_the_build_args_the_dockerfile_takes() -> None:
+def test_api_and_dashboard_images_install_the_service_extra_and_workers_the_engine() -> None:
     _, args, runs = dockerfile()
-    assert any(re.fullmatch(r"pip install /app", run) for run in runs), runs
+    targets = {}
     for name, service in compose(example_env())["services"].items():
         build = service.get("build")
         if build:
             assert build["context"] == "."
             assert set(build.get("args", {})) <= args, f"{name} passes build args the Dockerfile lacks"
             assert service["image"].startswith("velora-bench:")
+            targets[name] = build["target"]
+    assert targets.pop("api") == targets.pop("dashboard") == "service"
+    assert set(targets.values()) == {"engine"}  # every worker
+    assert runs["service"] == ['pip install "/app[service]"']  # no torch
+    assert not any("torch" in run for run in runs["base"])
+    torch_first, package = runs["engine"]
+    assert torch_first.startswith('pip install "torch==${TORCH_VERSION}"')
+    assert package == 'pip install "/app[engine]"'
     assert ".venv" in (REPO_ROOT / ".dockerignore").read_text().split()
 
 

@@ -103,9 +103,10 @@ def seeds_interval(intervals: Sequence[Interval | None]) -> Interval | None:
     """One method's interval over several seeds: the envelope of the seeds' intervals (the lowest
     low, the highest high), None when a seed has none. Two methods' envelopes are disjoint only when
     every seed of one lies clear of every seed of the other, so no ranking rests on a lucky seed."""
-    if not intervals or any(i is None for i in intervals):
+    known = [i for i in intervals if i is not None]
+    if not known or len(known) < len(intervals):
         return None
-    return min(i[0] for i in intervals), max(i[1] for i in intervals)
+    return min(low for low, _ in known), max(high for _, high in known)
 
 
 def distinguishable(a: Interval | None, b: Interval | None) -> bool:

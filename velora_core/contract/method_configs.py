@@ -10,7 +10,8 @@ apart only so that the backend can validate a spec without importing torch.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+import re._parser as _sre_parse  # the regular-expression parser (public as sre_parse before Python 3.11)
+from collections.abc import Iterable, Sequence
 from typing import Annotated, Any, Literal, get_args
 
 from pydantic import (
@@ -22,11 +23,6 @@ from pydantic import (
     model_serializer,
     model_validator,
 )
-
-try:  # the regular-expression parser (public as sre_parse before Python 3.11)
-    import re._parser as _sre_parse
-except ImportError:  # pragma: no cover - Python < 3.11
-    import sre_parse as _sre_parse
 
 #: The paper's placement for LLaMA: value projection and MLP down projection.
 PAPER_TARGETS = ("v_proj", "down_proj")
@@ -199,7 +195,11 @@ class VeLoRAConfig(BaseModel):
         Raises:
             ValueError: if there would be more groups than features.
         """
-        groups = self.num_groups if self.num_groups is not None else -(-in_features // self.sub_token_size)
+        if self.num_groups is not None:
+            groups = self.num_groups
+        else:
+            assert self.sub_token_size is not None  # the validator requires one of the two
+            groups = -(-in_features // self.sub_token_size)
         if groups > in_features:
             raise ValueError(f"num_groups={groups} exceeds the layer's {in_features} input features")
         return groups
@@ -305,7 +305,7 @@ class MethodSettings(BaseModel):
         ``lm_head``) to its input width. Raises ValueError with what the worker would report."""
 
 
-def _short_names(names: Sequence[str]) -> list[str]:
+def _short_names(names: Iterable[str]) -> list[str]:
     return sorted({n.rsplit(".", 1)[-1] for n in names})
 
 

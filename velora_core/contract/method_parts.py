@@ -318,12 +318,14 @@ class ComposedSettings(MethodSettings):
     def check_against_model(self, linear_layers: dict[str, int]) -> None:
         comp = self.composition
         lora: LoRASettings | None = getattr(self, "lora", None)
+        galore: GaLoreSettings | None = getattr(self, "galore", None)
+        velora: VeLoRAConfig | None = getattr(self, "velora", None)
         if lora is not None:
             check_lora(lora, linear_layers)
-        if comp.base == "galore":
-            check_galore(self.galore, linear_layers)
-        if comp.has("velora"):
-            check_velora(self.velora, linear_layers, lora, quantised=comp.base == "qlora")
+        if galore is not None:
+            check_galore(galore, linear_layers)
+        if velora is not None:
+            check_velora(velora, linear_layers, lora, quantised=comp.base == "qlora")
 
 
 def _class_name(comp: Composition) -> str:

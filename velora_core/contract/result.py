@@ -186,7 +186,7 @@ class MemoryReport(BaseModel):
         return total_memory_bytes(vars(self))  # the fields as they are: no dump of the whole report
 
     @property
-    def headline_bytes(self) -> int:
+    def headline_bytes(self) -> int | float | None:
         """See :func:`headline_memory_bytes`."""
         return headline_memory_bytes(vars(self))
 

@@ -164,19 +164,19 @@ class ModelSpec(StrictModel):
                 raise ValueError(f"model.source={self.source!r} needs model.name")
             if self.pretrain is not None:
                 raise ValueError("model.pretrain is only allowed with model.source='artifact'")
-        if self.source == "preset" and self.name not in MODEL_PRESETS:
-            raise ValueError(
-                f"unknown model preset {self.name[:200]!r}; choose one of {sorted(MODEL_PRESETS)}"
-            )
-        if self.source == "hub":
-            check_hub_id(self.name, "model.name")
-        if self.source == "local":
-            _check_local_path(self.name, "model.name")
+            if self.source == "preset" and self.name not in MODEL_PRESETS:
+                raise ValueError(
+                    f"unknown model preset {self.name[:200]!r}; choose one of {sorted(MODEL_PRESETS)}"
+                )
+            if self.source == "hub":
+                check_hub_id(self.name, "model.name")
+            if self.source == "local":
+                _check_local_path(self.name, "model.name")
         return self
 
     def max_positions(self) -> int | None:
         """The model's sequence-length limit where it is known without loading anything."""
-        if self.source == "preset":
+        if self.source == "preset" and self.name is not None:
             return MODEL_PRESETS[self.name].max_position_embeddings
         if self.source == "artifact" and self.pretrain is not None:
             return self.pretrain.model.max_positions()
@@ -184,7 +184,7 @@ class ModelSpec(StrictModel):
 
     def linear_layers(self) -> dict[str, int] | None:
         """Full name -> input width of the model's linear layers, where known without loading."""
-        if self.source == "preset":
+        if self.source == "preset" and self.name is not None:
             return MODEL_PRESETS[self.name].linear_layers()
         if self.source == "artifact" and self.pretrain is not None:
             return self.pretrain.model.linear_layers()

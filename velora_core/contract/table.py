@@ -209,11 +209,17 @@ def _method_row(
         completed=len(done),
         status=", ".join(statuses) if statuses else "",
         settings=method_settings(method, next((r.spec for _, r in own if r.spec), None)),
-        **{name: _int_mean([getattr(m, name) for m in memories]) for name in MEMORY_COMPONENTS},
+        weight_bytes=_int_mean([m.weight_bytes for m in memories]),
+        trainable_bytes=_int_mean([m.trainable_bytes for m in memories]),
+        gradient_bytes=_int_mean([m.gradient_bytes for m in memories]),
+        optimizer_bytes=_int_mean([m.optimizer_bytes for m in memories]),
+        activation_bytes=_int_mean([m.activation_bytes for m in memories]),
         total_bytes=_int_mean([m.total_bytes for m in memories]),
         measured_peak_bytes=_int_mean([m.measured_peak_bytes for m in memories]),
         peak_phase=next((m.peak_phase for m in memories if m.peak_phase), None),
-        peak_components={c: _int_mean([m.peak_components.get(c, 0) for m in memories]) for c in categories},
+        peak_components={
+            c: _int_mean([m.peak_components.get(c, 0) for m in memories]) or 0 for c in categories
+        },
         temporary_bytes=_int_mean([m.temporary_bytes for m in memories]),
         cuda_peak_bytes=_int_mean([m.peak_bytes for m in memories]),
         cuda_reserved_bytes=_int_mean([m.cuda_reserved_bytes for m in memories]),
@@ -246,7 +252,7 @@ def _seed_detail(run_id: int | None, r: RunResult, full_by_seed: dict[Any, RunRe
     if not _measured(r):
         return detail
     detail.value, detail.ci95 = r.eval.value, r.eval.ci95
-    detail.memory_bytes = r.memory.headline_bytes
+    detail.memory_bytes = _int_mean([r.memory.headline_bytes])
     base = full_reference(full_by_seed, detail.seed)
     if base is not None:
         detail.memory_vs_full = memory_vs_full(detail.memory_bytes, base.memory.headline_bytes)

@@ -131,7 +131,7 @@ class RobertaPreset:
         return layers
 
 
-ENCODER_PRESETS = {
+ENCODER_PRESETS: dict[str, ViTPreset | RobertaPreset] = {
     "vit-digits": ViTPreset(
         64,
         128,

@@ -41,6 +41,7 @@ from velora_core.contract.result import (
     MEMORY_COMPONENTS,
     ComparisonStatus,
     RunResult,
+    RunStatus,
     full_reference,
     headline_memory_bytes,
     memory_vs_full,
@@ -122,7 +123,7 @@ def _summary_row(run: Run, full_totals: dict[int, int | float | None]) -> Summar
         run_id=run.id,
         method=run.method,
         seed=run.seed,
-        status=run.status,
+        status=RunStatus(run.status),
         steps_done=run.step,
         error=run.error,
         workload=(run.spec or {}).get("workload"),
@@ -183,7 +184,7 @@ def _run_result(run: Run) -> RunResult:
         result = RunResult.model_validate(run.result)
         return result if result.spec else result.model_copy(update={"spec": run.spec})
     return RunResult(
-        method=run.method, status=run.status, error=run.error, steps_done=run.step, spec=run.spec
+        method=run.method, status=RunStatus(run.status), error=run.error, steps_done=run.step, spec=run.spec
     )
 
 

@@ -13,6 +13,7 @@ workers' queue may be hours deep (docs/architecture.md, "Deliberate choices").
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import json
 import sys
 import tempfile
@@ -125,6 +126,12 @@ async def predict_fit(
             raise invalid(("body", "model"), str(exc)) from None
     if body.method_configs:
         raise invalid(("body", "method_configs"), "not offered by the service; use velora-bench fit")
+    if importlib.util.find_spec("torch") is None:  # the API installed alone, with `.[service]`
+        raise HTTPException(
+            503,
+            detail="This API server is installed without torch (the package's service extra), which the "
+            "prediction needs: install the engine extra beside it, or run velora-bench fit where torch is",
+        )
     key, line = body.model_dump_json(), FitLine.of(request)
     if key in line.cache:
         line.cache.move_to_end(key)

@@ -24,7 +24,7 @@ OFFLINE_METHODS = [*ALL_METHODS, "full+gc", "lora+gc", "galore", "lora-fa"]
 # fine-tuning value (0.1) only where LoRA is used; velora+full trains the base weights, as in pre-training.
 _LORA = {"r": 8, "alpha": 16, "dropout": 0.0}
 _VELORA_FT = {"num_groups": 16, "scale": 1.0, "target_modules": ["v_proj", "down_proj"]}
-_OFFLINE_METHOD_CONFIGS = {
+_OFFLINE_METHOD_CONFIGS: dict[str, dict[str, Any]] = {
     "lora": {"lora": _LORA},
     "qlora": {"lora": _LORA, "quant": {"compute_dtype": "fp32"}},
     "velora+full": {"velora": _VELORA_FT},
