@@ -85,7 +85,7 @@ def test_launch_a_preset_with_overrides_opens_compare_and_cancel_all_stops_it(
     assert {run["status"] for run in detail["runs"]} == {"cancelled"}
 
 
-def test_launch_shows_the_api_validation_error_in_words(
+def test_launch_refuses_an_invalid_method_setting_before_sending_in_the_apis_words(
     open_page: OpenPage, live_service: LiveService
 ) -> None:
     before = live_service.get("/comparisons", limit=1)["count"]
@@ -95,12 +95,13 @@ def test_launch_shows_the_api_validation_error_in_words(
     at.selectbox(key="spec.model").set_value("tiny").run()
     at.multiselect(key="spec.methods").set_value(["velora+full"]).run()
     at.number_input(key="spec.cfg.velora+full.velora.num_groups").set_value(1000).run()
-    at.button(key="launch.submit").click().run()
-
+    # Refused before sending, in the API's words (the spec's own checks), and Launch is disabled.
+    (error,) = texts(at.error)
+    assert error.startswith("Not sent: ") and error.endswith(
+        "method 'velora+full': VeLoRA target 'model.layers.0.self_attn.v_proj': num_groups=1000 exceeds the layer's 128 input features"
+    )
+    assert at.button(key="launch.submit").disabled
     assert at.title[0].value == "Launch a comparison"  # stayed
-    assert texts(at.error) == [
-        "The API rejected the request: method 'velora+full': VeLoRA target 'model.layers.0.self_attn.v_proj': num_groups=1000 exceeds the layer's 128 input features"
-    ]
     assert live_service.get("/comparisons", limit=1)["count"] == before
 
 

@@ -148,9 +148,9 @@ def _int_mean(values: Sequence[int | float | None]) -> int | None:
     return round(statistics.fmean(present)) if present else None
 
 
-def _float_mean(values: Sequence[float | None], digits: int = 1) -> float | None:
+def _float_mean(values: Sequence[float | None]) -> float | None:
     present = [v for v in values if v is not None]
-    return round(statistics.fmean(present), digits) if present else None
+    return statistics.fmean(present) if present else None
 
 
 def _seed(result: RunResult) -> int | None:
@@ -200,7 +200,7 @@ def _method_row(
     values = [r.eval.value for r in done]
     value, spread = mean_and_spread(values)
     metric = next((r.eval.metric for r in done if r.eval.metric), None)
-    chance = _float_mean([r.eval.chance for r in done], digits=6)
+    chance = _float_mean([r.eval.chance for r in done])
     categories = sorted({k for m in memories for k in m.peak_components}, key=_category_order)
     row = MethodRow(
         method=method,
