@@ -129,6 +129,12 @@ class Dispatcher:
         self.celery.close()
 
 
+def lost_messages(sent: dict[str, int], depth: dict[str, int]) -> dict[str, int]:
+    """Per queue, how many more runs the database says were sent and are unclaimed (``sent``) than
+    the broker holds messages (``depth``): messages a flushed, evicted or failed-over broker lost."""
+    return {queue: n - depth.get(queue, 0) for queue, n in sent.items() if n > depth.get(queue, 0)}
+
+
 def _queue_depth(channel: Any, queue: str) -> int:
     """Messages waiting in ``queue``.
 

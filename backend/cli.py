@@ -2,27 +2,27 @@
 ``submit`` (backend.submit).
 
 Registered through the ``velora_bench.commands`` entry point (``backend.cli:register``); also runnable
-alone as ``python -m backend.cli``. Heavy imports happen inside the commands, so loading this module
-costs the engine commands nothing.
+alone as ``python -m backend.cli``. The flags and helpers the three commands share are in
+``backend.command_args``. ``velora-bench`` loads this module for every command, so the store and the
+database are imported inside the token commands, when they run.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
-EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+from backend import submit
+from backend.command_args import add_data_dir_argument, open_database, settings_from_args
+from backend.token_file import TokenFile
+from backend.up import cmd_up
+from velora_core.contract.exit_codes import EXIT_BAD_INPUT, EXIT_OK
 
 
 def register(subparsers: Any) -> None:
     """Add ``up``, ``token`` and ``submit`` to the ``velora-bench`` sub-command parsers."""
-    from backend import submit
-    from backend.up import cmd_up
-
     up = subparsers.add_parser(
         "up",
         help="start the API, a worker and the dashboard on this machine",
@@ -79,42 +79,10 @@ def register(subparsers: Any) -> None:
     revoke.set_defaults(func=cmd_token_revoke)
 
 
-def add_data_dir_argument(parser: argparse.ArgumentParser) -> None:
-    """``--data-dir``, as every command that finds the embedded database or the token file has it."""
-    parser.add_argument(
-        "--data-dir",
-        type=Path,
-        default=None,
-        help="embedded database, broker and artifacts (default $VELORA_DATA_DIR or ./.velora-bench)",
-    )
-
-
-def settings_from_args(args: argparse.Namespace) -> Any:
-    """Settings from the environment, with ``--data-dir`` applied (and exported to children)."""
-    from backend.settings import Settings
-
-    if getattr(args, "data_dir", None) is not None:
-        os.environ["VELORA_DATA_DIR"] = str(Path(args.data_dir).expanduser().resolve())
-    settings = Settings()
-    os.environ["VELORA_DATA_DIR"] = str(settings.resolved_data_dir)
-    return settings
-
-
-def open_database(settings: Any) -> Any:
-    from backend.db import Database
-    from backend.migrate import upgrade
-
-    db = Database(settings.sqlalchemy_url)
-    upgrade(db)
-    return db
-
-
 # --- token -------------------------------------------------------------------------------------
 
 
 def cmd_token_show(args: argparse.Namespace) -> int:
-    from backend.token_file import TokenFile
-
     token_file = TokenFile(settings_from_args(args).resolved_data_dir)
     token = token_file.read()
     if token is None:
@@ -129,7 +97,7 @@ def cmd_token_show(args: argparse.Namespace) -> int:
 
 
 def cmd_token_create(args: argparse.Namespace) -> int:
-    from backend import store
+    from backend import store  # when the command runs: see the module docstring
 
     db = open_database(settings_from_args(args))
     with db.write_session() as session:
@@ -145,7 +113,7 @@ def cmd_token_create(args: argparse.Namespace) -> int:
 
 
 def cmd_token_list(args: argparse.Namespace) -> int:
-    from backend import store
+    from backend import store  # when the command runs: see the module docstring
 
     db = open_database(settings_from_args(args))
     with db.session() as session:
@@ -161,7 +129,7 @@ def cmd_token_list(args: argparse.Namespace) -> int:
 
 
 def cmd_token_revoke(args: argparse.Namespace) -> int:
-    from backend import store
+    from backend import store  # when the command runs: see the module docstring
 
     db = open_database(settings_from_args(args))
     with db.write_session() as session:

@@ -1,4 +1,4 @@
-"""The command lines of the service processes (the API under uvicorn, a Celery worker, the dashboard
+"""The command lines of the service processes (the API under uvicorn, ``backend.api.serve``, a Celery worker, the dashboard
 under streamlit), written once for ``velora-bench up``, the test harness and the benchmarks.
 
 Each takes its caller's options as parameters; the interpreter is this one (``sys.executable``), so
@@ -20,17 +20,18 @@ def api_command(
     access_log: bool = True,
     workers: int | None = None,
 ) -> list[str]:
-    """The command line of the API: uvicorn serving ``backend.api.main:create_app``.
+    """The command line of the API: ``backend.api.serve`` (uvicorn serving ``backend.api.main:create_app``
+    with bounded request heads, head and body deadlines and a connection cap; see that module).
 
     Args:
         host: the interface to listen on.
         port: the port to listen on.
-        log_level: uvicorn's ``--log-level``.
+        log_level: uvicorn's log level.
         access_log: False adds ``--no-access-log`` (one line per request costs time under load).
-        workers: uvicorn's ``--workers`` (processes); None leaves uvicorn's default (one, in-process).
+        workers: uvicorn's worker processes; None leaves uvicorn's default (one, in-process).
     """
-    uvicorn = [sys.executable, "-m", "uvicorn", "backend.api.main:create_app", "--factory"]
-    argv = [*uvicorn, "--host", host, "--port", str(port), "--log-level", log_level]
+    argv = [sys.executable, "-m", "backend.api.serve", "--host", host, "--port", str(port)]
+    argv += ["--log-level", log_level]
     if not access_log:
         argv.append("--no-access-log")
     if workers is not None:
@@ -45,7 +46,8 @@ def worker_command(name: str, queues: str) -> list[str]:
 
 
 def dashboard_command(app: Path, *, host: str, port: int, toolbar_mode: str | None = "viewer") -> list[str]:
-    """The command line of the dashboard: ``streamlit run`` of ``app`` (see :func:`dashboard_app`).
+    """The command line of the dashboard: ``streamlit run`` of ``app`` (see :func:`dashboard_app`) behind
+    ``dashboard.guard``, which listens on ``host``:``port`` and refuses foreign Host and Origin headers.
 
     Args:
         app: the dashboard's ``app.py``.
@@ -54,8 +56,9 @@ def dashboard_command(app: Path, *, host: str, port: int, toolbar_mode: str | No
         toolbar_mode: streamlit's ``--client.toolbarMode``; ``"viewer"`` (as docker-compose.yml) hides
             the "Deploy" button, None leaves streamlit's default.
     """
-    argv = [sys.executable, "-m", "streamlit", "run", str(app), "--server.port", str(port)]
-    argv += ["--server.address", host, "--server.headless", "true", "--browser.gatherUsageStats", "false"]
+    guard = [sys.executable, "-m", "dashboard.guard", "--host", host, "--port", str(port), "--"]
+    argv = [*guard, sys.executable, "-m", "streamlit", "run", str(app), "--server.headless", "true"]
+    argv += ["--browser.gatherUsageStats", "false"]
     if toolbar_mode is not None:
         argv += ["--client.toolbarMode", toolbar_mode]
     return argv

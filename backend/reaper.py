@@ -4,7 +4,10 @@ Every ``reaper_interval_s`` it (1) fails or requeues running runs without a hear
 ``heartbeat_timeout_s`` (``VELORA_REQUEUE_LOST_RUNS``), (2) settles waiting runs whose base runs have
 finished (queued, or failed/cancelled naming the base: the worker does this too, at once), and (3)
 sends runs that are queued in the database but never reached the broker (the broker was down at
-submission, or the run was requeued).
+submission, or the run was requeued), and (4) re-sends runs the broker lost: when a queue holds fewer
+messages than the database has runs sent to it and unclaimed (a flushed, evicted or failed-over
+Redis), the runs of that queue sent over ``VELORA_REDELIVER_AFTER_S`` ago go again. A duplicate
+message is harmless: the worker's claim takes only a queued run.
 It runs in the API process and in every worker's main process; each change is a conditional update,
 so any number of reapers can run at once.
 """
@@ -16,7 +19,7 @@ import threading
 from datetime import timedelta
 
 from backend import store
-from backend.broker import Dispatcher
+from backend.broker import Dispatcher, lost_messages
 from backend.db import Database
 from backend.settings import Settings
 from backend.tables import utcnow
@@ -45,6 +48,7 @@ def reap_once(db: Database, dispatcher: Dispatcher, settings: Settings) -> store
             outcome.cancelled,
         )
     dispatch_pending(db, dispatcher, settings)
+    redeliver_lost(db, dispatcher, settings)
     return outcome
 
 
@@ -56,6 +60,29 @@ def dispatch_pending(db: Database, dispatcher: Dispatcher, settings: Settings) -
     if not pending:
         return []
     sent = dispatcher.dispatch(pending)
+    with db.write_session() as session:
+        store.mark_dispatched(session, run_ids=sent)
+    return sent
+
+
+def redeliver_lost(db: Database, dispatcher: Dispatcher, settings: Settings) -> list[int]:
+    """Re-send the runs of every queue whose broker queue holds fewer messages than the database
+    has sent-and-unclaimed runs (see the module docstring); returns the ids sent."""
+    broker = dispatcher.check()
+    if not broker["ok"]:
+        return []
+    with db.session() as session:
+        lost = lost_messages(store.sent_queued_counts(session), broker["queued_messages"])
+        if not lost:
+            return []
+        sent_before = utcnow() - timedelta(seconds=settings.redeliver_after_s)
+        again = store.runs_to_redeliver(session, queues=list(lost), sent_before=sent_before)
+    if not again:
+        return []
+    log.warning(
+        "reaper: the broker lost %s message(s) %s; re-sending runs %s", sum(lost.values()), lost, again
+    )
+    sent = dispatcher.dispatch(again)
     with db.write_session() as session:
         store.mark_dispatched(session, run_ids=sent)
     return sent

@@ -17,7 +17,6 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from velora_core.contract.spec import MAX_MICRO_BATCH, MAX_SEQ_LEN, MAX_STEPS
 
-API_V1_STR = "/api/v1"
 TASK_RUN_BENCHMARK = "velora.run_benchmark"
 #: Host names the API always answers to: a DNS-rebinding page's Host header is its own domain, never these.
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
@@ -78,6 +77,45 @@ class Settings(BaseSettings):
     fit_timeout_s: float = Field(
         default=600.0, gt=0, le=3600, description="Longest a POST /fit prediction may run (then 504)."
     )
+    # The HTTP server (backend.api.serve): bounds on what a client sends before it is authenticated.
+    http_max_head_bytes: int = Field(
+        default=16_384, ge=1024, le=1_048_576, description="Largest request head (request line + headers)."
+    )
+    http_max_headers: int = Field(
+        default=100, ge=10, le=10_000, description="Most headers a request may have."
+    )
+    http_head_timeout_s: float = Field(
+        default=10.0, gt=0, le=600, description="A connection sends a complete request head within this."
+    )
+    http_body_timeout_s: float = Field(
+        default=30.0, gt=0, le=3600, description="A request's body arrives within this of its head."
+    )
+    http_max_connections: int = Field(
+        default=1000,
+        ge=1,
+        description="Connections served at once (uvicorn's limit_concurrency; 503 beyond).",
+    )
+    http_keep_alive_s: int = Field(
+        default=5, ge=1, le=600, description="Idle keep-alive connections close after this."
+    )
+    max_queued_runs_per_token: int = Field(
+        default=1000,
+        ge=1,
+        description="Runs one token (or trusted localhost) may have queued or waiting at once; a "
+        "submission past it gets 429 with Retry-After.",
+    )
+    max_submissions_per_minute: int = Field(
+        default=60,
+        ge=1,
+        description="Accepted POST /comparisons and POST /runs per token per minute, per API process "
+        "(429 with Retry-After beyond).",
+    )
+    health_cache_s: float = Field(
+        default=1.5,
+        ge=0,
+        le=10,
+        description="/health answers from a check at most this old: probes cannot make it expensive.",
+    )
     api_threads: int = Field(
         default=4,
         ge=1,
@@ -98,10 +136,32 @@ class Settings(BaseSettings):
     redispatch_after_s: float = Field(
         default=30.0, gt=0, description="Re-send runs never handed to the broker."
     )
+    redeliver_after_s: float = Field(
+        default=300.0,
+        gt=0,
+        description="Re-send runs sent to the broker this long ago and still unclaimed, when the broker "
+        "holds fewer messages than there are such runs (a flushed, evicted or failed-over broker).",
+    )
     metrics_flush_s: float = Field(default=1.0, ge=0)
     run_time_limit_s: float = Field(default=48 * 3600.0, gt=0)
     worker_max_tasks_per_child: int = Field(
         default=1, ge=0, description="1: every run in a fresh process (clean memory peaks); 0: reuse."
+    )
+    worker_check_fit: bool = Field(
+        default=True,
+        description="Predict each run's peak memory before it starts (the fit machinery) and store a run "
+        "that cannot fit its device as out_of_memory, unallocated.",
+    )
+    worker_host_reserve_bytes: int = Field(
+        default=2 * 1024**3,
+        ge=0,
+        description="Host RAM a CPU run leaves to everything else (database, services, the runtime).",
+    )
+    worker_max_rss: int | None = Field(
+        default=None,
+        ge=64 * 1024**2,
+        description="Data-segment limit (RLIMIT_DATA) of a training process, in bytes; default: for CPU "
+        "runs the host's RAM minus worker_host_reserve_bytes, none for GPU runs.",
     )
     worker_max_restarts: int = Field(
         default=5,

@@ -17,12 +17,19 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from rich.progress import Progress
 
+from backend.command_args import add_data_dir_argument
+from backend.settings import Settings
+from backend.token_file import TokenFile
+from velora_core.cli.spec_input import BadInput, load_spec_file, parse_assignments
+from velora_core.cli.table_output import base_run_line, print_table, progress_columns
+from velora_core.contract.exit_codes import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK
+from velora_core.contract.http_api import API_PREFIX, detail_text
 from velora_core.contract.plan import ROLE_BASE, ROLE_METHOD
-from velora_core.contract.result import ANSWERED_RUN_STATUSES, FINISHED_RUN_STATUSES
-
-EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
-API_PREFIX = "/api/v1"
+from velora_core.contract.result import ANSWERED_RUN_STATUSES, FINISHED_RUN_STATUSES, RunResult, RunStatus
+from velora_core.contract.spec import ComparisonSpec
+from velora_core.contract.table import MethodRow, write_outputs
 
 
 class SubmitError(Exception):
@@ -53,8 +60,6 @@ def add_request_arguments(parser: argparse.ArgumentParser, *, preset_flag: str |
 
 def register(subparsers: Any) -> None:
     """Add ``submit`` to the ``velora-bench`` sub-command parsers."""
-    from backend.cli import add_data_dir_argument
-
     submit = subparsers.add_parser(
         "submit",
         help="queue a comparison on a running VeLoRA Bench API and (with --wait) follow it",
@@ -88,9 +93,6 @@ def request_body(args: argparse.Namespace) -> dict[str, Any]:
     Raises:
         SubmitError: a malformed ``--set``, or a spec file that is missing or invalid.
     """
-    from velora_core.cli.spec_input import BadInput, load_spec_file, parse_assignments
-    from velora_core.contract.spec import ComparisonSpec
-
     try:
         if getattr(args, "spec", None) is not None:
             if args.set or args.methods or args.seeds:
@@ -112,17 +114,12 @@ def request_body(args: argparse.Namespace) -> dict[str, Any]:
 def api_message(response: httpx.Response) -> str:
     """The API's error as one line (a 422's field errors joined)."""
     try:
-        detail = response.json().get("detail")
+        body = response.json()
     except ValueError:
-        detail = None
-    if isinstance(detail, list):
-        parts = []
-        for error in detail:
-            loc = ".".join(str(p) for p in error.get("loc", ()) if p != "body")
-            parts.append(f"{loc}: {error.get('msg')}" if loc else str(error.get("msg")))
-        detail = "; ".join(parts)
-    text = str(detail or response.text or response.reason_phrase)
-    return f"API {response.status_code}: {' '.join(text.split())}"
+        body = None
+    detail = detail_text(body.get("detail")) if isinstance(body, dict) else None
+    text = detail or " ".join((response.text or response.reason_phrase).split())
+    return f"API {response.status_code}: {text}"
 
 
 class ApiClient:
@@ -181,10 +178,6 @@ def follow(
 ) -> dict[str, Any] | None:
     """Show a progress bar per run until every run has finished; the final comparison, or None if
     ``should_stop`` said so first."""
-    from rich.progress import Progress
-
-    from velora_core.cli.table_output import progress_columns
-
     columns = progress_columns()
     tasks: dict[int, Any] = {}
     loss: dict[int, tuple[float | None, int]] = {}
@@ -203,7 +196,7 @@ def follow(
                 finished = status in FINISHED_RUN_STATUSES
                 total = run["total_steps"] or (run["step"] if finished else 0)
                 info = status if finished else f"{run['phase'] or status} {run['message'] or ''}".strip()
-                if status == "running" and run["phase"] == "train":
+                if status == RunStatus.RUNNING and run["phase"] == "train":
                     last, after = loss.get(run_id, (None, 0))
                     newest, after = client.last_loss(run_id, after)
                     loss[run_id] = (newest if newest is not None else last, after)
@@ -230,8 +223,6 @@ def follow(
 def results_of(client: ApiClient, comparison: dict[str, Any], role: str = ROLE_METHOD) -> list[Any]:
     """A RunResult per run of ``role`` (``GET /runs/{id}``): the comparison's own runs, or with
     ``role='base'`` its base runs; a run that stored no result gets one from its status."""
-    from velora_core.contract.result import RunResult
-
     results = []
     for public in (run for run in comparison["runs"] if run["role"] == role):
         run = client.run(public["id"])
@@ -259,8 +250,6 @@ def submit_and_follow(
     Raises:
         SubmitError: the API refused the request or could not be reached.
     """
-    from velora_core.cli.table_output import base_run_line, print_table
-
     comparison = client.create_comparison(body)
     comparison_id = comparison["id"]
     bases = sum(run["role"] == ROLE_BASE for run in comparison["runs"])
@@ -282,8 +271,6 @@ def submit_and_follow(
     print(f"Comparison {comparison_id}: {final['status']} ({counts})")
     for base in results_of(client, final, ROLE_BASE):
         print(base_run_line(base))
-    from velora_core.contract.table import MethodRow, write_outputs
-
     results = results_of(client, final)
     rows = [MethodRow.model_validate(row) for row in final["table"]]  # as the API computed it
     print_table(rows)
@@ -326,9 +313,6 @@ def run_submit(
 def client_token(args: argparse.Namespace) -> str | None:
     """The token to present: ``--token``, else ``$VELORA_API_TOKEN``, else the data dir's token file
     (``--data-dir``, else ``$VELORA_DATA_DIR``, else ./.velora-bench), which ``velora-bench up`` writes."""
-    from backend.settings import Settings
-    from backend.token_file import TokenFile
-
     if args.token or os.environ.get("VELORA_API_TOKEN"):
         return args.token or os.environ["VELORA_API_TOKEN"]
     data_dir = args.data_dir if args.data_dir is not None else Settings().resolved_data_dir

@@ -76,6 +76,7 @@ class Run(Base):
     __table_args__ = (
         Index("ix_runs_status_heartbeat", "status", "heartbeat_at"),
         Index("ix_runs_comparison_id", "comparison_id"),
+        Index("ix_runs_submitted_by_status", "submitted_by", "status"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -91,6 +92,8 @@ class Run(Base):
     #: Ids of the runs this one needs completed first (its base model's pre-training); a run waits
     #: for them in status ``waiting``. A short list, read with the run: no join on the polled reads.
     depends_on: Mapped[list[int] | None] = mapped_column(JSONType, default=list)
+    #: Who queued it (``token:<id>``, or ``localhost`` for a trusted local client): per-token quotas.
+    submitted_by: Mapped[str | None] = mapped_column(String(100))
 
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     dispatched_at: Mapped[datetime | None]

@@ -22,8 +22,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from backend.cli import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, open_database, settings_from_args
+import httpx
+
+from backend.command_args import open_database, settings_from_args
 from backend.launcher import api_command, dashboard_app, dashboard_command, worker_command
+from backend.submit import run_submit
+from backend.token_file import TokenFile
+from velora_core.contract.exit_codes import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK
+from velora_core.contract.http_api import API_PREFIX
+
+# The store, the API app (for its token provisioning), the broker and the reaper are imported
+# inside the functions that use them, when ``up`` runs: ``velora-bench`` loads this module for every
+# command (through ``backend.cli``), and an engine command must not pay for FastAPI and Celery.
 
 
 def _port_free(host: str, port: int) -> bool:
@@ -97,8 +107,6 @@ class _Child:
 
 
 def _wait_for_api(url: str, child: _Child, timeout_s: float = 60.0) -> bool:
-    import httpx
-
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline and child.alive():
         try:
@@ -122,7 +130,6 @@ def local_token(db: Any, settings: Any) -> tuple[str, str]:
     """
     from backend import store
     from backend.api.main import provision_env_token
-    from backend.token_file import TokenFile
 
     if settings.api_token is not None and settings.api_token.get_secret_value():
         provision_env_token(db, settings)
@@ -314,6 +321,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         api_base = f"http://{'127.0.0.1' if args.host in ('0.0.0.0', '::') else args.host}:{args.api_port}"
         if app_path is not None:
             dash_env = dict(env, VELORA_API_URL=f"http://127.0.0.1:{args.api_port}", VELORA_API_TOKEN=token)
+            dash_hosts = [*settings.allowed_hosts, *_bound_host_names(dashboard_host)]
+            dash_env["VELORA_ALLOWED_HOSTS"] = ",".join(dash_hosts)  # the dashboard's Host check
             children.append(
                 _Child(
                     "dashboard",
@@ -322,13 +331,13 @@ def cmd_up(args: argparse.Namespace) -> int:
                     logs / "dashboard.log",
                 )
             )
-        if not _wait_for_api(f"http://127.0.0.1:{args.api_port}/api/v1/health", api):
+        if not _wait_for_api(f"http://127.0.0.1:{args.api_port}{API_PREFIX}/health", api):
             if not stop_requested:
                 print(f"velora-bench up: error: the API did not start (see {api.log_path})", file=sys.stderr)
                 exit_code = EXIT_FAILED
         else:
             print(f"VeLoRA Bench is up (data in {settings.resolved_data_dir})")
-            print(f"  API:        {api_base}/api/v1   (docs: {api_base}/docs)")
+            print(f"  API:        {api_base}{API_PREFIX}   (docs: {api_base}/docs)")
             if app_path is not None:
                 print(f"  Dashboard:  {dashboard_url}")
             if keeper is not None:
@@ -336,7 +345,9 @@ def cmd_up(args: argparse.Namespace) -> int:
             print(f"  Broker:     {broker['url']}")
             print(f"  Logs:       {logs}")
             print(f"  Token:      {token_expression}   (`velora-bench token show` prints it)")
-            print(f'  Try:        curl -H "Authorization: Bearer {token_expression}" {api_base}/api/v1/runs')
+            print(
+                f'  Try:        curl -H "Authorization: Bearer {token_expression}" {api_base}{API_PREFIX}/runs'
+            )
             if settings.trust_localhost:
                 print("  Warning:    VELORA_TRUST_LOCALHOST=true: any process on this machine may write")
             print("Press Ctrl-C to stop.", flush=True)
@@ -372,13 +383,11 @@ def _submit_preset(
     dashboard: str | None,
 ) -> tuple[int, bool]:
     """``submit --wait`` of ``args.submit`` against the stack just started: (exit code for ``up``, done)."""
-    from backend.submit import run_submit
-
     args.preset = args.submit
     code = run_submit(args, api_base, token, wait=True, dashboard_url=dashboard, should_stop=should_stop)
     if args.exit_when_done or should_stop():
         return code, True
-    where = f"in the dashboard at {dashboard}" if dashboard else f"at {api_base}/api/v1/comparisons"
+    where = f"in the dashboard at {dashboard}" if dashboard else f"at {api_base}{API_PREFIX}/comparisons"
     print(f"Results are {where}. Press Ctrl-C to stop.", flush=True)
     return EXIT_OK, False
 

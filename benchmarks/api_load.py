@@ -33,6 +33,8 @@ from urllib.parse import urlparse
 
 import httpx
 
+from velora_core.contract.http_api import API_PREFIX
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 LOOPBACK = {"127.0.0.1", "localhost", "::1", "[::1]"}
 
@@ -101,7 +103,7 @@ def start_server(data_dir: Path, port: int, workers: int, source: Path = REPO_RO
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         try:
-            if httpx.get(f"http://127.0.0.1:{port}/api/v1/health", timeout=2).status_code in (200, 503):
+            if httpx.get(f"http://127.0.0.1:{port}{API_PREFIX}/health", timeout=2).status_code in (200, 503):
                 return server
         except httpx.HTTPError:
             time.sleep(0.2)
@@ -129,8 +131,12 @@ async def client_loop(
             # place, so the answers are not all empty).
             after[run_id] = rng.randrange(-1, 150)
             for name, path, params in (
-                ("GET /runs", "/api/v1/runs", {"limit": 50}),
-                ("GET /runs/{id}/metrics", f"/api/v1/runs/{run_id}/metrics", {"after_step": after[run_id]}),
+                ("GET /runs", f"{API_PREFIX}/runs", {"limit": 50}),
+                (
+                    "GET /runs/{id}/metrics",
+                    f"{API_PREFIX}/runs/{run_id}/metrics",
+                    {"after_step": after[run_id]},
+                ),
             ):
                 t0 = time.perf_counter()
                 try:
@@ -157,7 +163,7 @@ def percentile(values: list[float], q: float) -> float:
 async def run_load(base: str, token: str | None, clients: int, duration: float, interval: float) -> dict:
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     async with httpx.AsyncClient(base_url=base, headers=headers, timeout=30) as probe:
-        listing = (await probe.get("/api/v1/runs", params={"limit": 500})).json()
+        listing = (await probe.get(f"{API_PREFIX}/runs", params={"limit": 500})).json()
     run_ids = [run["id"] for run in listing["data"]] or [1]
     samples: dict[str, list[float]] = {"GET /runs": [], "GET /runs/{id}/metrics": []}
     errors = dict.fromkeys(samples, 0)

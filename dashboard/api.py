@@ -16,9 +16,8 @@ from typing import Any
 import httpx
 import streamlit as st
 
+from velora_core.contract.http_api import API_PREFIX, detail_text
 from velora_core.contract.result import FINISHED_RUN_STATUSES
-
-API_PREFIX = "/api/v1"
 
 LIVE_TTL_S = 2.0  # runs, comparisons, metrics: what changes while a run trains
 STATIC_TTL_S = 300.0  # presets: change only when the server is upgraded
@@ -41,14 +40,7 @@ def describe_error(status_code: int, body: Any) -> str:
     """Words for an error response: FastAPI's ``detail`` (a string, or 422's list of field errors)."""
     detail = body.get("detail") if isinstance(body, dict) else None
     if isinstance(detail, list):
-        problems = []
-        for err in detail:
-            loc = [str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path")]
-            where = ".".join(loc)
-            message = str(err.get("msg", err)).removeprefix("Value error, ")  # pydantic's prefix says nothing
-            problems.append(f"{where}: {message}" if where else message)
-        text = "; ".join(problems) or "the request was not valid"
-        return f"The API rejected the request: {text}"
+        return f"The API rejected the request: {detail_text(detail) or 'the request was not valid'}"
     if not detail:
         detail = body if isinstance(body, str) and body else f"HTTP {status_code}"
     if status_code == 401:

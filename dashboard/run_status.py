@@ -9,16 +9,16 @@ from typing import Any
 
 from dashboard.formatting import METRIC_LABELS, duration_words
 from velora_core.contract.plan import ROLE_BASE
-from velora_core.contract.result import ACTIVE_STATUSES, ComparisonStatus
+from velora_core.contract.result import ACTIVE_STATUSES, ComparisonStatus, RunStatus
 
 STATUS_WORDS = {
-    "waiting": "Waiting for its base model",
-    "queued": "Waiting for a worker",
-    "running": "Running",
-    "completed": "Completed",
-    "failed": "Failed",
-    "out_of_memory": "Out of memory",
-    "cancelled": "Cancelled",
+    RunStatus.WAITING: "Waiting for its base model",
+    RunStatus.QUEUED: "Waiting for a worker",
+    RunStatus.RUNNING: "Running",
+    RunStatus.COMPLETED: "Completed",
+    RunStatus.FAILED: "Failed",
+    RunStatus.OUT_OF_MEMORY: "Out of memory",
+    RunStatus.CANCELLED: "Cancelled",
 }
 
 COMPARISON_STATUS_WORDS = {
@@ -45,7 +45,8 @@ def comparison_status_words(comparison: dict[str, Any]) -> str:
     methods = list(dict.fromkeys(run["method"] for run in runs))
     if methods:
         completed = sum(
-            all(run["status"] == "completed" for run in runs if run["method"] == method) for method in methods
+            all(run["status"] == RunStatus.COMPLETED for run in runs if run["method"] == method)
+            for method in methods
         )
         words += f" · {completed} of {len(methods)} method{'s' if len(methods) != 1 else ''} completed"
     for base in bases:
@@ -71,7 +72,7 @@ def progress_fraction(run: dict[str, Any]) -> float:
 
 def eta_seconds(run: dict[str, Any], now: datetime | None = None) -> float | None:
     """Seconds until a running run finishes training, from its pace so far; None if unknown."""
-    if run["status"] != "running":
+    if run["status"] != RunStatus.RUNNING:
         return None
     total, step = run.get("total_steps") or 0, run.get("step") or 0
     started = _parse_time(run.get("started_at"))
@@ -85,7 +86,7 @@ def status_words(run: dict[str, Any]) -> str:
     """A run's state as a person would say it, with its error when it has one."""
     status = run["status"]
     words = STATUS_WORDS.get(status, status)
-    if status == "running":
+    if status == RunStatus.RUNNING:
         phase = run.get("phase") or "starting"
         if phase == "setup" and run.get("message"):
             phase = f"setup: {run['message']}"
@@ -93,13 +94,15 @@ def status_words(run: dict[str, Any]) -> str:
         words = (
             f"Running ({phase}, step {run.get('step') or 0} of {total})" if total else f"Running ({phase})"
         )
-    elif status == "waiting" and run.get("depends_on"):
+    elif status == RunStatus.WAITING and run.get("depends_on"):
         words = f"Waiting for its base model (run {', '.join(str(i) for i in run['depends_on'])})"
-    elif status == "queued" and run.get("cancel_requested"):
+    elif status == RunStatus.QUEUED and run.get("cancel_requested"):
         words = "Cancelling"
-    if run.get("cancel_requested") and status == "running":
+    if run.get("cancel_requested") and status == RunStatus.RUNNING:
         words += ", cancelling"
-    error = run.get("error") or (run.get("message") if status in ("failed", "out_of_memory") else None)
+    error = run.get("error") or (
+        run.get("message") if status in (RunStatus.FAILED, RunStatus.OUT_OF_MEMORY) else None
+    )
     if error and status not in ACTIVE_STATUSES:
         words += f": {error}"
     return words

@@ -8,7 +8,7 @@ from typing import Any
 
 import streamlit as st
 
-from velora_core.contract.method_parts import method_info
+from velora_core.contract.method_settings import method_info
 
 
 def _resolve(schema: dict[str, Any], root: dict[str, Any]) -> dict[str, Any]:

@@ -1,11 +1,14 @@
 """What ``run_benchmark`` does, step by step (kept apart from Celery so it reads top to bottom).
 
 1. Claim the run (an atomic update: only a *queued* run is taken; anything else is a duplicate
-   delivery and is left alone). A run that depends on a base run is only queued once that completed
+   delivery and is left alone), and check its local files again (``backend.local_paths``: a file
+   swapped for a symlink since submission fails the run, unread). A run that depends on a base run is only queued once that completed
    (the store's rule, ``settle_waiting_runs``); it gets the base's artifact folder.
 2. While the engine runs: a heartbeat thread proves the worker alive and picks up cancellation;
    progress events are buffered and written every ``VELORA_METRICS_FLUSH_S`` (one metrics row per
    ``spec.progress_every`` steps); the ``on_progress`` answer stops the engine within a step.
+   Before the engine, a run predicted not to fit its device is stored as ``out_of_memory`` without
+   allocating, and the rest train under a memory limit (``worker.memory_guard``).
 3. Store the result (an out-of-memory is a result too), guarded by the claim; then settle the runs
    waiting for this one (queue and dispatch them, or fail/cancel them naming it).
 """
@@ -22,10 +25,12 @@ from pathlib import Path
 
 from backend import store
 from backend.db import Database
+from backend.local_paths import run_path_problem
 from backend.settings import Settings, get_settings
 from velora_core.contract.plan import ROLE_BASE
 from velora_core.contract.result import ProgressEvent, RunResult, RunStatus
 from velora_core.contract.spec import RunSpec
+from worker.memory_guard import apply_memory_limit, refuse_if_too_large
 
 #: Sends (run id, queue) pairs to the broker; returns the ids sent (``backend.broker.Dispatcher.dispatch``).
 DispatchFunction = Callable[[Sequence[tuple[int, str]]], list[int]]
@@ -177,6 +182,18 @@ def execute_run(
     return outcome
 
 
+def _allocation_failure_is_oom(result: RunResult) -> RunResult:
+    """A CPU allocation refused under the worker's memory limit is an out-of-memory, not a failure."""
+    error = result.error or ""
+    if result.status == RunStatus.FAILED and (
+        error.startswith("MemoryError") or "can't allocate memory" in error
+    ):
+        return result.model_copy(
+            update={"status": RunStatus.OUT_OF_MEMORY, "error": f"over the worker's memory limit: {error}"}
+        )
+    return result
+
+
 def _fail(db: Database, run_id: int, claim_id: str, error: str) -> None:
     with db.write_session() as session:
         store.fail_run(session, run_id=run_id, claim_id=claim_id, error=error)
@@ -199,6 +216,10 @@ def _execute_claimed(
     except ValueError as exc:  # stored by another version of the code, say
         _fail(db, run_id, claim_id, f"invalid stored spec: {exc}")
         return "failed (invalid spec)"
+    problem = run_path_problem(spec, settings)  # again: files may have changed since submission
+    if problem is not None:
+        _fail(db, run_id, claim_id, f"refused when the run started: {problem}")
+        return "failed (local path)"
     try:
         base_model = _base_model(db, run_id)
     except ValueError as exc:
@@ -210,10 +231,14 @@ def _execute_claimed(
             # torch is imported here, in the pool process only
             from velora_core.bench.engine import execute, execute_base
 
-            if role == ROLE_BASE:
-                result = execute_base(spec, recorder.on_progress, artifact_dir)
-            else:
-                result = execute(spec, recorder.on_progress, artifact_dir, base_model=base_model)
+            result = refuse_if_too_large(spec, settings)  # predicted, before anything is allocated
+            if result is None:
+                apply_memory_limit(spec, settings)
+                if role == ROLE_BASE:
+                    result = execute_base(spec, recorder.on_progress, artifact_dir)
+                else:
+                    result = execute(spec, recorder.on_progress, artifact_dir, base_model=base_model)
+                result = _allocation_failure_is_oom(result)
         except Exception as exc:  # a programming error in the engine: record it, keep the worker alive
             log.exception("engine raised on run %s", run_id)
             recorder.flush()

@@ -5,6 +5,7 @@ On start it applies migrations, provisions ``VELORA_API_TOKEN`` (hashed) and sta
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
 from collections.abc import AsyncIterator
@@ -18,15 +19,19 @@ from sqlalchemy.exc import OperationalError
 
 from backend import store
 from backend.api.docs import add_schemas, error_responses, serve_docs
+from backend.api.edge import EdgeMiddleware
 from backend.api.hosts import HostGuardMiddleware
 from backend.api.limits import BodySizeLimitMiddleware
+from backend.api.quotas import SubmissionWindow
 from backend.api.routes import comparisons, fit, health, presets, runs
 from backend.api.validation import validation_error_response
 from backend.broker import Dispatcher
 from backend.db import Database
 from backend.migrate import upgrade
 from backend.reaper import ReaperThread
-from backend.settings import API_V1_STR, Settings, get_settings
+from backend.settings import Settings, get_settings
+from velora_core.contract.http_api import API_PREFIX
+from velora_core.contract.spec import RunSpec
 
 log = logging.getLogger(__name__)
 
@@ -83,18 +88,23 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         title="VeLoRA Bench",
         summary="Queue and compare VeLoRA, QLoRA, LoRA and full fine-tuning runs.",
         version="0.1.0",
-        openapi_url=f"{API_V1_STR}/openapi.json",
+        openapi_url=f"{API_PREFIX}/openapi.json",
         docs_url=None,  # served by serve_docs, from an installed package
         redoc_url=None,  # ReDoc loads from a CDN only: no page that is blank offline
         lifespan=lifespan,
     )
     app.state.settings = settings
+    app.state.submissions = SubmissionWindow()
+    app.state.health_lock, app.state.health_cache = asyncio.Lock(), None
+    app.add_middleware(
+        EdgeMiddleware, max_headers=settings.http_max_headers
+    )  # NUL, nesting depth, HEAD (innermost: reads a bounded body)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_bytes)
     app.add_middleware(HostGuardMiddleware, settings=settings)  # outermost: checked before anything else
-    app.include_router(api_router, prefix=API_V1_STR)
+    app.include_router(api_router, prefix=API_PREFIX)
     app.add_exception_handler(RequestValidationError, validation_error_response)
-    add_schemas(app, comparisons.BODY_MODELS)
-    serve_docs(app, openapi_url=f"{API_V1_STR}/openapi.json")
+    add_schemas(app, (*comparisons.BODY_MODELS, RunSpec))
+    serve_docs(app, openapi_url=f"{API_PREFIX}/openapi.json")
 
     @app.exception_handler(OperationalError)
     async def _database_unavailable(_: Request, exc: OperationalError) -> JSONResponse:

@@ -7,7 +7,7 @@ Worker-side writes (:mod:`backend.store.run_lifecycle`) are guarded by the run's
 worker that lost its claim (reaped, requeued) can no longer change the run.
 """
 
-from backend.store.base import FINISHED_STATUSES, QUEUED, RUNNING, WAITING, StoreError
+from backend.store.base import FINISHED_STATUSES, StoreError, status_moves
 from backend.store.comparisons import create_comparison, get_comparison, list_comparisons
 from backend.store.idempotency import add_idempotency_key, find_idempotency_key, request_hash
 from backend.store.metrics import METRIC_COLUMNS, list_metrics
@@ -27,13 +27,17 @@ from backend.store.run_lifecycle import (
 from backend.store.runs import (
     RUN_SUMMARY_COLUMNS,
     add_planned_runs,
+    count_unstarted_runs,
     dispatchable,
     get_run,
     get_run_status,
     list_runs,
     mark_dispatched,
+    plan_size,
     request_cancel,
     runs_to_dispatch,
+    runs_to_redeliver,
+    sent_queued_counts,
 )
 from backend.store.tokens import (
     TOKEN_PREFIX,
@@ -52,11 +56,8 @@ from backend.tables import utcnow  # the store's clock, as callers compare with 
 __all__ = [
     "FINISHED_STATUSES",
     "METRIC_COLUMNS",
-    "QUEUED",
-    "RUNNING",
     "RUN_SUMMARY_COLUMNS",
     "TOKEN_PREFIX",
-    "WAITING",
     "AbandonOutcome",
     "StoreError",
     "add_idempotency_key",
@@ -65,6 +66,7 @@ __all__ = [
     "base_artifacts",
     "claim_run",
     "count_active_tokens",
+    "count_unstarted_runs",
     "create_comparison",
     "create_token",
     "dispatchable",
@@ -83,6 +85,7 @@ __all__ = [
     "list_tokens",
     "live_workers",
     "mark_dispatched",
+    "plan_size",
     "reap_lost_runs",
     "record_progress",
     "release_worker_runs",
@@ -90,7 +93,10 @@ __all__ = [
     "request_hash",
     "revoke_token",
     "runs_to_dispatch",
+    "runs_to_redeliver",
+    "sent_queued_counts",
     "settle_waiting_runs",
+    "status_moves",
     "stop_worker",
     "stop_worker_runs",
     "touch_token",

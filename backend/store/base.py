@@ -1,17 +1,28 @@
-"""What every store module shares: the run status values, the store's error, canonical JSON and
-plain-row reads."""
+"""What every store module shares: the finished statuses and the status-move guard of the run
+state machine (``velora_core.contract.result.RUN_TRANSITIONS``), the store's error and plain-row reads."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, Result, Select
+from sqlalchemy import ColumnElement, CursorResult, Result, Select
 from sqlalchemy.orm import Session
 
-from velora_core.contract.result import FINISHED_RUN_STATUSES, RunStatus
+from backend.tables import Run
+from velora_core.contract.result import FINISHED_RUN_STATUSES, RunStatus, allowed_sources
 
-WAITING, QUEUED, RUNNING = RunStatus.WAITING.value, RunStatus.QUEUED.value, RunStatus.RUNNING.value
 FINISHED_STATUSES = tuple(sorted(FINISHED_RUN_STATUSES))  # a sequence, for SQL IN
+
+
+def status_moves(target: RunStatus, *, sources: Iterable[RunStatus] | None = None) -> ColumnElement[bool]:
+    """The WHERE clause of an UPDATE that moves a run to ``target``: its status is one of those the
+    state machine allows to move there (or of ``sources``, each checked against it).
+
+    Raises:
+        ValueError: a source the state machine does not allow (a bug in the caller, at once).
+    """
+    return Run.status.in_(allowed_sources(target, sources))
 
 
 class StoreError(Exception):

@@ -14,7 +14,12 @@ from velora_core.contract.spec import ComparisonSpec
 
 
 def create_comparison(
-    session: Session, *, spec: ComparisonSpec, queue: str, preset: str | None = None
+    session: Session,
+    *,
+    spec: ComparisonSpec,
+    queue: str,
+    preset: str | None = None,
+    submitted_by: str | None = None,
 ) -> Comparison:
     """Add a comparison, one run per (method, seed), and a base run for each pre-training they need."""
     payload = spec.model_dump(mode="json")
@@ -26,7 +31,9 @@ def create_comparison(
     )
     session.add(comparison)
     session.flush()
-    add_planned_runs(session, specs=spec.runs(), queue=queue, comparison_id=comparison.id)
+    add_planned_runs(
+        session, specs=spec.runs(), queue=queue, comparison_id=comparison.id, submitted_by=submitted_by
+    )
     session.refresh(comparison, ["runs"])
     return comparison
 

@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import Select, delete, func, select, update
 from sqlalchemy.orm import Session
 
-from backend.store.base import FINISHED_STATUSES, QUEUED, RUNNING, WAITING, changed_rows
+from backend.store.base import FINISHED_STATUSES, changed_rows, status_moves
 from backend.tables import Run, RunMetric, utcnow
 from velora_core.contract.plan import dependency_outcome
 from velora_core.contract.result import LossPoint, ProgressEvent, RunResult, RunStatus
@@ -31,9 +31,9 @@ def claim_run(session: Session, *, run_id: int, worker_host: str, worker_device:
     now = utcnow()
     claimed = session.execute(
         update(Run)
-        .where(Run.id == run_id, Run.status == QUEUED, Run.cancel_requested.is_(False))
+        .where(Run.id == run_id, status_moves(RunStatus.RUNNING), Run.cancel_requested.is_(False))
         .values(
-            status=RUNNING,
+            status=RunStatus.RUNNING,
             claim_id=claim_id,
             worker_host=worker_host,
             worker_device=worker_device,
@@ -52,8 +52,12 @@ def claim_run(session: Session, *, run_id: int, worker_host: str, worker_device:
     if changed_rows(claimed) != 1:
         session.execute(
             update(Run)
-            .where(Run.id == run_id, Run.status == QUEUED, Run.cancel_requested.is_(True))
-            .values(status=RunStatus.CANCELLED.value, finished_at=now, error="cancelled before it started")
+            .where(
+                Run.id == run_id,
+                status_moves(RunStatus.CANCELLED, sources=[RunStatus.QUEUED]),
+                Run.cancel_requested.is_(True),
+            )
+            .values(status=RunStatus.CANCELLED, finished_at=now, error="cancelled before it started")
             .execution_options(synchronize_session=False)
         )
         return None
@@ -67,7 +71,7 @@ def heartbeat_run(session: Session, *, run_id: int, claim_id: str) -> bool | Non
     or None when the claim is lost (the run was reaped or requeued)."""
     return session.execute(
         update(Run)
-        .where(Run.id == run_id, Run.claim_id == claim_id, Run.status == RUNNING)
+        .where(Run.id == run_id, Run.claim_id == claim_id, Run.status == RunStatus.RUNNING)
         .values(heartbeat_at=utcnow())
         .returning(Run.cancel_requested)
         .execution_options(synchronize_session=False)
@@ -98,7 +102,7 @@ def record_progress(
     """
     cancel = session.execute(
         update(Run)
-        .where(Run.id == run_id, Run.claim_id == claim_id, Run.status == RUNNING)
+        .where(Run.id == run_id, Run.claim_id == claim_id, Run.status == RunStatus.RUNNING)
         .values(
             heartbeat_at=utcnow(),
             phase=state.phase[:20],
@@ -135,7 +139,7 @@ def finish_run(
     """Record a run's result. False when the claim was lost (requeued elsewhere); a run the reaper
     failed by mistake (its worker was slow, not dead) still takes its real result."""
     values: dict[str, Any] = {
-        "status": result.status.value,
+        "status": result.status,
         # A stop asked for with a reason (the worker shutting down) keeps that reason.
         "error": func.coalesce(Run.error, result.error)
         if result.status == RunStatus.CANCELLED
@@ -151,7 +155,11 @@ def finish_run(
         values["worker_device"] = worker_device
     done = session.execute(
         update(Run)
-        .where(Run.id == run_id, Run.claim_id == claim_id, Run.status.in_([RUNNING, RunStatus.FAILED.value]))
+        .where(
+            Run.id == run_id,
+            Run.claim_id == claim_id,
+            status_moves(result.status, sources=[RunStatus.RUNNING, RunStatus.FAILED]),
+        )
         .values(**values)
         .execution_options(synchronize_session=False)
     )
@@ -178,8 +186,12 @@ def fail_run(session: Session, *, run_id: int, claim_id: str, error: str) -> boo
     """Mark a claimed run failed (the engine raised, or the worker gave up on it)."""
     done = session.execute(
         update(Run)
-        .where(Run.id == run_id, Run.claim_id == claim_id, Run.status == RUNNING)
-        .values(status=RunStatus.FAILED.value, error=error, finished_at=utcnow(), phase="done")
+        .where(
+            Run.id == run_id,
+            Run.claim_id == claim_id,
+            status_moves(RunStatus.FAILED, sources=[RunStatus.RUNNING]),
+        )
+        .values(status=RunStatus.FAILED, error=error, finished_at=utcnow(), phase="done")
         .execution_options(synchronize_session=False)
     )
     return changed_rows(done) == 1
@@ -206,16 +218,16 @@ def _abandon(
     outcome = AbandonOutcome()
     now = utcnow()
     for row in session.execute(candidates).all():
-        where = [Run.id == row.id, Run.status == RUNNING, Run.claim_id == row.claim_id, *guard]
         lost = f"worker lost: {row.worker_host or 'unknown worker'} {reason}"
+        values: dict[str, Any]
         if row.cancel_requested:
             values, bucket = (
-                {"status": "cancelled", "error": f"cancelled ({lost})", "finished_at": now},
+                {"status": RunStatus.CANCELLED, "error": f"cancelled ({lost})", "finished_at": now},
                 "cancelled",
             )
         elif requeue and row.attempts < max_attempts:
             values = {
-                "status": QUEUED,
+                "status": RunStatus.QUEUED,
                 "claim_id": None,
                 "dispatched_at": None,
                 "heartbeat_at": None,
@@ -225,7 +237,10 @@ def _abandon(
             bucket = "requeued"
         else:
             suffix = f" (gave up after {row.attempts} attempts)" if requeue else ""
-            values, bucket = {"status": "failed", "error": lost + suffix, "finished_at": now}, "failed"
+            values = {"status": RunStatus.FAILED, "error": lost + suffix, "finished_at": now}
+            bucket = "failed"
+        moved = status_moves(values["status"], sources=[RunStatus.RUNNING])
+        where = [Run.id == row.id, moved, Run.claim_id == row.claim_id, *guard]
         changed = session.execute(
             update(Run).where(*where).values(**values).execution_options(synchronize_session=False)
         )
@@ -253,7 +268,9 @@ def reap_lost_runs(
     stale and held by the same claim.
     """
     stale_before = utcnow() - timedelta(seconds=heartbeat_timeout_s)
-    candidates = select(*_ABANDON_COLUMNS).where(Run.status == RUNNING, Run.heartbeat_at < stale_before)
+    candidates = select(*_ABANDON_COLUMNS).where(
+        Run.status == RunStatus.RUNNING, Run.heartbeat_at < stale_before
+    )
     return _abandon(
         session,
         candidates=candidates,
@@ -268,7 +285,9 @@ def release_worker_runs(
     session: Session, *, worker_name: str, reason: str, requeue: bool, max_attempts: int
 ) -> AbandonOutcome:
     """Fail (or requeue) the running runs of a worker known to be gone (e.g. stopped by ``up``)."""
-    candidates = select(*_ABANDON_COLUMNS).where(Run.status == RUNNING, Run.worker_host == worker_name)
+    candidates = select(*_ABANDON_COLUMNS).where(
+        Run.status == RunStatus.RUNNING, Run.worker_host == worker_name
+    )
     return _abandon(
         session, candidates=candidates, guard=[], reason=reason, requeue=requeue, max_attempts=max_attempts
     )
@@ -280,7 +299,11 @@ def stop_worker_runs(session: Session, *, worker_name: str, reason: str) -> list
     return list(
         session.execute(
             update(Run)
-            .where(Run.status == RUNNING, Run.worker_host == worker_name, Run.cancel_requested.is_(False))
+            .where(
+                Run.status == RunStatus.RUNNING,
+                Run.worker_host == worker_name,
+                Run.cancel_requested.is_(False),
+            )
             .values(cancel_requested=True, error=reason)
             .returning(Run.id)
             .execution_options(synchronize_session=False)
@@ -298,7 +321,7 @@ def settle_waiting_runs(session: Session) -> list[tuple[int, str]]:
     few (those of the comparisons in flight), so all are read at once rather than through an index.
     """
     waiting = session.execute(
-        select(Run.id, Run.queue, Run.depends_on).where(Run.status == WAITING).order_by(Run.id)
+        select(Run.id, Run.queue, Run.depends_on).where(Run.status == RunStatus.WAITING).order_by(Run.id)
     ).all()
     if not waiting:
         return []
@@ -316,7 +339,7 @@ def settle_waiting_runs(session: Session) -> list[tuple[int, str]]:
         for dep in row.depends_on or ():
             base = bases.get(dep)
             if base is None:
-                values = {"status": RunStatus.FAILED.value, "error": f"its base run {dep} no longer exists"}
+                values = {"status": RunStatus.FAILED, "error": f"its base run {dep} no longer exists"}
                 break
             if base.status not in FINISHED_STATUSES:
                 values = {}  # still waiting for this one
@@ -328,16 +351,16 @@ def settle_waiting_runs(session: Session) -> list[tuple[int, str]]:
         if values == {}:
             continue
         if values is None:  # every base completed
-            values = {"status": QUEUED, "dispatched_at": None, "message": None}
+            values = {"status": RunStatus.QUEUED, "dispatched_at": None, "message": None}
         else:
             values |= {"finished_at": now, "phase": "done"}
         changed = session.execute(
             update(Run)
-            .where(Run.id == row.id, Run.status == WAITING)
+            .where(Run.id == row.id, status_moves(values["status"], sources=[RunStatus.WAITING]))
             .values(**values)
             .execution_options(synchronize_session=False)
         )
-        if changed_rows(changed) == 1 and values["status"] == QUEUED:
+        if changed_rows(changed) == 1 and values["status"] == RunStatus.QUEUED:
             ready.append((row.id, row.queue))
     return ready
 

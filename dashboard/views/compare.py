@@ -21,6 +21,7 @@ from velora_core.contract.result import (
     ACTIVE_STATUSES,
     FINISHED_RUN_STATUSES,
     ComparisonStatus,
+    RunStatus,
 )
 
 api: ApiClient = st.session_state.api
@@ -164,7 +165,7 @@ def comparison_view() -> None:
         if base["status"] in ACTIVE_STATUSES:
             st.progress(progress_fraction(base))
         points = ((detail.get("result") or {}).get("loss_curve")) or []
-        if not points and base["status"] == "running":
+        if not points and base["status"] == RunStatus.RUNNING:
             try:
                 points = api.metrics(base["id"])["data"]
             except ApiError:
@@ -174,7 +175,7 @@ def comparison_view() -> None:
                 curve = {"method": f"pre-training ({base['method']})", "seed": base["seed"], "points": points}
                 st.plotly_chart(loss_figure([curve]), key=f"compare.base_loss.{base['id']}")
     for run in everything:
-        if run["status"] in ("failed", "out_of_memory"):
+        if run["status"] in (RunStatus.FAILED, RunStatus.OUT_OF_MEMORY):
             st.error(
                 f"{run['method']} (seed {run['seed']}) {run['status'].replace('_', ' ')}: {run.get('error') or 'no message'}"
             )
@@ -222,7 +223,7 @@ def comparison_view() -> None:
     curves = []
     for run in runs:
         points = ((details.get(run["id"]) or {}).get("result") or {}).get("loss_curve") or []
-        if not points and run["status"] == "running":
+        if not points and run["status"] == RunStatus.RUNNING:
             try:
                 points = api.metrics(run["id"])["data"]
             except ApiError:

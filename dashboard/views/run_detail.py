@@ -17,7 +17,12 @@ from dashboard.formatting import (
 )
 from dashboard.run_status import eta_seconds, progress_fraction, status_words
 from dashboard.run_tables import memory_table, metric_rows, run_facts
-from velora_core.contract.result import ACTIVE_STATUSES, headline_memory_bytes, measured_peak_bytes
+from velora_core.contract.result import (
+    ACTIVE_STATUSES,
+    RunStatus,
+    headline_memory_bytes,
+    measured_peak_bytes,
+)
 
 api: ApiClient = st.session_state.api
 
@@ -63,9 +68,9 @@ def run_view() -> None:
     evaluation = (result.get("eval") or {}) if run["status"] == "completed" else {}
     st.subheader(f"Run {run['id']}: {run['method']}, seed {run['seed']}")
     state = status_words(run)
-    if run["status"] in ("failed", "out_of_memory"):
+    if run["status"] in (RunStatus.FAILED, RunStatus.OUT_OF_MEMORY):
         st.error(state)
-    elif run["status"] == "cancelled":
+    elif run["status"] == RunStatus.CANCELLED:
         st.warning(state)
         st.progress(
             progress_fraction(run),

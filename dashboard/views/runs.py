@@ -7,7 +7,7 @@ import streamlit as st
 from dashboard.api import ApiClient, ApiError
 from dashboard.formatting import MAX_QUERY_ID, duration_words, query_number
 from dashboard.run_status import STATUS_WORDS, eta_seconds, run_rows, status_words
-from velora_core.contract.result import ACTIVE_STATUSES
+from velora_core.contract.result import ACTIVE_STATUSES, RunStatus
 
 api: ApiClient = st.session_state.api
 PAGE_SIZES = [25, 50, 100, 200]
@@ -93,7 +93,7 @@ def listing() -> None:
             except ApiError as exc:
                 st.error(exc.message)
     for run in runs:
-        if run["status"] in ("failed", "out_of_memory"):
+        if run["status"] in (RunStatus.FAILED, RunStatus.OUT_OF_MEMORY):
             st.error(f"Run {run['id']} ({run['method']}, seed {run['seed']}): {status_words(run)}")
     c1, c2 = st.columns([4, 1], vertical_alignment="bottom")
     labels = {

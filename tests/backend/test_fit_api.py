@@ -132,3 +132,14 @@ def test_an_api_installed_without_torch_says_so_with_a_503(
     response = client.post("/api/v1/fit", json=TINY, headers=auth)
     assert response.status_code == 503
     assert "installed without torch" in response.json()["detail"]
+
+
+def test_8bit_optimizer_methods_are_predicted(client: TestClient, auth: dict) -> None:
+    """Issue 22.6: bitsandbytes builds its 8-bit quantisation maps from tensor values, which fake
+    tensors refused (a 503). Each method gets a prediction with its optimizer state."""
+    methods = ["full+8bit", "lora+8bit", "qlora+8bit"]
+    response = client.post("/api/v1/fit", json={**TINY, "methods": methods}, headers=auth)
+    assert response.status_code == 200, response.text
+    estimates = response.json()["estimates"]
+    assert [e["method"] for e in estimates] == methods
+    assert all(e["peak_bytes"] == sum(e[c] for c in PEAK_COMPONENTS) > 0 for e in estimates)

@@ -25,20 +25,35 @@ from tests.worker.conftest import stack
 def test_health_reports_database_broker_and_workers(
     client: TestClient, auth: dict, db: Database, backend_kind: str
 ) -> None:
-    body = client.get("/api/v1/health").json()
+    body = client.get("/api/v1/health", headers=auth).json()
     assert body["database"] == {"ok": True, "backend": backend_kind}
     assert body["broker"]["ok"] is True and body["broker"]["queued_messages"] == {"gpu": 0, "cpu": 0}
     assert body["status"] == "degraded"  # no worker yet
     with db.write_session() as session:
         store.upsert_worker(session, name="cpu0@h", host="h", pid=1, queues="cpu", device="cpu")
+    time.sleep(client.app.state.settings.health_cache_s)  # the cached check ages
     response = client.get("/api/v1/health", headers=auth)
     assert response.status_code == 200 and response.json()["status"] == "ok"
+    assert [w["name"] for w in response.json()["workers"]["list"]] == ["cpu0@h"]
+
+
+def test_health_shows_probes_the_verdict_only(client: TestClient, backend_kind: str) -> None:
+    """Issue 22.7: /health showed anyone the broker's URL and its errors."""
+    body = client.get("/api/v1/health").json()
+    assert body == {
+        "status": "degraded",
+        "database": {"ok": True},
+        "broker": {"ok": True},
+        "workers": {"alive": 0},
+    }
+    wrong = client.get("/api/v1/health", headers={"Authorization": "Bearer wrong"}).json()
+    assert "url" not in wrong["broker"] and "list" not in wrong["workers"]
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "postgres"])
 def test_health_answers_fast_hundreds_of_times_between_submissions(kind: str, tmp_path: Path) -> None:
     """Issue 8.1: each /health leaked a broker connection; call 15 waited 30 s and answered 503."""
-    with stack(kind, tmp_path) as services:
+    with stack(kind, tmp_path, VELORA_HEALTH_CACHE_S="0") as services:  # every call checks afresh
         client, expected_cpu, slowest = services.client, 0, 0.0
         for call in range(400):
             started = time.monotonic()
@@ -135,7 +150,7 @@ def test_openapi_every_ref_resolves_and_errors_are_documented(client: TestClient
     documented = {(m.upper(), p): set(op["responses"]) for p, ops in paths.items() for m, op in ops.items()}
     # The Host guard (400) answers every path; the cross-site guard (403) every write.
     expected = {
-        ("POST", "/api/v1/comparisons"): {"201", "400", "401", "403", "413", "415", "422", "503"},
+        ("POST", "/api/v1/comparisons"): {"201", "400", "401", "403", "413", "415", "422", "429", "503"},
         ("POST", "/api/v1/runs/{run_id}/cancel"): {"200", "400", "401", "403", "404", "409", "422", "503"},
         ("GET", "/api/v1/comparisons/{comparison_id}"): {"200", "400", "401", "404", "422", "503"},
     }

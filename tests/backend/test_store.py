@@ -225,3 +225,29 @@ def test_workers_liveness(db: Database) -> None:
         store.stop_worker(session, name="b@h")
     with db.session() as session:
         assert [w.name for w in store.live_workers(session, seen_within_s=30)] == ["a@h"]
+
+
+def test_finish_run_refuses_a_result_the_state_machine_does_not_allow(db: Database) -> None:
+    run_id = new_run(db)
+    claim_id = claim(db, run_id)
+    result = RunResult(method="full", status=RunStatus.RUNNING)
+    with db.write_session() as session:
+        try:
+            store.finish_run(session, run_id=run_id, claim_id=claim_id, result=result)
+        except ValueError as exc:
+            assert "'running'" in str(exc)
+        else:
+            raise AssertionError("finish_run stored a run as still running")
+    assert run_row(db, run_id).status == RunStatus.RUNNING
+
+
+def test_a_finished_run_is_not_finished_again(db: Database) -> None:
+    run_id = new_run(db)
+    claim_id = claim(db, run_id)
+    done = RunResult(method="full", status=RunStatus.COMPLETED)
+    with db.write_session() as session:
+        assert store.finish_run(session, run_id=run_id, claim_id=claim_id, result=done)
+    with db.write_session() as session:  # completed is final: a second result changes nothing
+        failed = RunResult(method="full", status=RunStatus.FAILED, error="late")
+        assert not store.finish_run(session, run_id=run_id, claim_id=claim_id, result=failed)
+    assert run_row(db, run_id).status == RunStatus.COMPLETED

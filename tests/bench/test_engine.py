@@ -299,7 +299,7 @@ def test_loss_is_recorded_every_step_and_setup_says_what_it_is_doing(tmp_path):
     assert setup == [
         "loading the model (tiny) on cpu",
         "applying full",
-        "tokenizing the training data (stdlib-corpus)",
+        "preparing the training data (stdlib-corpus)",
     ]
 
 

@@ -10,7 +10,7 @@ from velora_core.bench.engine import execute
 from velora_core.bench.fit_prediction import FOUR_BIT_NOTE, estimate, fake_step, fit_spec, materialise
 from velora_core.cli.main import main
 from velora_core.contract.fit_request import GIB, FitEstimate, FitRequest
-from velora_core.contract.method_parts import NAMED_METHODS as METHODS
+from velora_core.contract.method_settings import NAMED_METHODS as METHODS
 from velora_core.contract.result import PEAK_COMPONENTS
 
 SHAPE = {"micro_batch": 2, "seq_len": 32}

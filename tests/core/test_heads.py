@@ -7,10 +7,10 @@ import pytest
 import torch
 from transformers import BertConfig, BertForSequenceClassification, RobertaForSequenceClassification
 
-from velora_core.bench.workloads import preset_config
 from velora_core.contract.presets.model_shapes import MODEL_PRESETS
 from velora_core.models.heads import RobertaMeanPoolForSequenceClassification, masked_mean
 from velora_core.models.loading import ModelSource, load_causal_lm
+from velora_core.models.preset_configs import preset_config
 
 
 def _config(num_labels: int = 3):

@@ -6,15 +6,8 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from velora_core.contract.method_parts import (
-    BASES,
-    METHOD_CONFIGS,
-    TECHNIQUES,
-    canonical_method,
-    method_config_for,
-    parse_method,
-    settings_class,
-)
+from velora_core.contract.method_parts import BASES, TECHNIQUES, canonical_method, parse_method
+from velora_core.contract.method_settings import METHOD_CONFIGS, method_config_for, settings_class
 from velora_core.contract.presets.comparisons import PRESETS, comparison_preset
 from velora_core.contract.spec import ComparisonSpec, RunSpec
 
@@ -165,3 +158,21 @@ def test_a_preset_keeps_its_settings_for_a_method_spelled_another_way():
     assert spec.methods == ["velora+lora", "lora+gc"]
     assert spec.method_configs["velora+lora"]["velora"]["num_groups"] == 16
     assert spec.method_configs["lora+gc"]["lora"]["r"] == 8
+
+
+def test_a_registered_technique_composes_in_registration_order(monkeypatch):
+    from velora_core.contract import method_parts
+
+    monkeypatch.setattr(method_parts, "TECHNIQUES", dict(TECHNIQUES))
+    try:
+        method_parts.register_method_part(
+            method_parts.MethodPart("noop", "does nothing", "techniques:apply_noop"), base=False
+        )
+        assert canonical_method("noop+lora+gc+velora") == "velora+lora+gc+noop"
+        assert method_parts.canonical_order()[-1] == "noop"
+        with pytest.raises(ValueError, match="already registered"):
+            method_parts.register_method_part(method_parts.MethodPart("gc", "again", "x:y"), base=False)
+        with pytest.raises(ValueError, match="must name its optimizer"):
+            method_parts.register_method_part(method_parts.MethodPart("sgd", "no opt", "x:y"), base=True)
+    finally:
+        method_parts.parse_method.cache_clear()  # forget the compositions that named 'noop'

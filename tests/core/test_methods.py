@@ -5,9 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from velora_core.contract.method_parts import METHOD_CONFIGS
+from velora_core.contract.method_parts import BASES, TECHNIQUES
+from velora_core.contract.method_settings import METHOD_CONFIGS
 from velora_core.memory.report import measure_training_step
-from velora_core.methods.registry import BASE_STEPS, TECHNIQUE_STEPS, prepare_model
+from velora_core.methods.optimizers import OPTIMIZERS
+from velora_core.methods.registry import apply_step, prepare_model
 from velora_core.models.loading import ModelSource
 
 LORA = {"r": 4, "alpha": 8, "target_modules": ["v_proj", "down_proj"]}
@@ -27,9 +29,30 @@ METHODS = list(SETTINGS)
 
 
 def test_registry_has_one_entry_per_part_and_the_six_names_are_still_offered():
-    assert list(BASE_STEPS) == ["full", "lora", "qlora", "galore", "lora-fa"]
-    assert list(TECHNIQUE_STEPS) == ["velora", "gc", "8bit", "offload"]
+    assert list(BASES) == ["full", "lora", "qlora", "galore", "lora-fa"]
+    assert list(TECHNIQUES) == ["velora", "gc", "8bit", "offload"]
     assert list(METHOD_CONFIGS)[:6] == METHODS
+
+
+def test_every_part_names_code_that_resolves_and_every_base_a_registered_optimizer():
+    for part in [*BASES.values(), *TECHNIQUES.values()]:
+        assert callable(apply_step(part)), part.name
+    assert {b.name: b.optimizer for b in BASES.values()} == {
+        "full": "adamw",
+        "lora": "adamw",
+        "qlora": "adamw",
+        "galore": "galore",
+        "lora-fa": "lorafa",
+    }
+    assert all(b.optimizer in OPTIMIZERS for b in BASES.values())
+    assert all(k.eight_bit is None or k.eight_bit in OPTIMIZERS for k in OPTIMIZERS.values())
+
+
+def test_a_part_naming_missing_code_is_a_lookup_error():
+    from velora_core.contract.method_parts import MethodPart
+
+    with pytest.raises(LookupError, match="bases:prepare_nothing"):
+        apply_step(MethodPart("nothing", "no code", "bases:prepare_nothing", optimizer="adamw"))
 
 
 def train(method: str, model_dir: str, batch: dict, steps: int = 6, lr: float = 1e-2):

@@ -6,13 +6,16 @@ builds the model and injects the method. For each pattern below both must accept
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from pydantic import ValidationError
 
 from velora_core.contract.presets.model_shapes import MODEL_PRESETS
 from velora_core.contract.spec import RunSpec
 from velora_core.methods.registry import prepare_model
-from velora_core.models.loading import ModelSource, llama_config
+from velora_core.models.loading import ModelSource
+from velora_core.models.preset_configs import llama_config
 
 TINY = MODEL_PRESETS["tiny"]  # hidden 128, intermediate 352, 2 layers
 
@@ -91,15 +94,38 @@ def test_regex_targets_get_the_width_check() -> None:
         )
 
 
-@pytest.mark.parametrize("pattern", [r"(a+)+", r"(.*)*x", r"(vv|qq)*_proj"])
-def test_nested_repetition_is_refused(pattern: str) -> None:
-    with pytest.raises(ValidationError, match="nested repetition"):
-        RunSpec.model_validate(
-            {
-                "workload": "pretrain",
-                "model": {"source": "preset", "name": "tiny"},
-                "dataset": {"name": "stdlib-corpus"},
-                "method": "velora+full",
-                "method_config": {"velora": {"target_modules": [pattern]}},
-            }
-        )
+def _velora_spec(pattern: str) -> dict:
+    return {
+        "workload": "pretrain",
+        "model": {"source": "preset", "name": "tiny"},
+        "dataset": {"name": "stdlib-corpus"},
+        "method": "velora+full",
+        "method_config": {"velora": {"num_groups": 4, "target_modules": [pattern, "down_proj"]}},
+    }
+
+
+@pytest.mark.parametrize(
+    "pattern", [r"(a+)+", r"(.*)*x", r"(vv|qq)*_proj", "(?:.*.*.*.*.*.*.*.*.*.*.*.*)X", "(.*){1,100}X"]
+)
+def test_patterns_that_backtrack_catastrophically_in_python_re_match_in_linear_time(pattern: str) -> None:
+    """Issue 22.1: `(?:.*.*.*.*.*.*.*.*.*)X` took 20 s to check against the tiny model under Python's
+    re (104 s per name with 12 `.*`); RE2 matches every name in time linear in its length."""
+    started = time.perf_counter()
+    RunSpec.model_validate(_velora_spec(pattern))
+    assert time.perf_counter() - started < 1.0
+
+
+@pytest.mark.parametrize(
+    ("pattern", "why"),
+    [
+        (r"(v)\1_proj", "invalid escape"),
+        (r"(?=v)v_proj", "invalid perl operator"),
+        ("(x{1,1000}){1,1000}", ""),
+    ],
+)
+def test_patterns_outside_re2_syntax_are_refused_naming_the_entry(pattern: str, why: str) -> None:
+    with pytest.raises(
+        ValidationError, match=r"not a regular expression this server accepts \(RE2 syntax"
+    ) as info:
+        RunSpec.model_validate(_velora_spec(pattern))
+    assert repr(pattern) in str(info.value) and why in str(info.value)

@@ -1,7 +1,9 @@
 """The run lifecycle: one run of one method, setup → train → evaluate → result.
 
 The training loop is in ``trainer``, the artifacts on disk in ``artifacts``, the largest-batch
-search in ``batch_search``. :func:`execute` keeps no state between runs and reports through
+search in ``batch_search``; what differs between workloads (the model's head, the processor, the
+training data, the evaluation) comes from the run's strategy in ``workloads``, so the lifecycle has
+no workload branches. :func:`execute` keeps no state between runs and reports through
 ``on_progress``; it does not know whether a CLI progress bar or a Celery task is listening. A run
 failure (bad data, a CUDA out-of-memory, cancellation) is a :class:`RunResult`, never an exception.
 
@@ -20,36 +22,27 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from transformers import AutoConfig
 
 from velora_core.bench.artifacts import check_base_artifact, save_artifact, stored_result, write_result
 from velora_core.bench.batch_search import search_max_micro_batch
-from velora_core.bench.data import (
-    ContinuationEvalData,
-    LMEvalData,
-    MCEvalData,
-    load_eval_data,
-    load_train_data,
-)
 from velora_core.bench.environment import environment
-from velora_core.bench.evaluate.causal_lm import mc_accuracy, perplexity
-from velora_core.bench.evaluate.continuation import continuation_accuracy
 from velora_core.bench.trainer import (
     OutOfMemory,
     ProgressCallback,
     RunCancelled,
     Trainer,
     oom_types,
-    random_batches,
     total_steps_for,
 )
-from velora_core.bench.workloads import ENCODER_WORKLOADS, encoder_workload, preset_config
-from velora_core.contract.method_parts import method_config_for
+from velora_core.bench.workloads import start_workload
+from velora_core.contract.method_settings import method_config_for
 from velora_core.contract.presets.model_shapes import MODEL_PRESETS
-from velora_core.contract.result import EvalResult, ProgressEvent, RunResult, RunStatus, Throughput
+from velora_core.contract.result import ProgressEvent, RunResult, RunStatus, Throughput
 from velora_core.contract.spec import RunSpec, check_hub_id_not_on_disk
 from velora_core.methods.registry import prepare_model
 from velora_core.models.loading import DTYPES, ModelSource
-from velora_core.models.tokenizers import Tokenizer, load_tokenizer
+from velora_core.models.preset_configs import preset_config
 
 
 def resolve_device(name: str) -> torch.device:
@@ -74,47 +67,31 @@ def seed_everything(seed: int) -> None:
 
 
 def model_source(spec: RunSpec, device: torch.device, base_model: str | Path | None) -> ModelSource:
-    dtype = DTYPES[spec.dtype]
+    """Where the run's model comes from (before its workload adds a head): a built-in shape's config,
+    the base run's artifact, a hub id or a local folder (a hub model's config for memory-only)."""
     model = spec.model
+    where = {
+        "dtype": DTYPES[spec.dtype],
+        "device": str(device),
+        "workload": spec.workload,
+        "pooling": model.pooling,
+    }
     if model.source == "preset":
-        return ModelSource(config=preset_config(MODEL_PRESETS[model.name]), dtype=dtype, device=str(device))
+        return ModelSource(config=preset_config(MODEL_PRESETS[model.name]), **where)
     if model.source == "artifact":
-        path = check_base_artifact(spec, base_model)
-        return ModelSource(path=str(path), dtype=dtype, device=str(device))
+        return ModelSource(path=str(check_base_artifact(spec, base_model)), **where)
     if model.source == "hub":
         check_hub_id_not_on_disk(model.name, "model.name")
     if model.memory_only:
-        from transformers import AutoConfig
-
         config = AutoConfig.from_pretrained(model.name, revision=model.revision, trust_remote_code=False)
-        return ModelSource(config=config, dtype=dtype, device=str(device))
-    return ModelSource(path=model.name, revision=model.revision, dtype=dtype, device=str(device))
+        return ModelSource(config=config, **where)
+    return ModelSource(path=model.name, revision=model.revision, **where)
 
 
 def _check_positions(model: nn.Module, seq_len: int) -> None:
     limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
     if limit is not None and seq_len > limit:
         raise ValueError(f"seq_len {seq_len} is beyond the model's limit of {limit} positions")
-
-
-def evaluate(spec: RunSpec, model: nn.Module, tokenizer: Tokenizer, device: torch.device) -> EvalResult:
-    if spec.eval.metric == "none":
-        return EvalResult(metric="none")
-    data = load_eval_data(spec.eval, spec.dataset, tokenizer, spec.seq_len, spec.seed)
-    if data is None:
-        return EvalResult(metric="none")
-    if isinstance(data, LMEvalData):
-        result = perplexity(model, data.blocks.to(device), spec.eval.batch_size)
-    elif isinstance(data, MCEvalData):
-        result = mc_accuracy(
-            model, tokenizer, data.shots, data.questions, spec.eval.num_shots, spec.eval.batch_size
-        )
-    elif isinstance(data, ContinuationEvalData):
-        result = continuation_accuracy(model, tokenizer, data.items, spec.eval.batch_size)
-    else:  # pragma: no cover - load_eval_data returns one of these
-        raise TypeError(f"unexpected evaluation data {type(data).__name__}")
-    result.details = {**result.details, "dataset": data.description, "fingerprint": data.fingerprint}
-    return result
 
 
 def execute(
@@ -159,53 +136,31 @@ def execute(
 
         emit("setup", f"loading the model ({spec.model.name}) on {device}")
         seed_everything(spec.seed)
-        source = model_source(spec, device, base_model)
-        # The encoder workloads (ViT, RoBERTa) bring their own model head, data and evaluation.
-        encoder = encoder_workload(spec, source) if spec.workload in ENCODER_WORKLOADS else None
-        if encoder is not None:
-            source, tokenizer = encoder.source, encoder.processor
-        else:
-            tokenizer = load_tokenizer(spec.model, source.path if spec.model.source == "artifact" else None)
+        # The workload's strategy (bench/workloads/) reads what must come before the model (a head's labels).
+        workload = start_workload(spec, model_source(spec, device, base_model))
         method_config_for(spec.method, spec.method_config)  # re-validated: specs may come from storage
         seed_everything(spec.seed)
         emit("setup", f"applying {spec.method}")
-        prepared = prepare_model(spec.method, source, spec.method_config)
+        prepared = prepare_model(spec.method, workload.source, spec.method_config)
         _check_positions(prepared.model, spec.seq_len)
         if model_hook is not None:
             model_hook(prepared.model)
-        vocab = None if encoder is not None else prepared.model.get_input_embeddings().num_embeddings
-        if encoder is not None:
-            batches, num_examples = encoder.batches, encoder.num_examples
-            result.environment.update(encoder.environment)
-        elif spec.model.memory_only:
-            batches = random_batches(vocab, spec.micro_batch, spec.seq_len, spec.seed)
-            num_examples = spec.micro_batch
-            result.environment["data"] = "random tokens (memory-only)"
-        else:
-            # With a step budget, load no more examples than the run can visit.
-            bound = spec.steps * spec.micro_batch * spec.grad_accum if spec.steps is not None else None
-            emit("setup", f"tokenizing the training data ({spec.dataset.name})")
-            data = load_train_data(spec.dataset, tokenizer, spec.seq_len, spec.seed, max_examples=bound)
-            batches = data.batches(spec.micro_batch, spec.seed)
-            num_examples = data.num_examples
-            result.environment["data_fingerprint"] = data.fingerprint
-            result.environment["data"] = data.description
-        total = total_steps_for(spec, num_examples)
-        trainer = Trainer(spec, prepared, device, on_progress, tokenizer.pad_token_id)
-        trainer.train(batches, total)
+        emit("setup", f"preparing the training data ({spec.dataset.name})")
+        data = workload.training_data(prepared.model)
+        result.environment.update(data.environment)
+        trainer = Trainer(spec, prepared, device, on_progress, workload.processor.pad_token_id)
+        trainer.train(data.batches, total_steps_for(spec, data.num_examples))
         result.memory = trainer.memory
         emit("eval", spec.eval.metric)
-        if encoder is not None:
-            result.eval = encoder.evaluate(prepared.model, device)
-        else:
-            result.eval = evaluate(spec, prepared.model, tokenizer, device)
+        result.eval = workload.evaluate(prepared.model, device)
         if spec.save_artifact and not spec.model.memory_only:
-            result.artifact_path = str(save_artifact(spec, prepared.model, tokenizer, artifact_dir))
-        if spec.max_batch_search:
+            result.artifact_path = str(save_artifact(spec, prepared.model, workload.processor, artifact_dir))
+        if spec.max_batch_search:  # offered by the causal-LM workloads only (their registry entry)
             if device.type == "cuda":
+                vocab = prepared.model.get_input_embeddings().num_embeddings
                 del prepared, trainer.model, trainer.optimizer
                 torch.cuda.empty_cache()
-                result.max_micro_batch = search_max_micro_batch(spec, source, vocab, device)
+                result.max_micro_batch = search_max_micro_batch(spec, workload.source, vocab, device)
             else:
                 result.environment["max_batch_search"] = (
                     "skipped: needs CUDA (the CPU has no out-of-memory error)"

@@ -30,7 +30,7 @@ import json
 import math
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
@@ -38,10 +38,11 @@ from typing import Any
 import torch
 from pydantic import ValidationError
 from torch import nn
-from torch._subclasses.fake_tensor import FakeTensorMode
+from torch._subclasses.fake_tensor import FakeTensorMode, unset_fake_temporarily
 
 from velora_core.cli.fit_command import add_fit_arguments, request_from_args
 from velora_core.contract.errors import validation_message
+from velora_core.contract.exit_codes import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK
 from velora_core.contract.fit_request import MAX_SEARCHED_MICRO_BATCH, FitEstimate, FitRequest
 from velora_core.contract.presets.model_shapes import MODEL_PRESETS
 from velora_core.contract.result import PHASES
@@ -121,6 +122,32 @@ def _warm_bitsandbytes() -> None:
     import bitsandbytes as bnb
 
     bnb.functional.quantize_4bit(torch.zeros(64, 64), compress_statistics=True, quant_type="nf4")
+
+
+@contextlib.contextmanager
+def _real_quantisation_maps() -> Iterator[None]:
+    """bitsandbytes' 8-bit optimizers build their quantisation maps (``create_dynamic_map``) from
+    tensor values when constructed, which fake tensors refuse (``DataDependentOutputException``: the
+    503 of ``POST /fit`` for ``full+8bit``). The maps are constants: build each once for real and hand
+    the real table to every optimizer built under fake tensors (a few hundred bytes, not counted)."""
+    import bitsandbytes as bnb
+
+    functional = bnb.functional
+    real = functional.create_dynamic_map
+    tables: dict[tuple[Any, ...], torch.Tensor] = {}
+
+    def cached(signed: bool = True, max_exponent_bits: int = 7, total_bits: int = 8) -> torch.Tensor:
+        key = (signed, max_exponent_bits, total_bits)
+        if key not in tables:
+            with unset_fake_temporarily():
+                tables[key] = real(signed=signed, max_exponent_bits=max_exponent_bits, total_bits=total_bits)
+        return tables[key]
+
+    functional.create_dynamic_map = cached
+    try:
+        yield
+    finally:
+        functional.create_dynamic_map = real
 
 
 def materialise(
@@ -209,7 +236,7 @@ def fake_step(spec: RunSpec, timeline_points: int = 240) -> tuple[TrackedStep, l
     model.train()
     vocab = model.get_input_embeddings().num_embeddings
     shape = (spec.micro_batch, spec.seq_len)
-    with mode:
+    with mode, _real_quantisation_maps():
         trainer = Trainer(spec, prepared, torch.device("cpu"), None)
         tracker = MemoryTracker(model, trainer.optimizer, timeline_points)
         with tracker:  # the steps of Trainer.train's first (measured) step
@@ -334,13 +361,13 @@ def run(args: argparse.Namespace) -> int:
         rows = estimate(request_from_args(args), allow_local=not args.no_local)
     except (ValueError, OSError) as exc:
         print(f"velora-bench fit: error: {' '.join(str(exc).split())}", file=sys.stderr)  # one line
-        return 2
+        return EXIT_BAD_INPUT
     except Exception as exc:  # a method the fake step cannot run: say which error, in one line
         words = " ".join(str(exc).split())[:500]
         print(f"velora-bench fit: the fake step failed: {type(exc).__name__}: {words}", file=sys.stderr)
-        return 1
+        return EXIT_FAILED
     print_estimates(rows, args.json)
-    return 0
+    return EXIT_OK
 
 
 def main(argv: Sequence[str] | None = None) -> int:

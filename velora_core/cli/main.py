@@ -19,17 +19,20 @@ import sys
 from collections.abc import Sequence
 from importlib.metadata import entry_points
 
+from rich.progress import Progress
+
 from velora_core.cli.fit_command import add_fit_arguments
 from velora_core.cli.spec_input import BadInput, load_spec_file, parse_assignments
 from velora_core.cli.table_output import base_run_line, print_table, progress_columns
+from velora_core.contract.exit_codes import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
 from velora_core.contract.method_parts import BASES, TECHNIQUES
 from velora_core.contract.plan import ROLE_BASE, dependency_outcome, plan_runs
 from velora_core.contract.presets.comparisons import COMPARISON_PRESETS, comparison_preset
 from velora_core.contract.presets.model_shapes import DATASETS, MODEL_PRESETS
-from velora_core.contract.result import ANSWERED_RUN_STATUSES
+from velora_core.contract.result import ANSWERED_RUN_STATUSES, RunResult, RunStatus
 from velora_core.contract.spec import ComparisonSpec, RunSpec
+from velora_core.contract.table import comparison_table, write_outputs
 
-EXIT_BAD_INPUT = 2
 DEFAULT_ARTIFACTS = ".velora-bench/artifacts"
 
 
@@ -40,10 +43,7 @@ def run_comparison(runs: list[RunSpec], artifacts: str, title: str) -> tuple[lis
     Returns:
         The runs' RunResults, in order, and the base runs' results.
     """
-    from rich.progress import Progress
-
-    from velora_core.bench.engine import execute, execute_base
-    from velora_core.contract.result import RunResult, RunStatus
+    from velora_core.bench.engine import execute, execute_base  # torch: imported when a run starts
 
     plan = plan_runs(runs)
     results: list = []
@@ -92,8 +92,6 @@ def run_comparison(runs: list[RunSpec], artifacts: str, title: str) -> tuple[lis
 
 
 def _finish(outcome: tuple[list, list], out: str | None) -> int:
-    from velora_core.contract.table import comparison_table, write_outputs
-
     results, bases = outcome
     for base in bases:
         print(base_run_line(base))
@@ -101,7 +99,7 @@ def _finish(outcome: tuple[list, list], out: str | None) -> int:
     if out:
         json_path, csv_path = write_outputs(results, out)
         print(f"wrote {json_path} and {csv_path}")
-    return 0 if all(r.status in ANSWERED_RUN_STATUSES for r in results) else 1
+    return EXIT_OK if all(r.status in ANSWERED_RUN_STATUSES for r in results) else EXIT_FAILED
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -145,7 +143,7 @@ def cmd_presets(args: argparse.Namespace) -> int:
                 indent=2,
             )
         )
-        return 0
+        return EXIT_OK
     print("Comparison presets (velora-bench compare --preset NAME):")
     for name, description in COMPARISON_PRESETS.items():
         print(f"  {name:<12} {description}")
@@ -159,11 +157,11 @@ def cmd_presets(args: argparse.Namespace) -> int:
     for kind, parts in (("base", BASES), ("technique", TECHNIQUES)):
         for name, part in parts.items():
             print(f"  {name:<8} {kind:<9} {part.description}")
-    return 0
+    return EXIT_OK
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
-    from velora_core.bench.fit_prediction import run
+    from velora_core.bench.fit_prediction import run  # torch: imported when the command runs
 
     return run(args)
 
@@ -228,7 +226,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("velora-bench: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -9,11 +9,11 @@ apart only so that the backend can validate a spec without importing torch.
 
 from __future__ import annotations
 
-import re
-import re._parser as _sre_parse  # the regular-expression parser (public as sre_parse before Python 3.11)
 from collections.abc import Iterable, Sequence
+from functools import lru_cache
 from typing import Annotated, Any, Literal, get_args
 
+import re2
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -55,9 +55,36 @@ def check_velora_init(init: str, ema_decay: float | None) -> None:
 
 
 def target_matches(name: str, patterns: Sequence[str]) -> bool:
-    """VeLoRA's target matcher: a pattern matches a module's full name (regex full match) or its
-    last dotted component(s). The one definition, used by the injection and by the spec checks."""
-    return any(name == p or name.endswith("." + p) or re.fullmatch(p, name) for p in patterns)
+    """VeLoRA's target matcher: a pattern matches a module's full name (regular-expression full
+    match, RE2 syntax) or its last dotted component(s). The one definition, used by the injection
+    and by the spec checks (the API's and the worker's)."""
+    return any(name == p or name.endswith("." + p) or _compiled(p).fullmatch(name) for p in patterns)
+
+
+#: The most memory RE2 may use for one compiled pattern (a 200-character pattern needs a few kB).
+_RE2_MAX_MEM = 1 << 20
+
+
+@lru_cache(maxsize=1024)
+def _compiled(pattern: str) -> Any:
+    """``pattern`` compiled by RE2: matching takes time linear in the name, whatever the pattern
+    (no backtracking), so no target list can stall whoever checks it (issue 22, item 1).
+
+    Raises:
+        ValueError: the pattern is not valid RE2 syntax (back-references and look-arounds are not),
+            or its program is too large (e.g. large counted repetitions).
+    """
+    options = re2.Options()
+    options.max_mem = _RE2_MAX_MEM
+    options.log_errors = False
+    try:
+        return re2.compile(pattern, options)
+    except re2.error as exc:
+        reason = exc.args[0].decode(errors="replace") if exc.args and isinstance(exc.args[0], bytes) else exc
+        raise ValueError(
+            f"target_modules entry {pattern!r} is not a regular expression this server accepts "
+            f"(RE2 syntax: no back-references or look-arounds, repetition counts up to 1000): {reason}"
+        ) from None
 
 
 def lora_target_matches(name: str, patterns: Sequence[str]) -> bool:
@@ -65,46 +92,14 @@ def lora_target_matches(name: str, patterns: Sequence[str]) -> bool:
     return any(name == p or name.endswith("." + p) for p in patterns)
 
 
-_REPEATS = {_sre_parse.MAX_REPEAT, _sre_parse.MIN_REPEAT, _sre_parse.POSSESSIVE_REPEAT}
-
-
-def _nested_repeat(items: Any, inside_repeat: bool = False) -> bool:
-    """Whether a parsed pattern repeats, without bound, something that itself repeats or branches:
-    the shapes (``(a+)+``, ``(a|a)*``) whose backtracking takes exponential time."""
-    for op, arg in items:
-        if op in _REPEATS:
-            _, high, body = arg
-            unbounded = high == _sre_parse.MAXREPEAT or high > 100
-            if inside_repeat or _nested_repeat(body, unbounded):
-                return True
-        elif op == _sre_parse.BRANCH:
-            if inside_repeat or any(_nested_repeat(branch) for branch in arg[1]):
-                return True
-        elif op == _sre_parse.SUBPATTERN:
-            if _nested_repeat(arg[-1], inside_repeat):
-                return True
-        elif op in (_sre_parse.ASSERT, _sre_parse.ASSERT_NOT) and _nested_repeat(arg[1], inside_repeat):
-            return True
-    return False
-
-
 def check_target_patterns(patterns: list[str]) -> list[str]:
-    """Each pattern must compile and be free of nested repetition (a catastrophic-backtracking risk
-    for whoever matches it: the API checks targets against the model before queueing).
+    """Each pattern must compile under RE2 (linear-time matching; see :func:`_compiled`).
 
     Raises:
         ValueError: naming the offending entry.
     """
     for p in patterns:
-        try:
-            parsed = _sre_parse.parse(p)
-        except re.error as exc:
-            raise ValueError(f"target_modules entry {p!r} is not a valid regular expression: {exc}") from None
-        if _nested_repeat(parsed):
-            raise ValueError(
-                f"target_modules entry {p!r} repeats a group that itself repeats or alternates, which "
-                "can take exponential time to match; write it without nested repetition"
-            )
+        _compiled(p)
     return patterns
 
 

@@ -10,14 +10,18 @@ A method name is one **base** and any **techniques** joined by ``+``:
 
 The order of the parts does not change the method. The one spelling stored and shown is the
 **canonical** one: ``velora`` first, then the base, then the other techniques in the order of
-:data:`TECHNIQUE_ORDER` (``gc``, ``8bit``, ``offload``): ``lora+gc+velora`` is ``velora+lora+gc``.
+registration (``gc``, ``8bit``, ``offload``): ``lora+gc+velora`` is ``velora+lora+gc``.
 This keeps the six original names (``full``, ``lora``, ``qlora``, ``velora+full``,
 ``velora+lora``, ``velora+qlora``) as they were.
 
-Each part is one entry of :data:`BASES` or :data:`TECHNIQUES`: its description, the settings
-sections it adds (models in :mod:`velora_core.contract.method_configs`) and the device it needs;
-its code is the matching entry in ``velora_core.methods.registry``. A method's settings are the sections of
-its parts (:func:`settings_class`); :data:`CONFLICTS` says which parts cannot go together, and why.
+Each part is registered once, as one entry of :data:`BASES` or :data:`TECHNIQUES` (peft's
+``register_peft_method`` in spirit; :func:`register_method_part` adds one): its description, the
+settings sections it adds (models in :mod:`velora_core.contract.method_configs`), its apply step
+*by reference* (``module:function``, resolved by ``velora_core.methods.registry`` on the torch
+side), for a base the optimizer it trains with (a kind of ``velora_core.methods.optimizers``), and
+the device it needs. A method's settings are the sections of its parts
+(:mod:`velora_core.contract.method_settings`); :data:`CONFLICTS` says which parts cannot go
+together, and why.
 """
 
 from __future__ import annotations
@@ -25,22 +29,17 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
-from pydantic import BaseModel, Field, ValidationError, create_model, model_validator
+from pydantic import BaseModel
 
-from velora_core.contract.errors import validation_message
 from velora_core.contract.method_configs import (
     Adam8bitSettings,
     GaLoreSettings,
     LoRASettings,
-    MethodSettings,
     OffloadSettings,
     QuantSettings,
     VeLoRAConfig,
-    check_galore,
-    check_lora,
-    check_velora,
 )
 
 #: Where a method's parts are joined.
@@ -61,15 +60,32 @@ class Section:
     default: Callable[[str], BaseModel]
 
 
+#: The module of the methods' code: ``apply`` names a function in one of its modules.
+METHOD_CODE = "velora_core.methods"
+
+
 @dataclass(frozen=True)
 class MethodPart:
-    """A base or a technique: its description, its settings sections and, if it has one, why it
-    needs CUDA."""
+    """A base or a technique, registered once.
+
+    Attributes:
+        name: its spelling in a method name.
+        description: one sentence, for listings.
+        apply: ``module:function`` under :data:`METHOD_CODE`: a base's builds the prepared model
+            from a model source and the settings, a technique's changes it in place.
+        sections: the settings sections it adds to its methods.
+        optimizer: a base's optimizer kind (``velora_core.methods.optimizers.OPTIMIZERS``).
+        needs_cuda: why it needs CUDA, None if it runs anywhere.
+        before_base: a technique spelled before the base in the canonical name (``velora``).
+    """
 
     name: str
     description: str
+    apply: str
     sections: tuple[Section, ...] = ()
+    optimizer: str | None = None
     needs_cuda: str | None = None
+    before_base: bool = False
 
 
 def _plain(model: type[BaseModel]) -> Callable[[str], BaseModel]:
@@ -86,23 +102,40 @@ _LORA = Section("lora", LoRASettings, _plain(LoRASettings))
 BASES: dict[str, MethodPart] = {
     p.name: p
     for p in (
-        MethodPart("full", "Full training: every weight trains, AdamW state for each"),
-        MethodPart("lora", "LoRA adapters (peft) on a frozen base", (_LORA,)),
+        MethodPart(
+            "full",
+            "Full training: every weight trains, AdamW state for each",
+            "bases:prepare_full",
+            optimizer="adamw",
+        ),
+        MethodPart(
+            "lora",
+            "LoRA adapters (peft) on a frozen base",
+            "bases:prepare_lora",
+            (_LORA,),
+            optimizer="adamw",
+        ),
         MethodPart(
             "qlora",
             "LoRA on a 4-bit NF4 base (bitsandbytes)",
+            "bases:prepare_qlora",
             (_LORA, Section("quant", QuantSettings, _plain(QuantSettings))),
+            optimizer="adamw",
         ),
         MethodPart(
             "galore",
             "Full training with GaLore: gradients projected to low rank, AdamW state of that rank "
             "(galore-torch)",
+            "bases:prepare_galore",
             (Section("galore", GaLoreSettings, _plain(GaLoreSettings)),),
+            optimizer="galore",
         ),
         MethodPart(
             "lora-fa",
             "LoRA-FA: LoRA with lora_A frozen, so only lora_B's narrow input is kept (peft's optimizer)",
+            "bases:prepare_lora_fa",
             (_LORA,),
+            optimizer="lorafa",
         ),
     )
 }
@@ -113,22 +146,27 @@ TECHNIQUES: dict[str, MethodPart] = {
         MethodPart(
             "velora",
             "VeLoRA: each targeted layer keeps its input as rank-1 sub-token projections",
+            "techniques:apply_velora_technique",
             (Section("velora", VeLoRAConfig, _velora_default),),
+            before_base=True,
         ),
         MethodPart(
             "gc",
             "Gradient checkpointing (transformers, non-reentrant): each decoder layer keeps only its "
             "inputs and recomputes its forward during backward",
+            "techniques:apply_gradient_checkpointing",
         ),
         MethodPart(
             "8bit",
             "8-bit AdamW state (bitsandbytes, block-wise quantised moments)",
+            "techniques:apply_8bit",
             (Section("adam8bit", Adam8bitSettings, _plain(Adam8bitSettings)),),
         ),
         MethodPart(
             "offload",
             "Saved activations copied to host memory during forward, back for backward "
             "(torch.autograd.graph.save_on_cpu)",
+            "techniques:apply_offload",
             (Section("offload", OffloadSettings, _plain(OffloadSettings)),),
             needs_cuda="it moves saved activations from the GPU to host memory (on the CPU they are "
             "already there)",
@@ -136,9 +174,36 @@ TECHNIQUES: dict[str, MethodPart] = {
     )
 }
 
-#: The order of the techniques after the base in a canonical name (``velora`` comes before the base).
-TECHNIQUE_ORDER = ("gc", "8bit", "offload")
-assert set(TECHNIQUES) == {"velora", *TECHNIQUE_ORDER}
+
+def _before_base() -> tuple[str, ...]:
+    """The techniques spelled before the base in a canonical name (``velora``), in registry order."""
+    return tuple(t for t, part in TECHNIQUES.items() if part.before_base)
+
+
+def _after_base() -> tuple[str, ...]:
+    """The techniques spelled after the base, in registry order (``gc``, ``8bit``, ``offload``)."""
+    return tuple(t for t, part in TECHNIQUES.items() if not part.before_base)
+
+
+def canonical_order() -> list[str]:
+    """The order of a canonical name's parts, in words: ``["velora", "<base>", "gc", "8bit", "offload"]``."""
+    return [*_before_base(), "<base>", *_after_base()]
+
+
+def register_method_part(part: MethodPart, *, base: bool) -> None:
+    """Register a new base (``base=True``) or technique: its name must be new, and a base must name
+    its optimizer. A technique goes after those registered before it in the canonical order.
+
+    Raises:
+        ValueError: a name already taken, a ``+`` in it, or a base without an optimizer.
+    """
+    if part.name in BASES or part.name in TECHNIQUES or SEPARATOR in part.name or not part.name:
+        raise ValueError(f"method part {part.name!r} is already registered or not a valid name")
+    if base and part.optimizer is None:
+        raise ValueError(f"base {part.name!r} must name its optimizer")
+    # Cached compositions and settings classes stay valid: a new part only makes new names.
+    (BASES if base else TECHNIQUES)[part.name] = part
+
 
 #: Parts that cannot go together, and why.
 CONFLICTS: dict[frozenset[str], str] = {
@@ -168,8 +233,8 @@ class Composition:
     @property
     def name(self) -> str:
         """The canonical spelling."""
-        first = ("velora",) if "velora" in self.techniques else ()
-        rest = tuple(t for t in TECHNIQUE_ORDER if t in self.techniques)
+        first = tuple(t for t in _before_base() if t in self.techniques)
+        rest = tuple(t for t in _after_base() if t in self.techniques)
         return SEPARATOR.join((*first, self.base, *rest))
 
     @property
@@ -235,7 +300,7 @@ def parse_method(name: str) -> Composition:
         if pair <= present:
             a, b = sorted(pair)
             raise ValueError(f"method {name!r}: {a!r} and {b!r} do not combine: {why}")
-    ordered = tuple(t for t in ("velora", *TECHNIQUE_ORDER) if t in present)
+    ordered = tuple(t for t in (*_before_base(), *_after_base()) if t in present)
     return Composition(bases[0], ordered)
 
 
@@ -295,130 +360,3 @@ def check_method_device(method: str, device: str) -> None:
     reasons = parse_method(method).cuda_reasons()
     if reasons:
         raise ValueError(f"method {method!r} needs a CUDA device, not {device!r}: {'; '.join(reasons)}")
-
-
-class ComposedSettings(MethodSettings):
-    """The settings of a composed method: one field per section of its parts."""
-
-    composition: ClassVar[Composition]
-
-    @model_validator(mode="after")
-    def _velora_init_survives_recomputation(self) -> ComposedSettings:
-        # Gradient checkpointing runs each forward twice per step: a running average of the inputs
-        # (init 'ema') would take two updates per step and differ between the forward and the
-        # recomputation that the backward uses.
-        velora = getattr(self, "velora", None)
-        if velora is not None and self.composition.has("gc") and velora.init == "ema":
-            raise ValueError(
-                "velora.init 'ema' does not combine with gc: the recomputed forward would update "
-                "the running average a second time each step; use batch_average_once or batch_average"
-            )
-        return self
-
-    def check_against_model(self, linear_layers: dict[str, int]) -> None:
-        comp = self.composition
-        lora: LoRASettings | None = getattr(self, "lora", None)
-        galore: GaLoreSettings | None = getattr(self, "galore", None)
-        velora: VeLoRAConfig | None = getattr(self, "velora", None)
-        if lora is not None:
-            check_lora(lora, linear_layers)
-        if galore is not None:
-            check_galore(galore, linear_layers)
-        if velora is not None:
-            check_velora(velora, linear_layers, lora, quantised=comp.base == "qlora")
-
-
-def _class_name(comp: Composition) -> str:
-    words = comp.name.replace("-", SEPARATOR).replace("8bit", "adam8bit").split(SEPARATOR)
-    return "".join(w[:1].upper() + w[1:] for w in words) + "Settings"
-
-
-@functools.cache
-def _settings_class(canonical: str) -> type[ComposedSettings]:
-    comp = parse_method(canonical)
-    fields: dict[str, Any] = {}
-    for part in comp.parts:
-        for section in part.sections:
-            default = functools.partial(section.default, comp.base)
-            fields[section.field] = (section.model, Field(default_factory=default))
-    cls = create_model(_class_name(comp), __base__=ComposedSettings, **fields)
-    cls.composition = comp
-    cls.__doc__ = f"Settings of {comp.name!r}: " + "; ".join(p.description for p in comp.parts)
-    return cls
-
-
-def settings_class(method: str) -> type[ComposedSettings]:
-    """The settings model of ``method`` (any spelling; one class per canonical name)."""
-    return _settings_class(canonical_method(method))
-
-
-def method_config_for(method: str, settings: dict[str, Any] | MethodSettings | None) -> MethodSettings:
-    """Parse ``settings`` with the settings class of ``method``.
-
-    Raises:
-        ValueError: an invalid method name (see :func:`parse_method`), or settings that do not
-            validate (the message names the field).
-    """
-    cls = settings_class(method)
-    if isinstance(settings, cls):
-        return settings
-    if isinstance(settings, BaseModel):
-        settings = settings.model_dump(mode="json")
-    try:
-        return cls.model_validate(settings or {})
-    except ValidationError as exc:
-        problems = validation_message(exc, whole="(settings)")
-        raise ValueError(f"invalid settings for method {canonical_method(method)!r}: {problems}") from None
-
-
-#: The methods offered by name in listings and pickers: the six original ones and the alternatives
-#: people pick first. Any other valid composition works too (the dashboard's picker composes them).
-NAMED_METHODS = (
-    "full",
-    "lora",
-    "qlora",
-    "velora+full",
-    "velora+lora",
-    "velora+qlora",
-    "full+gc",
-    "lora+gc",
-    "galore",
-    "lora-fa",
-)
-assert all(canonical_method(m) == m for m in NAMED_METHODS)
-
-#: Named method -> its settings class.
-METHOD_CONFIGS: dict[str, type[MethodSettings]] = {name: settings_class(name) for name in NAMED_METHODS}
-
-
-def method_info(method: str) -> dict[str, Any]:
-    """A method's settings as a form needs them: the JSON schema and the defaults the engine
-    builds (``default_factory`` values included, which the schema cannot show)."""
-    cls = settings_class(method)
-    return {"config_schema": cls.model_json_schema(), "defaults": cls().model_dump(mode="json")}
-
-
-def parts_listing() -> dict[str, Any]:
-    """Bases and techniques with their descriptions, settings schemas and defaults, the canonical
-    order and the pairs that do not combine (for ``GET /presets`` and the dashboard's picker)."""
-
-    def describe(part: MethodPart, base: str) -> dict[str, Any]:
-        return {
-            "description": part.description,
-            "needs_cuda": part.needs_cuda,
-            "sections": {
-                s.field: {
-                    "config_schema": s.model.model_json_schema(),
-                    "defaults": s.default(base).model_dump(mode="json"),
-                }
-                for s in part.sections
-            },
-        }
-
-    return {
-        "bases": {name: describe(part, name) for name, part in BASES.items()},
-        "techniques": {name: describe(part, "full") for name, part in TECHNIQUES.items()},
-        "order": ["velora", "<base>", *TECHNIQUE_ORDER],
-        "conflicts": [{"parts": sorted(pair), "why": why} for pair, why in CONFLICTS.items()],
-        "cuda_pairs": [{"parts": sorted(pair), "why": why} for pair, why in CUDA_PAIRS.items()],
-    }

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
+from velora_core.contract.result import RunStatus
 from velora_core.contract.spec import RunSpec
 
 RunRole = Literal["method", "base"]
@@ -56,14 +57,14 @@ def plan_runs(specs: Sequence[RunSpec]) -> list[PlannedRun]:
     return plan
 
 
-def dependency_outcome(label: str, status: str, error: str | None) -> tuple[str, str] | None:
+def dependency_outcome(label: str, status: str, error: str | None) -> tuple[RunStatus, str] | None:
     """What becomes of a run whose base run (``label``, e.g. "run 12 (full)") finished as ``status``:
     None when it completed (the run may start), else the run's own final status and error.
 
     A cancelled base cancels its dependents; any other ending (failed, out of memory) fails them.
     """
-    if status == "completed":
+    if status == RunStatus.COMPLETED:
         return None
-    outcome = "cancelled" if status == "cancelled" else "failed"
+    outcome = RunStatus.CANCELLED if status == RunStatus.CANCELLED else RunStatus.FAILED
     reason = f": {' '.join(error.split())[:500]}" if error else ""
     return outcome, f"its base model's pre-training, {label}, {status.replace('_', ' ')}{reason}"

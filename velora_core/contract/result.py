@@ -26,6 +26,58 @@ class RunStatus(StrEnum):
         return self not in (RunStatus.WAITING, RunStatus.QUEUED, RunStatus.RUNNING)
 
 
+#: The run state machine, defined once: each status and the statuses a run may move to from it.
+#: The store's UPDATEs check it (``backend/store``: ``status_moves``); a finished run never changes,
+#: except a run the reaper failed while its (slow, not dead) worker still ran: that run takes the
+#: result its worker then reports.
+RUN_TRANSITIONS: dict[RunStatus, frozenset[RunStatus]] = {
+    # its bases completed (queued), or one did not (failed, cancelled); or cancelled by request
+    RunStatus.WAITING: frozenset({RunStatus.QUEUED, RunStatus.FAILED, RunStatus.CANCELLED}),
+    # claimed by a worker, or cancelled before it started
+    RunStatus.QUEUED: frozenset({RunStatus.RUNNING, RunStatus.CANCELLED}),
+    # its result; requeued when its worker is gone
+    RunStatus.RUNNING: frozenset(
+        {
+            RunStatus.QUEUED,
+            RunStatus.COMPLETED,
+            RunStatus.FAILED,
+            RunStatus.OUT_OF_MEMORY,
+            RunStatus.CANCELLED,
+        }
+    ),
+    # failed by the reaper, then finished by its worker after all
+    RunStatus.FAILED: frozenset(
+        {RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.OUT_OF_MEMORY, RunStatus.CANCELLED}
+    ),
+    RunStatus.COMPLETED: frozenset(),
+    RunStatus.OUT_OF_MEMORY: frozenset(),
+    RunStatus.CANCELLED: frozenset(),
+}
+
+
+def allowed_sources(
+    target: RunStatus | str, sources: Iterable[RunStatus | str] | None = None
+) -> tuple[str, ...]:
+    """The statuses a run may move to ``target`` from, as the strings the database holds: all that
+    :data:`RUN_TRANSITIONS` allows, or ``sources`` after checking that each is allowed.
+
+    Raises:
+        ValueError: ``target`` cannot be reached from one of ``sources`` (or from anywhere).
+    """
+    target = RunStatus(target)
+    allowed = [s for s in RunStatus if target in RUN_TRANSITIONS[s]]
+    if sources is None:
+        chosen = allowed
+    else:
+        chosen = [RunStatus(s) for s in sources]
+        refused = [s.value for s in chosen if s not in allowed]
+        if refused:
+            raise ValueError(f"a run cannot move from {refused} to {target.value!r}")
+    if not chosen:
+        raise ValueError(f"no run status moves to {target.value!r}")
+    return tuple(s.value for s in chosen)
+
+
 #: The status sets, as the strings the API and the database use (defined here once).
 FINISHED_RUN_STATUSES = frozenset(s.value for s in RunStatus if s.finished)
 #: Not finished yet: a run's ``waiting``, ``queued`` and ``running`` (a comparison's ``queued`` and ``running``).

@@ -30,13 +30,15 @@ from velora_core.contract.method_parts import (
     canonical_method,
     canonical_methods,
     check_method_device,
-    method_config_for,
     trains_all_weights,
 )
+from velora_core.contract.method_settings import method_config_for
 from velora_core.contract.presets.model_shapes import DATASETS, MODEL_PRESETS
-from velora_core.contract.workload_registry import ENCODER_WORKLOADS, WORKLOAD_METRICS, check_workload
+from velora_core.contract.workload_registry import WORKLOAD_NAMES, WORKLOADS, check_workload
 
 Dtype = Literal["fp32", "bf16", "fp16"]
+#: The registered workloads (``workload_registry.WORKLOADS``), in their order.
+WorkloadName = Literal[WORKLOAD_NAMES]  # type: ignore[valid-type]
 
 #: Bounds that keep a single request from asking for something absurd.
 MAX_STEPS = 1_000_000
@@ -282,7 +284,7 @@ class EvalSpec(StrictModel):
 class RunSpec(StrictModel):
     """One training run. See the module docstring."""
 
-    workload: Literal["pretrain", "finetune", "masked-lm", "image-classification", "sequence-classification"]
+    workload: WorkloadName
     model: ModelSpec
     dataset: DatasetSpec
     method: str = Field(default="full", max_length=50)
@@ -321,11 +323,25 @@ class RunSpec(StrictModel):
         layers = self.model.linear_layers()
         if layers is not None:
             parsed.check_against_model(layers)
-        if self.workload in ENCODER_WORKLOADS and "metric" not in self.eval.model_fields_set:
-            self.eval = self.eval.model_copy(update={"metric": WORKLOAD_METRICS[self.workload][0]})
+        if "metric" not in self.eval.model_fields_set:  # the workload's own default
+            self.eval = self.eval.model_copy(update={"metric": WORKLOADS[self.workload].default_metric})
         if self.model.memory_only:
             self.eval = self.eval.model_copy(update={"metric": "none"})
-        check_workload(self, MODEL_PRESETS, DATASETS)
+        model = self.model
+        base = model.pretrain.model if model.source == "artifact" and model.pretrain is not None else model
+        check_workload(
+            self.workload,
+            base_preset=base.name if base.source == "preset" else None,
+            builtin_datasets=[
+                (where, data.name)
+                for where, data in (("dataset", self.dataset), ("eval.dataset", self.eval.dataset))
+                if data is not None and data.source == "builtin"
+            ],
+            metric=self.eval.metric,
+            pooling=model.pooling,
+            memory_only=model.memory_only,
+            max_batch_search=self.max_batch_search,
+        )
         evaluated = self.eval.dataset or self.dataset
         if (
             self.eval.metric == "mc_accuracy"

@@ -1,55 +1,126 @@
-"""Workloads beyond causal language models: masked-LM pre-training, image and sequence classification
-(VeLoRA's Tables 1 and 2: ViT on VTAB-1k, RoBERTa on GLUE). No torch.
+"""The workloads, registered once: what a model is trained to do, hence its transformers Auto class,
+the model family of its built-in shapes, the data it reads and the metrics that evaluate it. No torch.
 
-A workload names what the model is trained to do, hence its transformers Auto class, the data it
-reads and the metrics that evaluate it. ``pretrain`` and ``finetune`` are the causal-LM workloads;
-the three here use encoders (a ViT, a RoBERTa), with the built-in shapes :data:`ENCODER_PRESETS`.
+``pretrain`` and ``finetune`` are causal LMs (LLaMA); ``masked-lm``, ``image-classification`` and
+``sequence-classification`` are encoders (RoBERTa, ViT: VeLoRA's Tables 1 and 2). Each is one
+:class:`Workload` entry of :data:`WORKLOADS`; the spec's ``workload`` field and every map below are
+derived from that table, and its ``strategy`` names the engine's code for it (a module of
+``velora_core.bench.workloads``), resolved on the torch side. Adding a workload is one entry here
+and one strategy module there.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:  # pragma: no cover
-    from velora_core.contract.spec import RunSpec
+from velora_core.contract.presets.model_shapes import DATASETS, MODEL_PRESETS
 
-#: The causal-LM workloads (the engine's original two).
-CAUSAL_LM_WORKLOADS = ("pretrain", "finetune")
-#: The encoder workloads defined here.
-ENCODER_WORKLOADS = ("masked-lm", "image-classification", "sequence-classification")
-#: transformers Auto class each workload loads its model with (``AutoModelFor<...>``).
-AUTO_CLASS = {
-    "pretrain": "AutoModelForCausalLM",
-    "finetune": "AutoModelForCausalLM",
-    "masked-lm": "AutoModelForMaskedLM",
-    "image-classification": "AutoModelForImageClassification",
-    "sequence-classification": "AutoModelForSequenceClassification",
+#: The module of the engine's workload strategies (``strategy`` names a class in one of its modules).
+STRATEGIES = "velora_core.bench.workloads"
+
+
+@dataclass(frozen=True)
+class Workload:
+    """One workload.
+
+    Attributes:
+        name: the spec's ``workload`` value.
+        auto_class: the transformers Auto class its model loads with (``AutoModelFor<...>``).
+        family: the model family a built-in shape must have (``MODEL_PRESETS[...].family``).
+        metrics: the ``eval.metric`` values it reports; the first is its default.
+        data_kinds: the kinds of built-in dataset (``DATASETS``) it reads.
+        strategy: ``module:Class`` under :data:`STRATEGIES`, the engine's code for it.
+        new_head: the module a fine-tune adds on top of the encoder, trained in full beside LoRA's
+            adapters (peft's ``modules_to_save``) and kept unquantised by QLoRA; None for none.
+        peft_task_type: peft's ``task_type`` for its LoRA adapters.
+        poolings: the ``model.pooling`` values its head reads from.
+        memory_only: whether ``model.memory_only`` (random weights, random tokens) is offered.
+        batch_search: whether ``max_batch_search`` (the largest micro-batch that fits) is offered.
+    """
+
+    name: str
+    auto_class: str
+    family: str
+    metrics: tuple[str, ...]
+    data_kinds: tuple[str, ...]
+    strategy: str
+    new_head: str | None = None
+    peft_task_type: str | None = None
+    poolings: tuple[str, ...] = ("cls",)
+    memory_only: bool = False
+    batch_search: bool = False
+
+    @property
+    def default_metric(self) -> str:
+        return self.metrics[0]
+
+
+def _causal_lm(name: str) -> Workload:
+    """A causal-LM workload: the two differ only in what their data is for."""
+    return Workload(
+        name,
+        auto_class="AutoModelForCausalLM",
+        family="llama",
+        metrics=("perplexity", "mc_accuracy", "none"),
+        data_kinds=("lm", "mc", "instruct"),
+        strategy="causal_lm:CausalLMWorkload",
+        peft_task_type="CAUSAL_LM",
+        memory_only=True,
+        batch_search=True,
+    )
+
+
+#: Every workload, in the order the spec's schema and the dashboard list them.
+WORKLOADS: dict[str, Workload] = {
+    w.name: w
+    for w in (
+        _causal_lm("pretrain"),
+        _causal_lm("finetune"),
+        Workload(
+            "masked-lm",
+            auto_class="AutoModelForMaskedLM",
+            family="roberta",
+            metrics=("perplexity", "none"),
+            data_kinds=("lm",),
+            strategy="masked_lm:MaskedLMWorkload",
+        ),
+        Workload(
+            "image-classification",
+            auto_class="AutoModelForImageClassification",
+            family="vit",
+            metrics=("accuracy", "none"),
+            data_kinds=("image",),
+            strategy="image_classification:ImageClassificationWorkload",
+            new_head="classifier",
+        ),
+        Workload(
+            "sequence-classification",
+            auto_class="AutoModelForSequenceClassification",
+            family="roberta",
+            metrics=("accuracy", "matthews", "pearson", "none"),
+            data_kinds=("text-classes",),
+            strategy="sequence_classification:SequenceClassificationWorkload",
+            new_head="classifier",
+            poolings=("cls", "mean"),
+        ),
+    )
 }
+
+#: The workload names (the spec's ``workload`` Literal is made of these).
+WORKLOAD_NAMES = tuple(WORKLOADS)
+#: The causal-LM workloads and the encoder workloads (a LLaMA model, or a RoBERTa/ViT one).
+CAUSAL_LM_WORKLOADS = tuple(n for n, w in WORKLOADS.items() if w.auto_class == "AutoModelForCausalLM")
+ENCODER_WORKLOADS = tuple(n for n in WORKLOADS if n not in CAUSAL_LM_WORKLOADS)
+#: transformers Auto class of each workload.
+AUTO_CLASS = {n: w.auto_class for n, w in WORKLOADS.items()}
 #: The model family a built-in preset must have for each workload.
-WORKLOAD_FAMILY = {
-    "pretrain": "llama",
-    "finetune": "llama",
-    "masked-lm": "roberta",
-    "image-classification": "vit",
-    "sequence-classification": "roberta",
-}
+WORKLOAD_FAMILY = {n: w.family for n, w in WORKLOADS.items()}
 #: The metrics each workload can be evaluated by; the first is its default.
-WORKLOAD_METRICS = {
-    "pretrain": ("perplexity", "mc_accuracy", "none"),
-    "finetune": ("perplexity", "mc_accuracy", "none"),
-    "masked-lm": ("perplexity", "none"),
-    "image-classification": ("accuracy", "none"),
-    "sequence-classification": ("accuracy", "matthews", "pearson", "none"),
-}
-#: The kinds of built-in dataset (``presets.DATASETS``) each workload reads.
-WORKLOAD_DATA_KINDS = {
-    "pretrain": ("lm", "mc", "instruct"),
-    "finetune": ("lm", "mc", "instruct"),
-    "masked-lm": ("lm",),
-    "image-classification": ("image",),
-    "sequence-classification": ("text-classes",),
-}
+WORKLOAD_METRICS = {n: w.metrics for n, w in WORKLOADS.items()}
+#: The kinds of built-in dataset each workload reads.
+WORKLOAD_DATA_KINDS = {n: w.data_kinds for n, w in WORKLOADS.items()}
+
 #: What each classification metric is, for the views (a higher value is better for all three).
 CLASSIFICATION_METRICS = {
     "accuracy": "Accuracy",
@@ -67,151 +138,52 @@ PRETRAINING = {
 PERCENT_METRICS = frozenset({"mc_accuracy", "accuracy"})
 
 
-@dataclass(frozen=True)
-class ViTPreset:
-    """A ViT shape (transformers' ``ViTConfig``) for image classification."""
+def check_workload(
+    name: str,
+    *,
+    base_preset: str | None,
+    builtin_datasets: Iterable[tuple[str, str]],
+    metric: str,
+    pooling: str,
+    memory_only: bool,
+    max_batch_search: bool,
+) -> None:
+    """What workload ``name`` asks of the rest of a spec, checked without loading anything.
 
-    hidden_size: int
-    intermediate_size: int
-    num_attention_heads: int
-    num_hidden_layers: int
-    image_size: int
-    patch_size: int
-    num_channels: int = 3
-    description: str = ""
-    family: str = "vit"
-    #: ViT has no token positions to bound ``seq_len`` (it reads images).
-    max_position_embeddings: int | None = None
-
-    def linear_layers(self) -> dict[str, int]:
-        """Every ``nn.Linear`` of ``ViTForImageClassification`` by full name, with its input width."""
-        h, i = self.hidden_size, self.intermediate_size
-        layers = {}
-        for n in range(self.num_hidden_layers):
-            block = f"vit.layers.{n}"
-            for part in ("q_proj", "k_proj", "v_proj", "o_proj"):
-                layers[f"{block}.attention.{part}"] = h
-            layers[f"{block}.mlp.fc1"] = h
-            layers[f"{block}.mlp.fc2"] = i
-        layers["classifier"] = h
-        return layers
-
-
-@dataclass(frozen=True)
-class RobertaPreset:
-    """A RoBERTa shape (``RobertaConfig``) for masked-LM pre-training and sequence classification.
-
-    Vocabulary 320 covers the offline byte-level tokenizer's 259 ids and its mask token (id 259).
-    """
-
-    hidden_size: int
-    intermediate_size: int
-    num_attention_heads: int
-    num_hidden_layers: int
-    vocab_size: int = 320
-    max_position_embeddings: int = 512
-    #: Dropout of the hidden states and of the attention probabilities (RobertaConfig's 0.1).
-    dropout: float = 0.1
-    description: str = ""
-    family: str = "roberta"
-
-    def linear_layers(self) -> dict[str, int]:
-        """Every ``nn.Linear`` of ``RobertaForSequenceClassification`` by full name, with its input width."""
-        h, i = self.hidden_size, self.intermediate_size
-        layers = {}
-        for n in range(self.num_hidden_layers):
-            block = f"roberta.encoder.layer.{n}"
-            for part in ("query", "key", "value"):
-                layers[f"{block}.attention.self.{part}"] = h
-            layers[f"{block}.attention.output.dense"] = h
-            layers[f"{block}.intermediate.dense"] = h
-            layers[f"{block}.output.dense"] = i
-        layers["classifier.dense"] = h
-        layers["classifier.out_proj"] = h
-        return layers
-
-
-ENCODER_PRESETS: dict[str, ViTPreset | RobertaPreset] = {
-    "vit-digits": ViTPreset(
-        64,
-        128,
-        4,
-        4,
-        image_size=8,
-        patch_size=2,
-        num_channels=1,
-        description="Tiny ViT for scikit-learn's 8x8 digits (16 patches of 2x2, one channel)",
-    ),
-    "vit-b16": ViTPreset(
-        768,
-        3072,
-        12,
-        12,
-        image_size=224,
-        patch_size=16,
-        description="ViT-B/16's shape (google/vit-base-patch16-224-in21k), random weights",
-    ),
-    "roberta-stdlib": RobertaPreset(
-        128,
-        512,
-        4,
-        4,
-        max_position_embeddings=512,
-        # Minutes of training on a small corpus: dropout only slows learning down.
-        dropout=0.0,
-        description="Small RoBERTa for the offline stdlib tasks (byte-level vocabulary, no dropout)",
-    ),
-    "roberta-base": RobertaPreset(
-        768,
-        3072,
-        12,
-        12,
-        vocab_size=50265,
-        max_position_embeddings=512,
-        description="RoBERTa-base's shape (random weights)",
-    ),
-}
-
-
-def check_workload(spec: RunSpec, model_presets: dict, datasets: dict) -> None:
-    """What a workload asks of the rest of the spec, checked without loading anything.
-
+    Args:
+        base_preset: the built-in shape the model is (or is pre-trained from), None for none.
+        builtin_datasets: (where, name) of each built-in dataset the spec reads (``dataset``,
+            ``eval.dataset``).
+        metric, pooling, memory_only, max_batch_search: the spec's values.
     Raises:
         ValueError: a preset of another family, a built-in dataset of another kind, a metric the
-            workload does not report, a pooling the workload has no head for, or an option the
-            encoder workloads do not have.
+            workload does not report, a pooling its head has not, or an option it does not offer.
     """
-    workload = spec.workload
-    model = spec.model
-    base = model.pretrain.model if model.source == "artifact" and model.pretrain is not None else model
-    if base.source == "preset":
-        family = getattr(model_presets[base.name], "family", "llama")
-        if family != WORKLOAD_FAMILY[workload]:
+    workload = WORKLOADS[name]
+    if base_preset is not None:
+        family = MODEL_PRESETS[base_preset].family
+        if family != workload.family:
             suited = [w for w, f in WORKLOAD_FAMILY.items() if f == family]
             raise ValueError(
-                f"workload {workload!r} needs a {WORKLOAD_FAMILY[workload]} model, but preset {base.name!r} "
+                f"workload {name!r} needs a {workload.family} model, but preset {base_preset!r} "
                 f"is a {family} model (its workloads: {', '.join(suited)})"
             )
-    for where, data in (("dataset", spec.dataset), ("eval.dataset", spec.eval.dataset)):
-        if data is not None and data.source == "builtin":
-            kind = datasets[data.name][0]
-            if kind not in WORKLOAD_DATA_KINDS[workload]:
-                fitting = sorted(n for n, (k, _) in datasets.items() if k in WORKLOAD_DATA_KINDS[workload])
-                raise ValueError(
-                    f"workload {workload!r} cannot read built-in {where} {data.name!r} ({kind} data); "
-                    f"choose one of {fitting}"
-                )
-    if spec.eval.metric not in WORKLOAD_METRICS[workload]:
+    for where, dataset in builtin_datasets:
+        kind = DATASETS[dataset][0]
+        if kind not in workload.data_kinds:
+            fitting = sorted(n for n, (k, _) in DATASETS.items() if k in workload.data_kinds)
+            raise ValueError(
+                f"workload {name!r} cannot read built-in {where} {dataset!r} ({kind} data); "
+                f"choose one of {fitting}"
+            )
+    if metric not in workload.metrics:
         raise ValueError(
-            f"workload {workload!r} is evaluated by {', '.join(WORKLOAD_METRICS[workload])}, "
-            f"not eval.metric={spec.eval.metric!r}"
+            f"workload {name!r} is evaluated by {', '.join(workload.metrics)}, not eval.metric={metric!r}"
         )
-    if model.pooling != "cls" and workload != "sequence-classification":
-        raise ValueError(
-            f"model.pooling={model.pooling!r} is for the sequence-classification workload, not {workload!r}"
-        )
-    if workload in ENCODER_WORKLOADS:
-        if model.memory_only:
-            raise ValueError(f"model.memory_only is for the causal-LM workloads, not {workload!r}")
-        if spec.max_batch_search:
-            raise ValueError(f"max_batch_search is for the causal-LM workloads, not {workload!r}")
+    if pooling not in workload.poolings:
+        owners = [w.name for w in WORKLOADS.values() if pooling in w.poolings]
+        raise ValueError(f"model.pooling={pooling!r} is for the {', '.join(owners)} workload, not {name!r}")
+    if memory_only and not workload.memory_only:
+        raise ValueError(f"model.memory_only is for the causal-LM workloads, not {name!r}")
+    if max_batch_search and not workload.batch_search:
+        raise ValueError(f"max_batch_search is for the causal-LM workloads, not {name!r}")

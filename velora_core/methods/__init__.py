@@ -1,2 +1,3 @@
-"""The training methods: each base and memory technique registered once with its apply step
-(``registry``), and the optimizer each method trains with (``optimizers``)."""
+"""The training methods' code, each part registered once in ``velora_core.contract.method_parts``
+and resolved here by ``registry``: the bases (``bases``), the memory techniques (``techniques``),
+what they build (``prepared``) and the optimizers they train with (``optimizers``)."""

@@ -1,5 +1,5 @@
-"""Loading a model: from a directory or hub id, or random weights from a config; a causal LM, or
-for the encoder workloads the Auto class of ``contract.workloads.AUTO_CLASS`` (ViT, RoBERTa).
+"""Loading a model: from a directory or hub id, or random weights from a config (a built-in shape's:
+``preset_configs``), with the Auto class of its workload's registry entry (a causal LM, a ViT, a RoBERTa).
 
 4-bit loading goes through transformers' ``BitsAndBytesConfig``; a random-weight model that must be
 quantised is first written to a temporary directory with ``save_pretrained`` and loaded back, so
@@ -15,11 +15,10 @@ from typing import Any
 import torch
 import transformers
 from torch import nn
-from transformers import BitsAndBytesConfig, LlamaConfig, PretrainedConfig
+from transformers import BitsAndBytesConfig, PretrainedConfig
 
 from velora_core.contract.method_configs import QuantSettings
-from velora_core.contract.presets.model_shapes import ModelPreset
-from velora_core.contract.workload_registry import AUTO_CLASS
+from velora_core.contract.workload_registry import WORKLOADS
 from velora_core.models.heads import RobertaMeanPoolForSequenceClassification
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -35,7 +34,7 @@ class ModelSource:
         revision: hub revision for ``path``.
         dtype: dtype of the weights that are not quantised.
         device: ``cpu``, ``cuda`` or ``cuda:N``.
-        workload: the run's workload; it picks the transformers Auto class (``contract.workloads``).
+        workload: the run's workload; its registry entry picks the transformers Auto class.
         head: ``from_pretrained`` arguments of a classification head (``num_labels``, ``id2label``…).
         pooling: what a sequence-classification head reads (``model.pooling``: ``cls``, transformers'
             own head, or ``mean``, ``velora_core.models.heads``).
@@ -55,23 +54,6 @@ class ModelSource:
             raise ValueError("ModelSource needs exactly one of path and config")
 
 
-def llama_config(preset: ModelPreset) -> LlamaConfig:
-    """A ``LlamaConfig`` of a preset's shape."""
-    return LlamaConfig(
-        hidden_size=preset.hidden_size,
-        intermediate_size=preset.intermediate_size,
-        num_attention_heads=preset.num_attention_heads,
-        num_key_value_heads=preset.num_key_value_heads or preset.num_attention_heads,
-        num_hidden_layers=preset.num_hidden_layers,
-        vocab_size=preset.vocab_size,
-        max_position_embeddings=preset.max_position_embeddings,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=0,
-        tie_word_embeddings=False,
-    )
-
-
 def bnb_config(quant: QuantSettings, skip: list[str] | None = None) -> BitsAndBytesConfig:
     """transformers' 4-bit config for the settings (NF4/FP4, double quantisation, compute dtype);
     ``skip`` names modules kept unquantised (a classification head, which trains)."""
@@ -89,7 +71,7 @@ def auto_class(source: ModelSource) -> Any:
     mean-pooling RoBERTa classifier of ``velora_core.models.heads`` (same ``from_config``/``from_pretrained``)."""
     if source.pooling == "mean":
         return RobertaMeanPoolForSequenceClassification
-    return getattr(transformers, AUTO_CLASS[source.workload])
+    return getattr(transformers, WORKLOADS[source.workload].auto_class)
 
 
 def load_causal_lm(source: ModelSource, quant: QuantSettings | None = None) -> nn.Module:
@@ -112,9 +94,8 @@ def load_causal_lm(source: ModelSource, quant: QuantSettings | None = None) -> n
             return load_causal_lm(saved, quant)
     kwargs = {"dtype": source.dtype, "trust_remote_code": False, "revision": source.revision, **source.head}
     if quant is not None:
-        kwargs["quantization_config"] = bnb_config(
-            quant, ["classifier"] if source.workload.endswith("classification") else None
-        )
+        head = WORKLOADS[source.workload].new_head  # a new head trains: it stays unquantised
+        kwargs["quantization_config"] = bnb_config(quant, [head] if head else None)
         kwargs["device_map"] = {"": source.device}
         return _keep_cpu_4bit_format(auto_class(source).from_pretrained(source.path, **kwargs))
     return auto_class(source).from_pretrained(source.path, **kwargs).to(source.device)

@@ -5,13 +5,14 @@ from __future__ import annotations
 from collections import Counter
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Body, HTTPException, Query, Response
+from fastapi import APIRouter, Body, HTTPException, Query, Request, Response
 from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
 from backend import store
 from backend.api.deps import (
     DispatcherDep,
+    Principal,
     ReadAccess,
     SessionDep,
     SettingsDep,
@@ -19,8 +20,9 @@ from backend.api.deps import (
     WriteSessionDep,
     committed,
 )
-from backend.api.docs import error_responses
+from backend.api.docs import SPEC_RULES, add_rules, error_responses
 from backend.api.idempotency import IdempotencyKeyHeader, create_once
+from backend.api.quotas import enforce_quotas
 from backend.api.schemas import (
     ComparisonDetail,
     ComparisonFromPreset,
@@ -31,7 +33,7 @@ from backend.api.schemas import (
     RunPublic,
     SummaryRow,
 )
-from backend.api.validation import JsonContent, check_limits, from_pydantic, invalid
+from backend.api.validation import JsonContent, check_limits, from_pydantic, invalid, parse_strict
 from backend.settings import Settings
 from backend.tables import Comparison, Run
 from velora_core.contract.intervals import mean_and_spread
@@ -81,7 +83,7 @@ def parse_comparison(body: dict[str, Any], settings: Settings) -> tuple[Comparis
         except ValidationError as exc:
             raise from_pydantic(exc, ("body",)) from None
         try:
-            spec = comparison_preset(request.preset, request.overrides)
+            spec = comparison_preset(request.preset, request.overrides, strict=True)
         except KeyError:
             known = sorted(COMPARISON_PRESETS)
             raise invalid(
@@ -95,10 +97,7 @@ def parse_comparison(body: dict[str, Any], settings: Settings) -> tuple[Comparis
             ) from None
         preset = request.preset
     else:
-        try:
-            spec = ComparisonSpec.model_validate(body)
-        except ValidationError as exc:
-            raise from_pydantic(exc, ("body",)) from None
+        spec = parse_strict(ComparisonSpec, body)
         preset = None
     check_limits(spec.runs(), settings, ("body", "base"))
     return spec, preset
@@ -226,12 +225,28 @@ def _load_detail(session: Session, comparison_id: int, *, include_results: bool 
     return _detail(comparison, include_results=include_results)
 
 
+def _create(
+    request: Request,
+    session: Session,
+    spec: ComparisonSpec,
+    preset: str | None,
+    settings: Settings,
+    principal: Principal,
+) -> Comparison:
+    """Store the comparison and its runs, within the caller's quotas (a replay never gets here)."""
+    enforce_quotas(request, session, principal, store.plan_size(spec.runs()))
+    queue = settings.queue_for_device(spec.base.device)
+    return store.create_comparison(
+        session, spec=spec, preset=preset, queue=queue, submitted_by=principal.scope
+    )
+
+
 @router.post(
     "",
     status_code=201,
     response_model=ComparisonDetail,
     openapi_extra=_BODY_SCHEMA,
-    responses=error_responses(403, 413, 415),
+    responses=error_responses(403, 413, 415, 429),
 )
 def create_comparison(
     _content_type: JsonContent,
@@ -240,6 +255,7 @@ def create_comparison(
     settings: SettingsDep,
     dispatcher: DispatcherDep,
     principal: WriteAccess,
+    request: Request,
     response: Response,
     idempotency_key: IdempotencyKeyHeader = None,
 ) -> ComparisonDetail:
@@ -257,9 +273,7 @@ def create_comparison(
         scope=scope,
         key=idempotency_key,
         payload_hash=payload_hash,
-        create=lambda: store.create_comparison(
-            session, spec=spec, preset=preset, queue=settings.queue_for_device(spec.base.device)
-        ),
+        create=lambda: _create(request, session, spec, preset, settings, principal),
     )
     if comparison is None:
         return committed(session, _load_detail(session, comparison_id))
@@ -329,3 +343,6 @@ def cancel_comparison(comparison_id: IdPath, session: WriteSessionDep, _: WriteA
     session.commit()
     session.expire_all()
     return committed(session, _load_detail(session, comparison_id))
+
+
+add_rules(router, create_comparison, SPEC_RULES)

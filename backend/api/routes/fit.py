@@ -26,9 +26,10 @@ from fastapi import APIRouter, HTTPException, Request
 from pydantic import BaseModel, Field, ValidationError
 
 from backend.api.deps import SettingsDep, WriteAccess
-from backend.api.docs import error_responses
+from backend.api.docs import FIT_RULES, add_rules, error_responses
 from backend.api.schemas import FitPublic
 from backend.api.validation import JsonContent, invalid
+from velora_core.contract.exit_codes import EXIT_BAD_INPUT, EXIT_OK
 from velora_core.contract.fit_request import FitEstimate, FitRequest
 from velora_core.contract.presets.model_shapes import MODEL_PRESETS
 from velora_core.contract.spec import check_hub_id
@@ -86,10 +87,6 @@ async def fit_queue(request: Request, _: WriteAccess) -> FitQueue:
     """How many fit requests are ahead of a new one (poll while yours waits)."""
     line = FitLine.of(request)
     return FitQueue(running=line.running.locked(), waiting=line.waiting, cached=len(line.cache))
-
-
-#: Exit code of ``velora_core.bench.fit_prediction`` for bad input (the model or a method cannot be built).
-EXIT_BAD_INPUT = 2
 
 
 def fit_command(request: FitRequest, config_dir: Path | None = None) -> list[str]:
@@ -183,7 +180,7 @@ async def _predict(body: FitQuestion, timeout_s: float) -> FitPublic:
     if process.returncode == EXIT_BAD_INPUT:
         line = message[-1] if message else "bad input"
         raise invalid(("body",), line.removeprefix("velora-bench fit: error: "))
-    if process.returncode != 0:
+    if process.returncode != EXIT_OK:
         raise HTTPException(
             503, detail=f"The prediction failed (exit code {process.returncode}): {(message or ['?'])[-1]}"
         )
@@ -192,3 +189,6 @@ async def _predict(body: FitQuestion, timeout_s: float) -> FitPublic:
     except (ValueError, ValidationError) as exc:
         raise HTTPException(503, detail=f"The prediction's output could not be read: {exc}") from None
     return FitPublic(request=request, estimates=estimates, seconds=round(time.perf_counter() - start, 2))
+
+
+add_rules(router, predict_fit, FIT_RULES)

@@ -9,7 +9,7 @@ from fastapi import APIRouter
 
 from backend.api.deps import ReadAccess, SettingsDep
 from backend.api.docs import error_responses
-from velora_core.contract.method_parts import METHOD_CONFIGS, method_info, parts_listing
+from velora_core.contract.method_settings import METHOD_CONFIGS, method_info, parts_listing
 from velora_core.contract.presets.comparisons import COMPARISON_PRESETS, comparison_preset
 from velora_core.contract.presets.model_shapes import DATASETS, MODEL_PRESETS
 from velora_core.contract.spec import ComparisonSpec, RunSpec

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Query, Response
+from fastapi import APIRouter, Body, HTTPException, Query, Request, Response
 from pydantic import BaseModel
 from sqlalchemy.orm import Session
 
@@ -20,8 +20,9 @@ from backend.api.deps import (
     committed,
     polled_read,
 )
-from backend.api.docs import error_responses
+from backend.api.docs import SPEC_RULES, add_rules, error_responses
 from backend.api.idempotency import IdempotencyKeyHeader, create_once
+from backend.api.quotas import enforce_quotas
 from backend.api.schemas import (
     AfterStepQuery,
     IdPath,
@@ -32,7 +33,7 @@ from backend.api.schemas import (
     RunPublic,
     RunsPublic,
 )
-from backend.api.validation import JsonContent, check_limits
+from backend.api.validation import JsonContent, check_limits, parse_strict
 from velora_core.contract.result import RunStatus
 from velora_core.contract.spec import RunSpec
 
@@ -46,27 +47,49 @@ def _read_run(session: Session, run_id: int) -> RunDetail:
     return RunDetail.model_validate(run)
 
 
-@router.post("", status_code=201, response_model=RunDetail, responses=error_responses(403, 413, 415))
+_BODY_SCHEMA = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/RunSpec"}}},
+    }
+}
+
+
+@router.post(
+    "",
+    status_code=201,
+    response_model=RunDetail,
+    openapi_extra=_BODY_SCHEMA,
+    responses=error_responses(403, 413, 415, 429),
+)
 def create_run(
     _content_type: JsonContent,
-    spec: RunSpec,
+    body: Annotated[dict[str, Any], Body()],
     session: WriteSessionDep,
     settings: SettingsDep,
     dispatcher: DispatcherDep,
     principal: WriteAccess,
+    request: Request,
     response: Response,
     idempotency_key: IdempotencyKeyHeader = None,
 ) -> RunDetail:
     """Queue a single run (a ``RunSpec``). A fine-tune from ``model.source='artifact'`` gets a base
     run of its own for the pre-training (listed in its ``depends_on``); it waits for that run."""
+    spec = parse_strict(RunSpec, body)
     check_limits([spec], settings, ("body",))
     scope = f"POST /runs {principal.scope}"
     payload_hash = store.request_hash(spec.model_dump(mode="json"))
     added: list = []
 
     def create():  # the run and its base run, if it needs one; the run is the resource
+        enforce_quotas(request, session, principal, store.plan_size([spec]))  # a replay is not counted
         added.extend(
-            store.add_planned_runs(session, specs=[spec], queue=settings.queue_for_device(spec.device))
+            store.add_planned_runs(
+                session,
+                specs=[spec],
+                queue=settings.queue_for_device(spec.device),
+                submitted_by=principal.scope,
+            )
         )
         return added[-1]
 
@@ -154,3 +177,6 @@ def cancel_run(run_id: IdPath, session: WriteSessionDep, _: WriteAccess) -> RunP
     store.settle_waiting_runs(session)  # a cancelled base run cancels the runs waiting for it
     session.commit()
     return RunPublic.model_validate(run)
+
+
+add_rules(router, create_run, SPEC_RULES)

@@ -6,6 +6,7 @@ No torch here: the backend expands presets into runs without loading it.
 from __future__ import annotations
 
 import copy
+import json
 from typing import Any
 
 from pydantic import ValidationError
@@ -313,7 +314,9 @@ def _spelled(method: Any) -> Any:
         return method
 
 
-def comparison_preset(name: str, overrides: dict[str, Any] | None = None) -> ComparisonSpec:
+def comparison_preset(
+    name: str, overrides: dict[str, Any] | None = None, *, strict: bool = False
+) -> ComparisonSpec:
     """The preset's :class:`ComparisonSpec`, with ``overrides`` merged in.
 
     ``overrides`` has the shape of a ComparisonSpec (``{"methods": [...], "seeds": [...],
@@ -345,6 +348,8 @@ def comparison_preset(name: str, overrides: dict[str, Any] | None = None) -> Com
         chosen = [_spelled(m) for m in data["methods"]]  # the preset's settings follow any spelling
         data["method_configs"] = {m: c for m, c in data.get("method_configs", {}).items() if m in chosen}
     try:
+        if strict:
+            return ComparisonSpec.model_validate_json(json.dumps(data), strict=True)
         return ComparisonSpec.model_validate(data)
     except ValidationError as exc:
         problems = validation_message(exc, prefix="overrides.", whole=None)

@@ -1,15 +1,15 @@
-"""Built-in model shapes and dataset names (no torch, so specs validate anywhere).
+"""Built-in model shapes and dataset names (no torch, so specs validate anywhere): the one shapes
+module every preset and the workload registry read.
 
-Model shapes are the LLaMA configurations GaLore and VeLoRA use for C4 pre-training (GaLore
-Table 5), LLaMA-7B/13B, and a tiny CPU model. Vocabulary 32,000 as LLaMA's tokenizer (the byte-level
-tokenizer of the offline datasets uses the first 259 ids and leaves the rest unused).
+LLaMA shapes are the configurations GaLore and VeLoRA use for C4 pre-training (GaLore Table 5),
+LLaMA-7B/13B, and a tiny CPU model. Vocabulary 32,000 as LLaMA's tokenizer (the byte-level
+tokenizer of the offline datasets uses the first 259 ids and leaves the rest unused). The ViT and
+RoBERTa shapes serve the encoder workloads (VeLoRA's Tables 1 and 2).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-from velora_core.contract.workload_registry import ENCODER_PRESETS, RobertaPreset, ViTPreset
 
 
 @dataclass(frozen=True)
@@ -51,6 +51,112 @@ class ModelPreset:
         return layers
 
 
+@dataclass(frozen=True)
+class ViTPreset:
+    """A ViT shape (transformers' ``ViTConfig``) for image classification."""
+
+    hidden_size: int
+    intermediate_size: int
+    num_attention_heads: int
+    num_hidden_layers: int
+    image_size: int
+    patch_size: int
+    num_channels: int = 3
+    description: str = ""
+    family: str = "vit"
+    #: ViT has no token positions to bound ``seq_len`` (it reads images).
+    max_position_embeddings: int | None = None
+
+    def linear_layers(self) -> dict[str, int]:
+        """Every ``nn.Linear`` of ``ViTForImageClassification`` by full name, with its input width."""
+        h, i = self.hidden_size, self.intermediate_size
+        layers = {}
+        for n in range(self.num_hidden_layers):
+            block = f"vit.layers.{n}"
+            for part in ("q_proj", "k_proj", "v_proj", "o_proj"):
+                layers[f"{block}.attention.{part}"] = h
+            layers[f"{block}.mlp.fc1"] = h
+            layers[f"{block}.mlp.fc2"] = i
+        layers["classifier"] = h
+        return layers
+
+
+@dataclass(frozen=True)
+class RobertaPreset:
+    """A RoBERTa shape (``RobertaConfig``) for masked-LM pre-training and sequence classification.
+
+    Vocabulary 320 covers the offline byte-level tokenizer's 259 ids and its mask token (id 259).
+    """
+
+    hidden_size: int
+    intermediate_size: int
+    num_attention_heads: int
+    num_hidden_layers: int
+    vocab_size: int = 320
+    max_position_embeddings: int = 512
+    #: Dropout of the hidden states and of the attention probabilities (RobertaConfig's 0.1).
+    dropout: float = 0.1
+    description: str = ""
+    family: str = "roberta"
+
+    def linear_layers(self) -> dict[str, int]:
+        """Every ``nn.Linear`` of ``RobertaForSequenceClassification`` by full name, with its input width."""
+        h, i = self.hidden_size, self.intermediate_size
+        layers = {}
+        for n in range(self.num_hidden_layers):
+            block = f"roberta.encoder.layer.{n}"
+            for part in ("query", "key", "value"):
+                layers[f"{block}.attention.self.{part}"] = h
+            layers[f"{block}.attention.output.dense"] = h
+            layers[f"{block}.intermediate.dense"] = h
+            layers[f"{block}.output.dense"] = i
+        layers["classifier.dense"] = h
+        layers["classifier.out_proj"] = h
+        return layers
+
+
+ENCODER_PRESETS: dict[str, ViTPreset | RobertaPreset] = {
+    "vit-digits": ViTPreset(
+        64,
+        128,
+        4,
+        4,
+        image_size=8,
+        patch_size=2,
+        num_channels=1,
+        description="Tiny ViT for scikit-learn's 8x8 digits (16 patches of 2x2, one channel)",
+    ),
+    "vit-b16": ViTPreset(
+        768,
+        3072,
+        12,
+        12,
+        image_size=224,
+        patch_size=16,
+        description="ViT-B/16's shape (google/vit-base-patch16-224-in21k), random weights",
+    ),
+    "roberta-stdlib": RobertaPreset(
+        128,
+        512,
+        4,
+        4,
+        max_position_embeddings=512,
+        # Minutes of training on a small corpus: dropout only slows learning down.
+        dropout=0.0,
+        description="Small RoBERTa for the offline stdlib tasks (byte-level vocabulary, no dropout)",
+    ),
+    "roberta-base": RobertaPreset(
+        768,
+        3072,
+        12,
+        12,
+        vocab_size=50265,
+        max_position_embeddings=512,
+        description="RoBERTa-base's shape (random weights)",
+    ),
+}
+
+
 MODEL_PRESETS: dict[str, ModelPreset | ViTPreset | RobertaPreset] = {
     "tiny": ModelPreset(
         128,
@@ -82,7 +188,7 @@ MODEL_PRESETS: dict[str, ModelPreset | ViTPreset | RobertaPreset] = {
     "llama-13b": ModelPreset(
         5120, 13824, 40, 40, max_position_embeddings=4096, description="LLaMA-13B shape"
     ),
-    **ENCODER_PRESETS,  # ViT and RoBERTa shapes of the classification workloads
+    **ENCODER_PRESETS,  # ViT and RoBERTa shapes of the encoder workloads
 }
 
 #: Built-in datasets: name -> (kind, description). ``lm`` = plain text, ``mc`` = multiple choice,
