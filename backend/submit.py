@@ -29,7 +29,7 @@ from velora_core.contract.http_api import API_PREFIX, detail_text
 from velora_core.contract.plan import ROLE_BASE, ROLE_METHOD
 from velora_core.contract.result import ANSWERED_RUN_STATUSES, FINISHED_RUN_STATUSES, RunResult, RunStatus
 from velora_core.contract.spec import ComparisonSpec
-from velora_core.contract.table import write_outputs
+from velora_core.contract.table import MethodRow, write_outputs
 
 
 class SubmitError(Exception):
@@ -272,9 +272,10 @@ def submit_and_follow(
     for base in results_of(client, final, ROLE_BASE):
         print(base_run_line(base))
     results = results_of(client, final)
-    print_table(results)
+    rows = [MethodRow.model_validate(row) for row in final["table"]]  # as the API computed it
+    print_table(rows)
     if out:
-        json_path, csv_path = write_outputs(results, out)
+        json_path, csv_path = write_outputs(results, out, rows)
         print(f"wrote {json_path} and {csv_path}")
     return EXIT_OK if all(r.status in ANSWERED_RUN_STATUSES for r in results) else EXIT_FAILED
 

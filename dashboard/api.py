@@ -9,6 +9,7 @@ whose message is written for a person (what went wrong, what to do), not a trace
 from __future__ import annotations
 
 import json
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +23,8 @@ LIVE_TTL_S = 2.0  # runs, comparisons, metrics: what changes while a run trains
 STATIC_TTL_S = 300.0  # presets: change only when the server is upgraded
 FINISHED_TTL_S = 600.0  # a finished run's details are final
 FIT_TIMEOUT_S = 660.0  # POST /fit runs up to the server's VELORA_FIT_TIMEOUT_S (600 s by default)
+#: Threads that wait for POST /fit while the page shows the line (one per person waiting, at most 8).
+_FIT_THREADS = ThreadPoolExecutor(max_workers=8, thread_name_prefix="velora-fit")
 
 
 class ApiError(Exception):
@@ -62,7 +65,10 @@ def _http(base_url: str, token: str | None, timeout_s: float) -> httpx.Client:
 
 
 def _request(client: ApiClient, method: str, path: str, **kwargs: Any) -> Any:
-    http = _http(client.base_url, client.token, client.timeout_s)
+    return _send(_http(client.base_url, client.token, client.timeout_s), client, method, path, **kwargs)
+
+
+def _send(http: httpx.Client, client: ApiClient, method: str, path: str, **kwargs: Any) -> Any:
     try:
         response = http.request(method, path, **kwargs)
     except httpx.HTTPError as exc:
@@ -190,6 +196,16 @@ class ApiClient:
         """``POST /fit``: each method's predicted peak for a model and shape (a FitRequest), and with
         ``gpu_gib`` whether it fits and the largest micro-batch; may take minutes, cached after."""
         return _post_fit(self.base_url, self.token, json.dumps(body, sort_keys=True))
+
+    def fit_queue(self) -> dict[str, Any]:
+        """``GET /fit/queue``: whether a prediction runs now and how many wait behind it."""
+        return _request(self, "GET", "/fit/queue")
+
+    def start_fit(self, body: dict[str, Any]) -> Future:
+        """``POST /fit`` in a thread of its own, so the page can show the line while it waits; the
+        future's result is the answer (or raises :class:`ApiError`). The server caches answers."""
+        http = _http(self.base_url, self.token, FIT_TIMEOUT_S)  # here: the thread has no Streamlit context
+        return _FIT_THREADS.submit(_send, http, self, "POST", "/fit", json=body)
 
     # --- writes -----------------------------------------------------------------------------------
 

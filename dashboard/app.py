@@ -59,7 +59,7 @@ pages = [
     st.Page("views/runs.py", title="Runs", icon=":material/list:"),
     st.Page("views/compare.py", title="Compare", icon=":material/bar_chart:"),
     st.Page("views/run_detail.py", title="Run detail", icon=":material/description:"),
-    st.Page("views/fit.py", title="Will it fit?", icon=":material/memory:"),
+    st.Page("views/fit.py", title="Will it fit? (predict)", icon=":material/memory:"),
 ]
 page = st.navigation(pages, position="top")
 service_status()

@@ -7,9 +7,9 @@ from typing import Any
 
 import plotly.graph_objects as go
 
-from dashboard.formatting import COMPONENTS, GIB, METRIC_LABELS, MIB
+from dashboard.formatting import COMPONENTS, GIB, METRIC_LABELS, MIB, format_bytes
 from dashboard.summary import front_places, higher_is_better
-from velora_core.contract.result import PEAK_COMPONENTS, measured_peak_bytes
+from velora_core.contract.result import PEAK_COMPONENTS
 from velora_core.contract.workload_registry import PERCENT_METRICS
 
 #: One colour per method, the same in every chart.
@@ -25,7 +25,6 @@ METHOD_COLORS = {
     "galore": "#eeca3b",
     "lora-fa": "#9d755d",
 }
-COMPONENT_COLORS = ["#9ecae9", "#4c78a8", "#f58518", "#ffbf79", "#54a24b"]
 _FALLBACK_COLORS = ["#ff9da6", "#bab0ac", "#d67195", "#439894", "#88d27a", "#fcbfd2"]
 
 
@@ -47,52 +46,67 @@ def _layout(fig: go.Figure, title: str, height: int = 420) -> go.Figure:
     return fig
 
 
-def memory_figure(rows: Sequence[dict[str, Any]], *, gpu_budget_bytes: float | None = None) -> go.Figure:
-    """Stacked bars of memory by component per method. Where a peak was measured (the tracker, every
-    device; or an older result's CUDA peak) it is marked on the bar; beside each bar its predicted
-    (analytic) total is written, with the measured peak."""
-    shown = [r for r in rows if r["total_bytes"] is not None]
-    methods = [r["method"] for r in shown]
-    peak_of = {r["method"]: measured_peak_bytes(r) for r in shown}
-    tallest = max(
-        [r["total_bytes"] for r in shown] + [p or 0 for p in peak_of.values()] + [gpu_budget_bytes or 0]
+#: The analytic components (``COMPONENTS``) under the tracker's category each one is counted in: how
+#: a result without the tracker's peak (an older one) is drawn, its bar then being the analytic sum.
+_ANALYTIC_CATEGORY = dict(
+    zip(
+        (key for key, _ in COMPONENTS),
+        ("weights", "trainable", "gradients", "optimizer", "activations"),
+        strict=True,
     )
+)
+
+
+def peak_stack(row: dict[str, Any]) -> tuple[dict[str, float], bool]:
+    """A method's bar: bytes by the tracker's categories at its measured peak (they add up to the
+    peak) and True; or, for a result without the tracker's breakdown, the analytic components and
+    False."""
+    components = row.get("peak_components") or {}
+    if components and row.get("measured_peak_bytes") is not None:
+        return {c: float(components.get(c) or 0) for c in PEAK_COMPONENTS}, True
+    analytic = {c: 0.0 for c in PEAK_COMPONENTS}
+    for key, category in _ANALYTIC_CATEGORY.items():
+        analytic[category] += float(row.get(key) or 0)
+    return analytic, False
+
+
+def memory_figure(rows: Sequence[dict[str, Any]], *, gpu_budget_bytes: float | None = None) -> go.Figure:
+    """Bars of each method's memory, stacked from the memory tracker's categories *at its measured
+    peak* (temporaries included), so a bar's height is the measured peak. The analytic sum of the
+    components and VeLoRA's predicted bytes are in the hover, not written on the plot. A result
+    without the tracker's breakdown is drawn from its analytic components and says so in the hover."""
+    shown = [r for r in rows if r.get("memory_bytes") is not None]
+    methods = [r["method"] for r in shown]
+    stacks = [peak_stack(r) for r in shown]
+    tallest = max([sum(stack.values()) for stack, _ in stacks] + [gpu_budget_bytes or 0], default=0)
     scale, unit = _unit(tallest)
+
+    def about(row: dict[str, Any], measured: bool) -> str:
+        lines = [
+            f"measured peak {format_bytes(row['measured_peak_bytes'])}"
+            + (f" ({row['peak_phase']})" if row.get("peak_phase") else "")
+            if measured
+            else "no tracker breakdown: analytic components",
+            f"analytic sum {format_bytes(row.get('total_bytes'))}",
+        ]
+        if row.get("predicted_activation_bytes"):
+            lines.append(
+                f"VeLoRA predicted {format_bytes(row['predicted_activation_bytes'])}, "
+                f"measured {format_bytes(row.get('velora_measured_bytes'))}"
+            )
+        return "<br>".join(lines)
+
+    notes = [about(r, measured) for r, (_, measured) in zip(shown, stacks, strict=True)]
     fig = go.Figure()
-    for (key, label), color in zip(COMPONENTS, COMPONENT_COLORS, strict=True):
+    for category, (label, color) in PEAK_COMPONENT_STYLE.items():
         fig.add_bar(
             name=label,
             x=methods,
-            y=[(r[key] or 0) / scale for r in shown],
+            y=[stack[category] / scale for stack, _ in stacks],
+            customdata=notes,
             marker_color=color,
-            hovertemplate=f"%{{x}}<br>{label}: %{{y:.2f}} {unit}<extra></extra>",
+            hovertemplate=f"%{{x}}<br>{label}: %{{y:.2f}} {unit}<br>%{{customdata}}<extra></extra>",
         )
-    peaks = [r for r in shown if peak_of[r["method"]] is not None]
-    if peaks:
-        fig.add_scatter(
-            name="Measured peak",
-            x=[r["method"] for r in peaks],
-            y=[peak_of[r["method"]] / scale for r in peaks],
-            mode="markers",
-            marker={"symbol": "line-ew-open", "size": 40, "line": {"width": 3, "color": "#222"}},
-            hovertemplate=f"%{{x}}<br>measured peak: %{{y:.2f}} {unit}<extra></extra>",
-        )
-    labels = []
-    for r in shown:
-        text = f"predicted {r['total_bytes'] / scale:.1f}"
-        if peak_of[r["method"]] is not None:
-            text += f"<br>measured {peak_of[r['method']] / scale:.1f}"
-        labels.append(text)
-    fig.add_scatter(
-        name="Predicted total",
-        x=methods,
-        y=[max(r["total_bytes"], peak_of[r["method"]] or 0) / scale for r in shown],
-        mode="text",
-        text=labels,
-        textposition="top center",
-        showlegend=False,
-        hoverinfo="skip",
-    )
     if gpu_budget_bytes:
         fig.add_hline(
             y=gpu_budget_bytes / scale,
@@ -102,8 +116,8 @@ def memory_figure(rows: Sequence[dict[str, Any]], *, gpu_budget_bytes: float | N
             annotation_position="top left",
         )
     fig.update_layout(barmode="stack", yaxis_title=unit, xaxis_title=None)
-    fig.update_yaxes(range=[0, tallest / scale * 1.25])
-    return _layout(fig, "Memory per training step, by component")
+    fig.update_yaxes(range=[0, tallest / scale * 1.1 if tallest else 1])
+    return _layout(fig, "Peak memory of a training step, by what was live at the peak")
 
 
 def pareto_figure(rows: Sequence[dict[str, Any]]) -> go.Figure:
@@ -120,11 +134,13 @@ def pareto_figure(rows: Sequence[dict[str, Any]]) -> go.Figure:
     fig = go.Figure()
     for i, (r, place) in enumerate(zip(shown, places, strict=True)):
         ci = r["ci95"]
-        words = r["method"]
-        if not place.on_front and place.not_distinguishable_from:
+        words = r["method"] + (" (on the Pareto front)" if place.on_front else "")
+        if place.not_distinguishable_from:
             words += "<br>not distinguishable from " + ", ".join(
                 shown[k]["method"] for k in place.not_distinguishable_from
             )
+        if ci is not None:
+            words += f"<br>95 % interval {ci[0] * factor:.2f}–{ci[1] * factor:.2f}"
         fig.add_scatter(
             name=r["method"],
             x=[r["memory_bytes"] / scale],
@@ -138,9 +154,8 @@ def pareto_figure(rows: Sequence[dict[str, Any]]) -> go.Figure:
             }
             if ci is not None
             else None,
-            mode="markers+text",
+            mode="markers",
             text=[words],
-            textposition="top center",
             marker={"size": 14, "color": method_color(r["method"], i)},
             hovertemplate=f"%{{text}}<br>{unit}: %{{x:.2f}}<br>{label}: %{{y:.2f}}<extra></extra>",
         )
@@ -152,18 +167,21 @@ def pareto_figure(rows: Sequence[dict[str, Any]]) -> go.Figure:
             name="Pareto front",
             x=[r["memory_bytes"] / scale for r in front],
             y=[r["value"] * factor for r in front],
-            mode="lines",
-            line={"dash": "dot", "color": "#555", "shape": "hv" if higher_is_better(metric) else "vh"},
+            mode="lines+markers",  # one point on the front is still drawn
+            line={"color": "#222", "width": 2, "shape": "hv" if higher_is_better(metric) else "vh"},
+            marker={"symbol": "circle-open", "size": 22, "color": "#222"},
             hoverinfo="skip",
         )
         chance = next((r["chance"] for r in shown if r["chance"] is not None), None)
         if chance is not None:
-            fig.add_hline(
-                y=chance * factor,
-                line_dash="dash",
-                line_color="#999",
-                annotation_text="chance",
-                annotation_position="bottom right",
+            xs = [r["memory_bytes"] / scale for r in shown]
+            fig.add_scatter(
+                name="Chance level",
+                x=[min(xs), max(xs)],
+                y=[chance * factor] * 2,
+                mode="lines",
+                line={"color": "#b07aa1", "dash": "dash", "width": 1},
+                hovertemplate=f"chance level: {chance * factor:.1f}<extra></extra>",
             )
     direction = "higher is better" if higher_is_better(metric) else "lower is better"
     fig.update_layout(

@@ -8,10 +8,18 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from velora_core.contract.workload_registry import CLASSIFICATION_METRICS, PERCENT_METRICS
+from velora_core.contract.table_format import (  # one way to write each number, shared with the CLI
+    GIB,
+    MIB,
+    format_bytes,
+    format_delta,
+    format_interval,
+    format_metric,
+    format_ratio,
+)
+from velora_core.contract.workload_registry import CLASSIFICATION_METRICS
 
-MIB = 1024**2
-GIB = 1024**3
+__all__ = ["GIB", "MIB", "format_bytes", "format_delta", "format_interval", "format_metric", "format_ratio"]
 
 #: Memory components in stacking order (bottom to top), with the words the charts use.
 COMPONENTS: list[tuple[str, str]] = [
@@ -68,32 +76,6 @@ def duration_words(seconds: float | None) -> str:
     return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
 
 
-def format_bytes(value: float | None) -> str:
-    if value is None:
-        return "–"
-    if abs(value) >= GIB:
-        return f"{value / GIB:.2f} GiB"
-    return f"{value / MIB:.2f} MiB"
-
-
-def format_metric(metric: str | None, value: float | None, spread: float | None = None) -> str:
-    if value is None:
-        return "–"
-    if metric in PERCENT_METRICS:
-        text = f"{100 * value:.1f} %"
-        return f"{text} ± {100 * spread:.1f}" if spread is not None else text
-    text = f"{value:.3f}"
-    return f"{text} ± {spread:.3f}" if spread is not None else text
-
-
-def format_interval(metric: str | None, interval: tuple[float, float] | None) -> str:
-    if interval is None:
-        return "–"
-    if metric in PERCENT_METRICS:
-        return f"{100 * interval[0]:.1f}–{100 * interval[1]:.1f} %"
-    return f"{interval[0]:.3f}–{interval[1]:.3f}"
-
-
 def metric_help(evaluation: Mapping[str, Any]) -> str | None:
     """A run's evaluation in words beside its value: the 95% interval, the examples and chance."""
     metric = evaluation.get("metric")
@@ -106,11 +88,3 @@ def metric_help(evaluation: Mapping[str, Any]) -> str | None:
     if evaluation.get("chance"):
         parts.append(f"chance {format_metric(metric, evaluation['chance'])}")
     return "; ".join(parts) or None
-
-
-def format_delta(metric: str | None, value: float | None) -> str:
-    if value is None:
-        return "–"
-    if metric in PERCENT_METRICS:
-        return f"{100 * value:+.1f} pts"
-    return f"{value:+.3f}"

@@ -13,6 +13,7 @@ from typing import Any
 
 import streamlit as st
 
+from dashboard.launch_checks import field_range, range_words
 from dashboard.schema_widgets import method_settings
 from velora_core.contract.method_parts import SEPARATOR, canonical_method
 from velora_core.contract.workload_registry import (
@@ -21,8 +22,6 @@ from velora_core.contract.workload_registry import (
     WORKLOAD_FAMILY,
     WORKLOAD_METRICS,
 )
-
-GPU_SIZES_GIB = [8, 12, 16, 24, 32, 40, 48, 80, 96, 141, 192]
 
 
 @dataclass
@@ -44,6 +43,27 @@ AUTOCAST_SELECT = {
     "format_func": lambda v: v or "none",
     "help": "Mixed precision: the forward under torch.autocast, weights in dtype (fp32); fp16 adds a GradScaler",
 }
+
+
+def number_field(
+    container: Any, label: str, presets: dict[str, Any], path: tuple[str, ...], **kwargs: Any
+) -> Any:
+    """A whole-number input with its valid range (the ComparisonSpec schema and this server's limit)
+    in its help, but no bounds of its own: a value out of range is kept as typed, so the Launch page
+    refuses it in words before sending (a bounded input would silently keep its old value)."""
+    limit_key = {"steps": "max_steps", "micro_batch": "max_micro_batch", "seq_len": "max_seq_len"}.get(
+        path[-1]
+    )
+    schema = (presets.get("schemas") or {}).get("ComparisonSpec") or {}
+    low, high = field_range(schema, *path, limit=presets["limits"].get(limit_key) if limit_key else None)
+    words = range_words(low, high)
+    help_text = kwargs.pop("help", None)
+    return container.number_input(
+        label,
+        step=1,
+        help=f"{help_text + ' ' if help_text else ''}({words})" if words else help_text,
+        **kwargs,
+    )
 
 
 def parse_seeds(text: str, max_seeds: int = 16) -> list[int]:
@@ -122,7 +142,6 @@ def preset_form(presets: dict[str, Any]) -> LaunchRequest:
     if not names:
         st.warning("This server offers no comparison presets; build a spec instead.")
         return LaunchRequest(body={}, problems=["no presets"])
-    limits = presets["limits"]
     name = st.selectbox(
         "Preset",
         names,
@@ -152,12 +171,18 @@ def preset_form(presets: dict[str, Any]) -> LaunchRequest:
         key=f"{key}.seeds",
         help="Several seeds give mean ± spread per method.",
     )
-    # (override, label, the preset's value, upper limit, help)
+    # (override, label, the preset's value, where the schema bounds it, help)
     numbers = [
-        ("steps", "Steps", base.get("steps"), limits["max_steps"], None),
-        ("micro_batch", "Batch", base.get("micro_batch"), limits["max_micro_batch"], None),
-        ("seq_len", "Sequence length", base.get("seq_len"), limits["max_seq_len"], None),
-        ("eval_examples", "Eval examples", (base.get("eval") or {}).get("max_examples"), 100_000, None),
+        ("steps", "Steps", base.get("steps"), ("base", "steps"), None),
+        ("micro_batch", "Batch", base.get("micro_batch"), ("base", "micro_batch"), None),
+        ("seq_len", "Sequence length", base.get("seq_len"), ("base", "seq_len"), None),
+        (
+            "eval_examples",
+            "Eval examples",
+            (base.get("eval") or {}).get("max_examples"),
+            ("base", "eval", "max_examples"),
+            None,
+        ),
     ]
     if pretrain is not None or not known:
         numbers.insert(
@@ -166,20 +191,20 @@ def preset_form(presets: dict[str, Any]) -> LaunchRequest:
                 "pretrain_steps",
                 "Pre-training steps",
                 (pretrain or {}).get("steps"),
-                limits["max_steps"],
+                ("base", "model", "pretrain", "steps"),
                 "Presets that fine-tune a model pre-train it first (once; later runs reuse it).",
             ),
         )
     chosen = {}
-    for column, (field_name, label, value, high, help_text) in zip(
+    for column, (field_name, label, value, path, help_text) in zip(
         st.columns(len(numbers)), numbers, strict=True
     ):
-        chosen[field_name] = column.number_input(
+        chosen[field_name] = number_field(
+            column,
             label,
-            min_value=8 if field_name == "seq_len" else 1,
-            max_value=high,
+            presets,
+            path,
             value=value,
-            step=1,
             key=f"{key}.{field_name}",
             help=help_text,
             placeholder="preset's",
@@ -270,8 +295,13 @@ def spec_form(presets: dict[str, Any]) -> LaunchRequest:
             memory_only = start == "memory_only"
             if start == "pretrain":
                 pretrain_steps = int(
-                    c3.number_input(
-                        "Pre-training steps", 1, limits["max_steps"], 60, key="spec.pretrain_steps"
+                    number_field(
+                        c3,
+                        "Pre-training steps",
+                        presets,
+                        ("base", "model", "pretrain", "steps"),
+                        value=60,
+                        key="spec.pretrain_steps",
                     )
                 )
         model: dict[str, Any] = {"source": "preset", "name": shape, "memory_only": memory_only}
@@ -290,12 +320,16 @@ def spec_form(presets: dict[str, Any]) -> LaunchRequest:
     metrics = list(WORKLOAD_METRICS[workload])
     default_metric = "mc_accuracy" if datasets[dataset]["kind"] == "mc" else metrics[0]
     metric = c2.selectbox("Evaluation", metrics, index=metrics.index(default_metric), key="spec.metric")
-    eval_examples = c3.number_input("Eval examples", 1, 100_000, 24, key="spec.eval_examples")
+    eval_examples = number_field(
+        c3, "Eval examples", presets, ("base", "eval", "max_examples"), value=24, key="spec.eval_examples"
+    )
     c1, c2, c3, c4, c5, c6 = st.columns(6)
-    steps = c1.number_input("Steps", 1, limits["max_steps"], 20, key="spec.steps")
-    micro_batch = c2.number_input("Batch", 1, limits["max_micro_batch"], 8, key="spec.micro_batch")
+    steps = number_field(c1, "Steps", presets, ("base", "steps"), value=20, key="spec.steps")
+    micro_batch = number_field(c2, "Batch", presets, ("base", "micro_batch"), value=8, key="spec.micro_batch")
     seq_limit = _model_limit(presets, shape)
-    seq_len = c3.number_input("Sequence length", 8, seq_limit, min(128, seq_limit), key="spec.seq_len")
+    seq_len = number_field(
+        c3, "Sequence length", presets, ("base", "seq_len"), value=min(128, seq_limit), key="spec.seq_len"
+    )
     lr = c4.number_input("Learning rate", 1e-7, 10.0, 2e-3, format="%g", key="spec.lr")
     dtype = c5.selectbox("dtype", ["fp32", "bf16", "fp16"], key="spec.dtype")
     autocast = c5.selectbox(**AUTOCAST_SELECT, key="spec.autocast")
@@ -376,8 +410,8 @@ def fit_form(presets: dict[str, Any]) -> LaunchRequest:
         key="fit.model",
         format_func=lambda m: f"{m} — {models[m].get('description') or ''}",
     )
-    gpu_gib = c2.selectbox(
-        "GPU memory (GiB)", GPU_SIZES_GIB, index=GPU_SIZES_GIB.index(24), key="fit.gpu_gib"
+    gpu_gib = c2.number_input(
+        "GPU memory (GiB)", 0.5, 4096.0, 24.0, step=1.0, format="%g", key="fit.gpu_gib", help="Any card size"
     )
     c1, c2, c3, c4 = st.columns(4)
     seq_limit = _model_limit(presets, shape)

@@ -31,13 +31,26 @@ COMPARISON_STATUS_WORDS = {
 }
 
 
+#: How a base run's state is marked beside the methods' count.
+BASE_MARKS = {"completed": "✓", "failed": "✗", "out_of_memory": "✗", "cancelled": "cancelled"}
+
+
 def comparison_status_words(comparison: dict[str, Any]) -> str:
-    """A comparison's state as a person would say it (``ComparisonStatus`` in velora_core.contract.result)."""
+    """A comparison's state as a person would say it (``ComparisonStatus`` in velora_core.contract.result),
+    counting the methods apart from the base run that pre-trains their model: "Running · 2 of 3
+    methods completed · base ✓". A method counts as completed when every one of its runs (seeds) did."""
     status = comparison["status"]
     words = COMPARISON_STATUS_WORDS.get(status, status)
-    if status in (ComparisonStatus.PARTIAL, ComparisonStatus.FAILED):
-        completed = comparison["status_counts"].get(RunStatus.COMPLETED, 0)
-        words += f": {completed} of {sum(comparison['status_counts'].values())} runs completed"
+    runs, bases = split_roles(comparison.get("runs") or [])
+    methods = list(dict.fromkeys(run["method"] for run in runs))
+    if methods:
+        completed = sum(
+            all(run["status"] == RunStatus.COMPLETED for run in runs if run["method"] == method)
+            for method in methods
+        )
+        words += f" · {completed} of {len(methods)} method{'s' if len(methods) != 1 else ''} completed"
+    for base in bases:
+        words += f" · base {BASE_MARKS.get(base['status'], STATUS_WORDS.get(base['status'], base['status']).lower())}"
     return words
 
 
@@ -49,8 +62,9 @@ def _parse_time(value: str | None) -> datetime | None:
 
 
 def progress_fraction(run: dict[str, Any]) -> float:
-    """0..1: a finished run is 1 (whatever its step counter says), a queued one 0."""
-    if run["status"] not in ACTIVE_STATUSES:
+    """0..1: the steps done over the total (a cancelled or failed run stops where it stopped), a
+    completed run 1, a queued one 0."""
+    if run["status"] == "completed":
         return 1.0
     total, step = run.get("total_steps") or 0, run.get("step") or 0
     return min(1.0, step / total) if total > 0 else 0.0
@@ -74,6 +88,8 @@ def status_words(run: dict[str, Any]) -> str:
     words = STATUS_WORDS.get(status, status)
     if status == RunStatus.RUNNING:
         phase = run.get("phase") or "starting"
+        if phase == "setup" and run.get("message"):
+            phase = f"setup: {run['message']}"
         total = run.get("total_steps") or 0
         words = (
             f"Running ({phase}, step {run.get('step') or 0} of {total})" if total else f"Running ({phase})"

@@ -64,7 +64,8 @@ SPEC_RULES = """
 #: ``POST /fit``'s rules beyond its schema.
 FIT_RULES = """
 **Rules beyond the schema** (each broken one is a 422 naming the field): `model` is one of
-`GET /presets` `models` or a hub id (`org/name`; this server reads its `config.json` from the hub);
+`GET /presets` `models` or a hub id (`org/name`; this server reads its `config.json` from the hub), or
+any label when `config` (a pasted `config.json` of at most 100,000 characters) describes the model;
 each of `methods` is a method name as for runs (a base and techniques joined by `+`, e.g.
 `velora+lora`, `full+8bit`), none repeated and none needing CUDA; `seq_len` is within the model's
 positions; `method_configs` is not offered here (use `velora-bench fit`). Integers are strict.
@@ -104,9 +105,28 @@ async def _method_not_allowed(request: Request, exc: Exception) -> Response:
     return await http_exception_handler(request, exc)
 
 
+#: The OpenAPI name of the bearer-token scheme (``Authorization: Bearer <token>``, backend.api.deps).
+BEARER_SCHEME = "bearerAuth"
+
+
+def declare_bearer(schema: dict[str, Any]) -> None:
+    """Declare the bearer scheme and require it on every operation that answers 401 without it, so
+    Swagger UI offers "Authorize" and sends the token with each "Try it out"."""
+    schema.setdefault("components", {}).setdefault("securitySchemes", {})[BEARER_SCHEME] = {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "The API token: `velora-bench token show` prints it (`velora-bench up` makes one).",
+    }
+    for operations in schema.get("paths", {}).values():
+        for operation in operations.values():
+            if isinstance(operation, dict) and "401" in operation.get("responses", {}):
+                operation["security"] = [{BEARER_SCHEME: []}]
+
+
 def add_schemas(app: FastAPI, models: Iterable[type[BaseModel]]) -> None:
     """Put ``models`` (and what they reference) in ``components.schemas``: for request bodies that a
-    route parses itself and describes with ``openapi_extra`` ``$ref``s."""
+    route parses itself and describes with ``openapi_extra`` ``$ref``s; and declare the bearer
+    scheme (:func:`declare_bearer`)."""
     generate = app.openapi
 
     def openapi() -> dict[str, Any]:
@@ -118,6 +138,7 @@ def add_schemas(app: FastAPI, models: Iterable[type[BaseModel]]) -> None:
             components = schema.setdefault("components", {}).setdefault("schemas", {})
             for name, definition in defs.get("$defs", {}).items():
                 components.setdefault(name, definition)
+            declare_bearer(schema)
             app.openapi_schema = schema
         return app.openapi_schema
 
@@ -140,4 +161,5 @@ def serve_docs(app: FastAPI, *, openapi_url: str) -> None:
             swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
             swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css",
             swagger_favicon_url=f"{DOCS_ASSETS}/favicon-32x32.png",
+            swagger_ui_parameters={"persistAuthorization": True},
         )

@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from velora_core.contract.fit_request import FitEstimate, FitRequest
 from velora_core.contract.plan import RunRole
 from velora_core.contract.result import ComparisonStatus, RunStatus
+from velora_core.contract.table import MethodRow
 
 #: The largest id, step or offset the API accepts: ids and steps are 32-bit INTEGER columns (in
 #: PostgreSQL; SQLite overflows at 64 bits), so anything larger cannot name a row and is a 422.
@@ -187,7 +188,13 @@ class ComparisonPublic(BaseModel):
 class ComparisonDetail(ComparisonPublic):
     spec: dict[str, Any]
     runs: list[RunPublic]
-    summary: list[SummaryRow]
+    summary: list[SummaryRow] = Field(description="One row per run (kept for older clients; see `table`).")
+    table: list[MethodRow] = Field(
+        default_factory=list,
+        description="The comparison table (velora_core.contract.table): one row per method over its "
+        "seeds, with each seed's detail, memory vs full, deltas in points (method − full) and intervals. "
+        "The CLI, the downloads and the dashboard format these rows.",
+    )
     results: dict[str, dict[str, Any]] | None = Field(
         default=None,
         description="With ?include=results: each finished run's result (a RunResult) by run id, "
@@ -227,3 +234,5 @@ class FitPublic(BaseModel):
     request: FitRequest
     estimates: list[FitEstimate]
     seconds: float
+    cached: bool = Field(default=False, description="Answered from the cache of earlier requests.")
+    ahead_on_arrival: int = Field(default=0, description="Requests ahead of this one when it came.")

@@ -8,13 +8,20 @@ from dashboard.api import ApiClient, ApiError
 from dashboard.charts import loss_figure, memory_figure, pareto_figure
 from dashboard.formatting import GIB, MAX_QUERY_ID, format_bytes, query_number
 from dashboard.run_status import base_run_words, comparison_status_words, progress_fraction, split_roles
-from dashboard.summary import chance_words, comparison_json, display_table, method_rows, rows_csv, run_record
+from dashboard.summary import (
+    chance_words,
+    comparison_json,
+    display_table,
+    indistinguishable_list,
+    rows_csv,
+    table_rows,
+)
+from dashboard.verdict import cheapest_sentence, config_diff, context_line, toy_banner, verdict_lines
 from velora_core.contract.result import (
     ACTIVE_STATUSES,
     FINISHED_RUN_STATUSES,
     ComparisonStatus,
     RunStatus,
-    measured_peak_bytes,
 )
 
 api: ApiClient = st.session_state.api
@@ -108,15 +115,44 @@ def comparison_view() -> None:
         f"{len(runs) + len(bases)} runs: {counts} · created {comparison['created_at'][:19].replace('T', ' ')} UTC"
     )
     everything = bases + runs
+    rows = table_rows(comparison)  # the comparison table, as the API computed it
+    budget = gpu_gib * GIB if gpu_gib else None
+    results = {run_id: detail.get("result") for run_id, detail in details.items()}
+    st.markdown(context_line(comparison, rows, results))
+    banner = toy_banner(comparison, rows, results)
+    if banner and any(row["completed"] for row in rows):
+        st.info(banner, icon=":material/info:")
+    verdict = verdict_lines(rows, budget)
+    if verdict:
+        st.markdown("\n".join(f"{i}. {line}" for i, line in enumerate(verdict, start=1)))
+        sentence = cheapest_sentence(rows)
+        if sentence:
+            st.success(sentence)
     done = sum(run["status"] in FINISHED_RUN_STATUSES for run in everything)
     if done < len(everything):
         c1, c2 = st.columns([6, 1], vertical_alignment="bottom")
-        c1.progress(done / len(everything), text=f"{done} of {len(everything)} runs finished")
+        finished_methods = sum(run["status"] in FINISHED_RUN_STATUSES for run in runs)
+        c1.progress(
+            finished_methods / len(runs) if runs else 0.0,
+            text=f"{finished_methods} of {len(runs)} method runs finished",
+        )
         if c2.button("Cancel all", key="compare.cancel"):
-            try:
-                api.cancel_comparison(comparison_id)
-            except ApiError as exc:
-                st.error(exc.message)
+            st.session_state["compare.confirm_cancel"] = comparison_id
+        if st.session_state.get("compare.confirm_cancel") == comparison_id:
+            unfinished = len(everything) - done
+            st.warning(
+                f"Cancel the {unfinished} unfinished run(s) of this comparison? Finished runs keep their results."
+            )
+            y, n, _ = st.columns([1, 1, 4])
+            if y.button("Yes, cancel all", type="primary", key="compare.cancel.confirm"):
+                st.session_state.pop("compare.confirm_cancel", None)
+                try:
+                    api.cancel_comparison(comparison_id)
+                except ApiError as exc:
+                    st.error(exc.message)
+            if n.button("Keep running", key="compare.cancel.keep"):
+                st.session_state.pop("compare.confirm_cancel", None)
+                st.rerun(scope="fragment")
     for base in bases:  # the pre-training of the fine-tunes' base model: a run of its own
         st.markdown("**Base model**")
         detail = details.get(base["id"]) or {}
@@ -144,13 +180,14 @@ def comparison_view() -> None:
                 f"{run['method']} (seed {run['seed']}) {run['status'].replace('_', ' ')}: {run.get('error') or 'no message'}"
             )
 
-    records = [run_record(run, details.get(run["id"])) for run in runs]
-    rows = method_rows(records, comparison["spec"]["methods"])
-    budget = gpu_gib * GIB if gpu_gib else None
-    if not any(row["results"] for row in rows):
+    if not any(row["completed"] for row in rows):
         st.info("No results yet: the table and charts appear as runs finish.")
     else:
-        measured = any(measured_peak_bytes(row) is not None for row in rows)
+        measured = any(
+            row["measured_peak_bytes"] is not None or row["cuda_peak_bytes"] is not None
+            for row in rows
+            if row["completed"]
+        )
         left, right = st.columns(2)
         left.plotly_chart(memory_figure(rows, gpu_budget_bytes=budget), key="compare.memory")
         if not measured:
@@ -161,12 +198,18 @@ def comparison_view() -> None:
             )
         if any(row["value"] is not None for row in rows):
             right.plotly_chart(pareto_figure(rows), key="compare.pareto")
+            for line in indistinguishable_list(rows):
+                right.caption(line)
             sentence = chance_words(rows)
             if sentence:
                 right.caption(sentence)
         else:
             right.info("No evaluation metric in these runs (memory only), so no accuracy chart.")
         st.table(display_table(rows, measured_peak=measured, gpu_budget_bytes=budget))
+        diff = config_diff(rows)
+        if diff:
+            st.markdown("**What differs between methods**")
+            st.table(diff)
         velora = [row for row in rows if row["predicted_activation_bytes"]]
         if velora:
             st.caption(
@@ -178,8 +221,8 @@ def comparison_view() -> None:
                 )
             )
     curves = []
-    for run, record in zip(runs, records, strict=True):
-        points = record["loss_curve"]
+    for run in runs:
+        points = ((details.get(run["id"]) or {}).get("result") or {}).get("loss_curve") or []
         if not points and run["status"] == RunStatus.RUNNING:
             try:
                 points = api.metrics(run["id"])["data"]
@@ -199,7 +242,7 @@ def comparison_view() -> None:
     )
     c2.download_button(
         "Download everything (JSON)",
-        comparison_json(comparison, records, rows),
+        comparison_json(comparison, rows),
         file_name=f"comparison-{comparison_id}.json",
         mime="application/json",
         key="compare.json",

@@ -64,14 +64,19 @@ def run_view() -> None:
     if active and run["status"] not in ACTIVE_STATUSES:
         st.rerun()  # finished: redraw the whole page once, which also stops this timer
     result = run.get("result") or {}
-    memory = result.get("memory") or {}
-    evaluation = result.get("eval") or {}
+    # Only a completed run's numbers were measured: a failed or cancelled run shows its error, no bytes.
+    memory = (result.get("memory") or {}) if run["status"] == "completed" else {}
+    evaluation = (result.get("eval") or {}) if run["status"] == "completed" else {}
     st.subheader(f"Run {run['id']}: {run['method']}, seed {run['seed']}")
     state = status_words(run)
     if run["status"] in (RunStatus.FAILED, RunStatus.OUT_OF_MEMORY):
         st.error(state)
     elif run["status"] == RunStatus.CANCELLED:
         st.warning(state)
+        st.progress(
+            progress_fraction(run),
+            text=f"stopped at step {run.get('step') or 0} of {run.get('total_steps') or '?'}",
+        )
     else:
         eta = duration_words(eta_seconds(run))
         st.progress(progress_fraction(run), text=state + (f" · about {eta} left" if eta else ""))
@@ -157,8 +162,12 @@ def run_view() -> None:
                 "Frozen weights by dtype: "
                 + ", ".join(f"{k}: {format_bytes(v)}" for k, v in by_dtype.items())
             )
-        else:
+        elif run["status"] in ACTIVE_STATUSES:
             st.info("No memory report until the run finishes.")
+        else:
+            st.info(
+                f"Nothing was measured: the run ended {run['status'].replace('_', ' ')} before its memory report."
+            )
     with tabs[2]:
         st.caption("The run's spec (RunSpec), as stored and hashed")
         st.json(run["spec"])

@@ -241,8 +241,8 @@ def test_api_cli_and_dashboard_agree_on_memory_vs_full_when_a_peak_is_measured(
     client: TestClient, auth: dict, db: Database, tracked: bool
 ) -> None:
     """On CUDA a run has a measured peak: every view ranks by it (was: the API by the total)."""
-    from dashboard.summary import method_rows, run_record
-    from velora_core.contract.table import summary_rows
+    from dashboard.summary import display_table, table_rows
+    from velora_core.contract.table import comparison_table
 
     created = client.post(
         "/api/v1/comparisons", json=tiny_comparison(methods=["full", "lora"]), headers=auth
@@ -278,14 +278,21 @@ def test_api_cli_and_dashboard_agree_on_memory_vs_full_when_a_peak_is_measured(
 
     body = client.get(f"/api/v1/comparisons/{created['id']}", headers=auth).json()
     api = {row["method"]: row["memory_vs_full"] for row in body["summary"]}
-    cli = {row["method"]: row["memory_vs_full"] for row in summary_rows(results)}
-    records = [
-        run_record(run, client.get(f"/api/v1/runs/{run['id']}", headers=auth).json()) for run in body["runs"]
-    ]
-    dashboard = {row["method"]: row["memory_vs_full"] for row in method_rows(records, ["full", "lora"])}
+    table = {row["method"]: row["memory_vs_full"] for row in body["table"]}
+    cli = {row.method: row.memory_vs_full for row in comparison_table(results)}
+    shown = display_table(table_rows(body), measured_peak=True)
+    dashboard = {row["Method"]: row["vs full"] for row in shown}
     expected = {"full": 1.0, "lora": 0.25 if tracked else 0.4}  # 1000 / 4000; 2000 / 5000, not 1200 / 2000
-    assert api == cli == dashboard == expected
     assert {row["tracked_step"] for row in body["summary"]} == {"first"}  # stored without a steady step
+    assert api == table == cli == expected
+    assert dashboard == {method: f"{ratio:.2f}×" for method, ratio in expected.items()}
+    # The same table as files: CSV (one line per method) and JSON (with the per-seed detail).
+    path = f"/api/v1/comparisons/{created['id']}/table"
+    lines = client.get(path, headers=auth).text.splitlines()
+    assert lines[0].startswith("method,techniques,rank,alpha,targets,groups,lr,") and len(lines) == 3
+    as_json = client.get(path, params={"format": "json"}, headers=auth).json()
+    assert [row["memory_vs_full"] for row in as_json["table"]] == [1.0, expected["lora"]]
+    assert client.get("/api/v1/comparisons/999999/table", headers=auth).status_code == 404
     if tracked:
         assert {row["method"]: row["measured_peak_bytes"] for row in body["summary"]} == {
             "full": 4000,

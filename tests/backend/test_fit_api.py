@@ -114,6 +114,64 @@ def test_a_fit_past_the_time_limit_is_504(settings, db, auth: dict) -> None:  # 
     assert "VELORA_FIT_TIMEOUT_S" in response.json()["detail"]
 
 
+#: The ``tiny`` preset's shape, as a config.json would spell it.
+TINY_CONFIG = {
+    "model_type": "llama",
+    "architectures": ["LlamaForCausalLM"],
+    "hidden_size": 128,
+    "intermediate_size": 352,
+    "num_attention_heads": 4,
+    "num_hidden_layers": 2,
+    "vocab_size": 320,
+    "max_position_embeddings": 512,
+}
+
+
+@pytest.mark.slow
+def test_a_second_fit_waits_in_line_a_repeat_is_cached_and_a_pasted_config_is_predicted(
+    client: TestClient, auth: dict
+) -> None:
+    import threading
+
+    from tests.backend.harness import wait_until
+
+    first_body, second_body = {**TINY, "methods": ["lora"]}, {**TINY, "methods": ["velora+lora"]}
+    answers = {}
+    first = threading.Thread(
+        target=lambda: answers.setdefault("first", client.post("/api/v1/fit", json=first_body, headers=auth))
+    )
+    first.start()
+    wait_until(
+        lambda: client.get("/api/v1/fit/queue", headers=auth).json()["running"],
+        timeout=30,
+        message="the first fit never started",
+    )
+    second = client.post("/api/v1/fit", json=second_body, headers=auth)  # was a 503 at once
+    first.join(timeout=300)
+    assert answers["first"].status_code == 200, answers["first"].text
+    assert second.status_code == 200, second.text
+    assert second.json()["ahead_on_arrival"] == 1 and not second.json()["cached"]
+
+    again = client.post("/api/v1/fit", json=first_body, headers=auth)
+    assert (
+        again.json()["cached"] is True and again.json()["estimates"] == answers["first"].json()["estimates"]
+    )
+    assert client.get("/api/v1/fit/queue", headers=auth).json() == {
+        "running": False,
+        "waiting": 0,
+        "max_waiting": 8,
+        "cached": 2,
+    }
+
+    pasted = client.post(
+        "/api/v1/fit", json={**first_body, "model": "my-config", "config": TINY_CONFIG}, headers=auth
+    )
+    assert pasted.status_code == 200, pasted.text
+    assert (
+        pasted.json()["estimates"][0]["peak_bytes"] == answers["first"].json()["estimates"][0]["peak_bytes"]
+    )
+
+
 def test_an_api_installed_without_torch_says_so_with_a_503(
     client: TestClient, auth: dict, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -55,7 +55,8 @@ def test_up_submit_runs_a_preset_prints_the_table_and_exits(tmp_path: Path) -> N
     with (tmp_path / "out" / "comparison.csv").open() as handle:
         rows = list(csv.DictReader(handle))
     assert [r["method"] for r in rows] == ["full", "velora+lora"]
-    assert rows[0]["delta_vs_full"] == "0.0"
+    assert rows[0]["delta_vs_full_pts"] == "0.0"
+    assert rows[1]["measured_peak_bytes"].isdigit()  # integer byte counts
     # Everything was stopped: the API no longer answers.
     try:
         httpx.get(f"http://127.0.0.1:{port}/api/v1/health", timeout=2)
@@ -135,7 +136,8 @@ args = argparse.Namespace(spec={str(spec)!r}, set=[], methods=None, seeds=None, 
 body = request_body(args)
 assert body["methods"] == ["full", "lora"] and body["base"]["steps"] == 3, body
 assert len(progress_columns()) == 5
-print_table([RunResult(method="full", status="completed")])
+from velora_core.contract.table import comparison_table
+print_table(comparison_table([RunResult(method="full", status="completed")]))
 assert "torch" not in sys.modules, "torch was imported"
 """
     done = subprocess.run(

@@ -287,3 +287,25 @@ def test_schedule_warms_up_then_decays_to_the_floor():
     assert [round(factor(s), 3) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
     assert factor(20) == pytest.approx(0.1)
     assert factor(12) == pytest.approx(0.1 + 0.9 * 0.5)
+
+
+def test_loss_is_recorded_every_step_and_setup_says_what_it_is_doing(tmp_path):
+    events = []
+    spec = small_pretrain(steps=12, progress_every=5, eval={"metric": "none"})
+    result = execute(spec, events.append, tmp_path)
+    assert result.status == RunStatus.COMPLETED
+    assert [p.step for p in result.loss_curve] == list(range(1, 13))  # was 1, 5, 10, 12
+    setup = [e.message for e in events if e.phase == "setup"]
+    assert setup == [
+        "loading the model (tiny) on cpu",
+        "applying full",
+        "preparing the training data (stdlib-corpus)",
+    ]
+
+
+def test_a_long_run_keeps_at_least_a_hundred_loss_points():
+    from velora_core.contract.result import LOSS_CURVE_POINTS, loss_curve_every
+
+    for total in (20, 99, 100, 250, 1000, 123_457):
+        every = loss_curve_every(total, progress_every=50)
+        assert total // every >= min(total, LOSS_CURVE_POINTS)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from dashboard.charts import loss_figure, memory_figure, pareto_figure
-from dashboard.summary import method_rows, run_record
+from tests.dashboard.test_summary import method_rows, run_record
 
 MIB = 1024**2
 
@@ -42,29 +42,43 @@ def record(
     return run_record(run, {"result": result})
 
 
-def test_memory_figure_marks_the_measured_peak_beside_the_predicted_total() -> None:
-    rows = method_rows(
-        [
-            record(1, "full", 8 * MIB, 0.5, peak=20 * MIB, metric="mc_accuracy"),
-            record(2, "velora+full", 2 * MIB, 0.5, peak=12 * MIB, metric="mc_accuracy"),
-        ],
-        ["full", "velora+full"],
-    )
-    figure = memory_figure(rows, gpu_budget_bytes=None).to_dict()
-    traces = {trace["name"]: trace for trace in figure["data"]}
-    assert list(traces["Activations"]["y"]) == [8.0, 2.0]
-    assert list(traces["Measured peak"]["y"]) == [20.0, 12.0]
-    assert list(traces["Predicted total"]["text"]) == [
-        "predicted 16.0<br>measured 20.0",
-        "predicted 10.0<br>measured 12.0",
+def test_memory_bars_stack_the_trackers_categories_at_the_peak_so_a_bar_is_the_measured_peak() -> None:
+    full = record(1, "full", 8 * MIB, 0.5, peak=None, metric="mc_accuracy")
+    velora = record(2, "velora+full", 2 * MIB, 0.5, peak=None, metric="mc_accuracy")
+    for rec, peak, temporary in ((full, 20 * MIB, 6 * MIB), (velora, 12 * MIB, 3 * MIB)):
+        rec.memory.measured_peak_bytes = peak
+        rec.memory.peak_phase = "backward"
+        rec.memory.peak_components = {
+            "weights": 4 * MIB,
+            "activations": peak - 4 * MIB - temporary,
+            "temporary": temporary,
+        }
+    velora.memory.predicted_activation_bytes, velora.memory.velora_measured_bytes = MIB, MIB + 5
+    figure = memory_figure(method_rows([full, velora], ["full", "velora+full"])).to_dict()
+    bars = [trace for trace in figure["data"] if trace["type"] == "bar"]
+    assert [b["name"] for b in bars] == [
+        "Frozen weights",
+        "Trainable parameters",
+        "Gradients",
+        "Optimizer state",
+        "Saved activations",
+        "Temporaries",
     ]
-    assert figure["layout"]["yaxis"]["title"]["text"] == "MiB"
+    heights = [sum(b["y"][i] for b in bars) for i in range(2)]
+    assert heights == [pytest.approx(20.0), pytest.approx(12.0)]  # the bar is the measured peak
+    assert list(bars[-1]["y"]) == [6.0, 3.0]  # temporaries are drawn
+    hover = bars[0]["customdata"]
+    assert hover[0].startswith("measured peak 20.00 MiB (backward)<br>analytic sum 16.00 MiB")
+    assert "VeLoRA predicted 1.00 MiB, measured 1.00 MiB" in hover[1]
+    assert not [t for t in figure["data"] if t.get("mode") == "text"]  # nothing written on the plot
 
 
-def test_memory_figure_without_peaks_has_no_peak_marker_and_draws_the_gpu_budget() -> None:
+def test_memory_bars_of_an_older_result_are_its_analytic_components_and_the_budget_is_drawn() -> None:
     rows = method_rows([record(1, "full", 8 * MIB, 0.5, peak=None, metric="mc_accuracy")], ["full"])
     figure = memory_figure(rows, gpu_budget_bytes=24 * 1024**3).to_dict()
-    assert "Measured peak" not in [trace["name"] for trace in figure["data"]]
+    bars = [trace for trace in figure["data"] if trace["type"] == "bar"]
+    assert sum(b["y"][0] for b in bars) == pytest.approx(16 / 1024)  # GiB
+    assert bars[0]["customdata"][0].startswith("no tracker breakdown")
     assert figure["layout"]["yaxis"]["title"]["text"] == "GiB"
     assert [shape["y0"] for shape in figure["layout"]["shapes"]] == [24.0]
 
@@ -86,8 +100,16 @@ def test_pareto_figure_draws_the_front_and_chance_for_accuracy() -> None:
     assert list(traces["full"]["error_y"]["array"]) == [pytest.approx(3.0)]
     assert list(traces["full"]["error_y"]["arrayminus"]) == [pytest.approx(3.0)]
     # velora+full is dearer than lora with an overlapping interval: said, not ranked.
-    assert list(traces["velora+full"]["text"]) == ["velora+full<br>not distinguishable from lora"]
-    assert [shape["y0"] for shape in figure["layout"]["shapes"]] == [25.0]
+    assert list(traces["velora+full"]["text"]) == [
+        "velora+full<br>not distinguishable from lora<br>95 % interval 38.00–46.00"
+    ]
+    assert all(trace.get("mode") != "markers+text" for trace in figure["data"])  # words in the hover only
+    assert (
+        front["mode"] == "lines+markers" and front["line"]["color"] != traces["Chance level"]["line"]["color"]
+    )
+    assert (
+        list(traces["Chance level"]["y"]) == [25.0, 25.0] and traces["Chance level"]["line"]["dash"] == "dash"
+    )
     assert "higher is better" in figure["layout"]["yaxis"]["title"]["text"]
 
 
@@ -103,7 +125,7 @@ def test_pareto_figure_for_perplexity_prefers_lower() -> None:
     front = next(trace for trace in figure["data"] if trace["name"] == "Pareto front")
     assert list(front["y"]) == [12.0, 9.0]
     assert "lower is better" in figure["layout"]["yaxis"]["title"]["text"]
-    assert not figure["layout"].get("shapes")  # no chance level for perplexity
+    assert "Chance level" not in [trace["name"] for trace in figure["data"]]  # none for perplexity
 
 
 def test_loss_figure_overlays_runs_by_method_and_seed() -> None:
@@ -114,14 +136,6 @@ def test_loss_figure_overlays_runs_by_method_and_seed() -> None:
     ]
     names = [trace["name"] for trace in loss_figure(curves).to_dict()["data"]]
     assert names == ["full (seed 0)", "full (seed 1)"]
-
-
-def test_memory_figure_marks_the_trackers_peak_over_an_older_cuda_peak() -> None:
-    rec = record(1, "full", 3 * MIB, 0.5, peak=20 * MIB, metric="perplexity")
-    rec["measured_peak_bytes"] = 12 * MIB
-    fig = memory_figure(method_rows([rec], ["full"]))
-    marker = next(t for t in fig.data if t.name == "Measured peak")
-    assert list(marker.y) == [12.0]
 
 
 def test_timeline_figure_stacks_the_categories_and_names_the_phases() -> None:

@@ -24,8 +24,26 @@ from dashboard.run_status import (
     status_words,
 )
 from dashboard.run_tables import metric_rows, run_facts
-from dashboard.summary import chance_words, display_table, front_places, method_rows, rows_csv, run_record
-from velora_core.contract.result import ComparisonStatus
+from dashboard.summary import chance_words, display_table, front_places, rows_csv
+from velora_core.contract.result import ComparisonStatus, RunResult
+from velora_core.contract.table import comparison_table
+
+
+def run_record(run: dict, detail: dict | None) -> RunResult:
+    """A run as the API's table reads it: its result, else its status and error."""
+    found = (detail or {}).get("result")
+    if found:
+        return RunResult.model_validate(
+            {"method": run["method"], "status": run["status"], "spec": {"seed": run["seed"]}} | found
+        )
+    return RunResult(
+        method=run["method"], status=run["status"], error=run.get("error"), spec={"seed": run["seed"]}
+    )
+
+
+def method_rows(records: list[RunResult], methods: list[str]) -> list[dict]:
+    """The rows the API sends in ``table`` (JSON), for these results."""
+    return [row.model_dump(mode="json") for row in comparison_table(records, methods)]
 
 
 def run(run_id: int, method: str, seed: int, status: str = "completed", **fields: object) -> dict:
@@ -65,9 +83,9 @@ def test_method_rows_average_seeds_and_compare_with_full_and_chance() -> None:
     assert full["value"] == pytest.approx(0.40)
     assert full["value_spread"] == pytest.approx(0.1414213, rel=1e-5)  # sample standard deviation
     assert lora["delta_vs_full"] == pytest.approx(0.0)
-    assert lora["delta_vs_chance"] == pytest.approx(0.15)
+    assert lora["delta_vs_chance"] == pytest.approx(15.0)  # points
     assert lora["memory_vs_full"] == pytest.approx(1.0)
-    assert qlora["results"] == 0 and qlora["value"] is None and qlora["error"] == "CUDA out of memory"
+    assert qlora["completed"] == 0 and qlora["value"] is None and qlora["error"] == "CUDA out of memory"
 
     table = display_table([full, lora, qlora], measured_peak=False, gpu_budget_bytes=1024**3)
     assert table[0]["Accuracy"] == "40.0 % ± 14.1"
@@ -87,10 +105,11 @@ def test_measured_peak_is_preferred_over_the_analytic_total() -> None:
     assert "Peak memory" in display_table([full, velora], measured_peak=True)[0]
 
 
-def test_front_places_and_chance_words_read_the_intervals() -> None:
-    def with_ci(record: dict, ci: tuple[float, float]) -> dict:
-        return record | {"ci95": ci}
+def with_ci(record: RunResult, ci: tuple[float, float]) -> RunResult:
+    return record.model_copy(update={"eval": record.eval.model_copy(update={"ci95": ci})})
 
+
+def test_front_places_and_chance_words_read_the_intervals() -> None:
     records = [
         with_ci(run_record(run(1, "full", 0), result(0, 1000, 0.44)), (0.40, 0.48)),
         with_ci(run_record(run(2, "lora", 0), result(0, 600, 0.41)), (0.37, 0.45)),
@@ -109,11 +128,11 @@ def test_front_places_and_chance_words_read_the_intervals() -> None:
 
 def test_several_seeds_give_the_envelope_of_their_intervals() -> None:
     records = [
-        run_record(run(1, "full", 0), result(0, 1000, 0.50)) | {"ci95": (0.45, 0.55)},
-        run_record(run(2, "full", 1), result(0, 1000, 0.40)) | {"ci95": (0.35, 0.45)},
+        with_ci(run_record(run(1, "full", 0), result(0, 1000, 0.50)), (0.45, 0.55)),
+        with_ci(run_record(run(2, "full", 1), result(0, 1000, 0.40)), (0.35, 0.45)),
     ]
     (full,) = method_rows(records, ["full"])
-    assert full["ci95"] == (0.35, 0.55)
+    assert full["ci95"] == [0.35, 0.55]
     assert display_table([full], measured_peak=False)[0]["95 % interval"] == "35.0–55.0 %"
 
 
@@ -173,7 +192,7 @@ def test_failures_are_told_in_words() -> None:
 def test_csv_download_has_one_row_per_method_with_raw_numbers() -> None:
     rows = method_rows([run_record(run(1, "full", 0), result(0, 1000, 0.5))], ["full"])
     (line,) = list(csv.DictReader(io.StringIO(rows_csv(rows))))
-    assert (line["method"], line["total_bytes"], line["value"]) == ("full", "1400.0", "0.5")
+    assert (line["method"], line["total_bytes"], line["value"]) == ("full", "1400", "0.5")  # integer bytes
     json.loads(json.dumps(rows))  # the JSON download serialises the same rows
 
 
@@ -185,14 +204,37 @@ def test_parse_seeds() -> None:
             parse_seeds(bad)
 
 
-def test_comparison_status_words_cover_every_status_and_count_partial_runs() -> None:
+def test_comparison_status_words_count_methods_apart_from_the_base_run() -> None:
     assert set(COMPARISON_STATUS_WORDS) == set(ComparisonStatus)
-    partial = {"status": "partial", "status_counts": {"completed": 2, "failed": 1}}
-    assert comparison_status_words(partial) == "Partly completed: 2 of 3 runs completed"
-    assert comparison_status_words({"status": "failed", "status_counts": {"failed": 2}}) == (
-        "Failed: 0 of 2 runs completed"
+    base = run(1, "full", 0, "completed", role="base")
+    methods = [run(2, "full", 0), run(3, "lora", 0), run(4, "qlora", 0, "cancelled")]
+    partial = {"status": "partial", "runs": [base, *methods]}
+    assert comparison_status_words(partial) == "Partly completed · 2 of 3 methods completed · base ✓"
+    cancelled = {
+        "status": "cancelled",
+        "runs": [run(1, "full", 0, "cancelled", role="base"), run(2, "lora", 0, "cancelled")],
+    }
+    assert comparison_status_words(cancelled) == "Cancelled · 0 of 1 method completed · base cancelled"
+    two_seeds = {"status": "running", "runs": [run(2, "lora", 0), run(3, "lora", 1, "running")]}
+    assert (
+        comparison_status_words(two_seeds) == "Running · 0 of 1 method completed"
+    )  # a seed is still running
+
+
+def test_a_cancelled_run_shows_the_steps_it_did() -> None:
+    cancelled = run(1, "lora", 0, "cancelled", step=6, total_steps=10)
+    assert progress_fraction(cancelled) == pytest.approx(0.6)  # was a full bar
+    starting = run(
+        1,
+        "lora",
+        0,
+        "running",
+        step=0,
+        total_steps=10,
+        phase="setup",
+        message="loading the model (tiny) on cpu",
     )
-    assert comparison_status_words({"status": "completed", "status_counts": {"completed": 2}}) == "Completed"
+    assert status_words(starting) == "Running (setup: loading the model (tiny) on cpu, step 0 of 10)"
 
 
 def test_query_number_parses_or_explains() -> None:

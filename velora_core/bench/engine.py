@@ -134,16 +134,18 @@ def execute(
             if on_progress is not None and on_progress(event):
                 raise RunCancelled()
 
-        emit("setup", f"building {spec.method} on {device}")
+        emit("setup", f"loading the model ({spec.model.name}) on {device}")
         seed_everything(spec.seed)
         # The workload's strategy (bench/workloads/) reads what must come before the model (a head's labels).
         workload = start_workload(spec, model_source(spec, device, base_model))
         method_config_for(spec.method, spec.method_config)  # re-validated: specs may come from storage
         seed_everything(spec.seed)
+        emit("setup", f"applying {spec.method}")
         prepared = prepare_model(spec.method, workload.source, spec.method_config)
         _check_positions(prepared.model, spec.seq_len)
         if model_hook is not None:
             model_hook(prepared.model)
+        emit("setup", f"preparing the training data ({spec.dataset.name})")
         data = workload.training_data(prepared.model)
         result.environment.update(data.environment)
         trainer = Trainer(spec, prepared, device, on_progress, workload.processor.pad_token_id)

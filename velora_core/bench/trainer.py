@@ -9,7 +9,7 @@ from collections.abc import Callable
 import torch
 
 from velora_core.bench.step import FIRST_STEP, STEADY_STEP, TrainingStep
-from velora_core.contract.result import LossPoint, MemoryReport, ProgressEvent, TrackedStep
+from velora_core.contract.result import LossPoint, MemoryReport, ProgressEvent, TrackedStep, loss_curve_every
 from velora_core.contract.spec import RunSpec
 from velora_core.memory.report import step_report
 from velora_core.memory.saved_tensors import SavedTensorMeter
@@ -214,7 +214,7 @@ class Trainer:
                 raise FloatingPointError(
                     f"the loss became {loss_value} at step {step}; try a lower learning rate"
                 )
-            if step % spec.progress_every == 0 or step == total_steps or step == 1:
+            if step % loss_curve_every(total_steps, spec.progress_every) == 0 or step in (1, total_steps):
                 self.loss_curve.append(LossPoint(step=step, loss=loss_value, lr=lr))
             event = ProgressEvent(
                 phase="train",

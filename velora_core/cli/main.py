@@ -31,7 +31,7 @@ from velora_core.contract.presets.comparisons import COMPARISON_PRESETS, compari
 from velora_core.contract.presets.model_shapes import DATASETS, MODEL_PRESETS
 from velora_core.contract.result import ANSWERED_RUN_STATUSES, RunResult, RunStatus
 from velora_core.contract.spec import ComparisonSpec, RunSpec
-from velora_core.contract.table import write_outputs
+from velora_core.contract.table import comparison_table, write_outputs
 
 DEFAULT_ARTIFACTS = ".velora-bench/artifacts"
 
@@ -95,7 +95,7 @@ def _finish(outcome: tuple[list, list], out: str | None) -> int:
     results, bases = outcome
     for base in bases:
         print(base_run_line(base))
-    print_table(results)
+    print_table(comparison_table(results))
     if out:
         json_path, csv_path = write_outputs(results, out)
         print(f"wrote {json_path} and {csv_path}")

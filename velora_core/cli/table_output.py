@@ -5,6 +5,7 @@ shared by ``velora-bench`` and the service's ``submit`` so both look alike. Impo
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from typing import Any
 
 
@@ -22,91 +23,90 @@ def progress_columns() -> tuple:
     )
 
 
-def print_table(results: list) -> None:
+def print_table(rows: Sequence[Any]) -> None:
+    """Print the comparison table: :class:`velora_core.contract.table.MethodRow` rows (as the API's
+    ``table`` gives them, or :func:`~velora_core.contract.table.comparison_table` of local results),
+    one line per method and, with several seeds, one indented line per seed."""
     from rich.console import Console
     from rich.table import Table
 
     from velora_core.contract.intervals import chance_sentence
-    from velora_core.contract.table import summary_rows
-    from velora_core.contract.workload_registry import PERCENT_METRICS
-
-    def fmt(value: Any, pattern: str = "{:.1f}") -> str:
-        return "–" if value is None else pattern.format(value)
-
-    table = Table(
-        title="VeLoRA Bench comparison (memory in MiB; peak: measured by the tracker, in its phase; "
-        "total = weights+trainable+grads+optimizer+activations)"
+    from velora_core.contract.table import MethodRow
+    from velora_core.contract.table_format import (
+        format_bytes,
+        format_delta,
+        format_interval,
+        format_metric,
+        format_ratio,
     )
-    for column in (
-        "method",
-        "status",
-        "peak",
-        "phase",
-        "weights",
-        "activations",
-        "total",
-        "metric",
-        "value [95 % CI]",
-        "n",
-        "chance",
-        "Δ vs full",
-        "mem vs full",
-        "tok/s",
-    ):
-        table.add_column(column, justify="left" if column in ("method", "status", "metric") else "right")
-    rows = summary_rows(results)
+
+    rows = [row if isinstance(row, MethodRow) else MethodRow.model_validate(row) for row in rows]
+    table = Table(
+        title="VeLoRA Bench comparison (peak: measured by the tracker, in its phase; total = "
+        "weights+trainable+grads+optimizer+activations; Δ: method − full, in points for a percentage)"
+    )
+    columns = ("method", "seeds", "status", "peak", "phase", "vs full", "activations", "total", "metric")
+    columns += ("value", "95 % interval", "n", "chance", "Δ vs full", "tok/s")
+    for column in columns:
+        table.add_column(
+            column, justify="left" if column in ("method", "seeds", "status", "metric") else "right"
+        )
     for row in rows:
-        percent = row["metric"] in PERCENT_METRICS
-        value_fmt = "{:.1%}" if percent else "{:.2f}"
-        delta_fmt = "{:+.1%}" if percent else "{:+.2f}"
-        value = fmt(row["value"], value_fmt)
-        if row["ci95_low"] is not None:
-            bounds = (row["ci95_low"], row["ci95_high"])
-            value += " [" + "–".join(f"{100 * b:.1f}" if percent else f"{b:.2f}" for b in bounds) + "]"
-        if row["seeds_spread"] is not None:
-            value += f" (seeds {fmt(row['seeds_mean'], value_fmt)} ± {fmt(row['seeds_spread'], value_fmt)})"
-        delta = fmt(row["delta_vs_full"], delta_fmt)
-        if row["paired_delta_ci95_low"] is not None:  # over the items both runs scored
-            bounds = (row["paired_delta_ci95_low"], row["paired_delta_ci95_high"])
-            delta += " [" + "–".join(f"{100 * b:+.1f}" if percent else f"{b:+.2f}" for b in bounds) + "]"
-        if row["distinguishable_from_full"] is False:
+        delta = format_delta(row.metric, row.delta_vs_full)
+        if row.paired_delta_ci95 is not None:  # over the items both runs scored
+            delta += " [" + "–".join(f"{b:+.1f}" for b in row.paired_delta_ci95) + "]"
+        if row.distinguishable_from_full is False:
             delta += " ~"
         table.add_row(
-            row["method"] + (f" s{row['seed']}" if row["seed"] else ""),
-            row["status"],
-            fmt(row["measured_peak_mb"]),
-            row["peak_phase"] or "–",
-            fmt(row["weight_mb"], "{:.2f}"),
-            fmt(row["activation_mb"], "{:.2f}"),
-            fmt(row["total_mb"], "{:.2f}"),
-            row["metric"],
-            value,
-            fmt(row["num_examples"], "{}"),
-            fmt(row["chance"], "{:.0%}"),
+            row.method,
+            " ".join(str(s) for s in row.seeds),
+            row.status,
+            format_bytes(row.memory_bytes),
+            row.peak_phase or "–",
+            format_ratio(row.memory_vs_full),
+            format_bytes(row.activation_bytes),
+            format_bytes(row.total_bytes),
+            row.metric or "–",
+            format_metric(row.metric, row.value, row.value_spread),
+            format_interval(row.metric, row.ci95),
+            "–" if row.num_examples is None else str(row.num_examples),
+            format_metric(row.metric, row.chance),
             delta,
-            fmt(row["memory_vs_full"], "{:.2f}x"),
-            fmt(row["tokens_per_s"], "{:.0f}"),
+            "–" if row.tokens_per_s is None else f"{row.tokens_per_s:.0f}",
         )
+        for seed in row.per_seed if len(row.per_seed) > 1 else ():
+            table.add_row(
+                f"  seed {seed.seed}",
+                "",
+                str(seed.status),
+                format_bytes(seed.memory_bytes),
+                "",
+                format_ratio(seed.memory_vs_full),
+                *("", "", ""),
+                format_metric(row.metric, seed.value),
+                format_interval(row.metric, seed.ci95),
+                *("", ""),
+                format_delta(row.metric, seed.delta_vs_full),
+                "",
+            )
     console = Console()
     if not console.is_terminal:
-        console = Console(width=200)  # logs and pipes: the whole table, not an 80-column squeeze
+        console = Console(width=220)  # logs and pipes: the whole table, not an 80-column squeeze
     console.print(table)
-    if any(row["distinguishable_from_full"] is False for row in rows):
+    if any(row.distinguishable_from_full is False for row in rows):
         console.print(
             "~ : not distinguishable from full: the paired 95 % interval of the difference over the items "
             "both scored [in brackets] contains 0 (without item records: the two intervals overlap)"
         )
-    completed = [r for r in rows if r["status"] == "completed" and r["chance"] is not None]
+    shown = [row for row in rows if row.value is not None and row.chance is not None]
     sentence = chance_sentence(
-        [r["method"] + (f" s{r['seed']}" if r["seed"] else "") for r in completed],
-        [(r["ci95_low"], r["ci95_high"]) if r["ci95_low"] is not None else None for r in completed],
-        completed[0]["chance"] if completed else None,
+        [row.method for row in shown], [row.ci95 for row in shown], shown[0].chance if shown else None
     )
     if sentence:
         console.print(sentence)
     for row in rows:
-        if row["error"]:
-            print(f"{row['method']}: {row['error']}", file=sys.stderr)
+        if row.error:
+            print(f"{row.method}: {row.error}", file=sys.stderr)
 
 
 def base_run_line(result: Any) -> str:

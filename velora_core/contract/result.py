@@ -299,7 +299,7 @@ class ItemRecords(BaseModel):
     def rows(self, offset: int = 0, limit: int | None = None) -> list[dict[str, Any]]:
         """Items ``offset`` … ``offset + limit - 1`` (to the end by default) as one dict each."""
         end = len(self) if limit is None else min(len(self), offset + limit)
-        columns = {
+        columns: dict[str, list[Any]] = {
             "prompt_hash": self.prompt_hash,
             "loglikelihoods": self.loglikelihoods,
             "choice": self.choice,
@@ -332,6 +332,16 @@ class Throughput(BaseModel):
     step_time_s: float = 0.0
     train_time_s: float = 0.0
     tokens: int = 0
+
+
+#: A loss curve has at least this many points when the run has that many steps (every step below).
+LOSS_CURVE_POINTS = 100
+
+
+def loss_curve_every(total_steps: int, progress_every: int = 1) -> int:
+    """Record the loss every k steps: every step up to :data:`LOSS_CURVE_POINTS` steps, then k so that
+    the curve keeps at least that many points (never sparser than ``progress_every`` asks)."""
+    return max(1, min(progress_every, total_steps // LOSS_CURVE_POINTS))
 
 
 class LossPoint(BaseModel):

@@ -42,6 +42,7 @@ from velora_core.contract.presets.comparisons import COMPARISON_PRESETS, compari
 from velora_core.contract.result import (
     MEMORY_COMPONENTS,
     ComparisonStatus,
+    RunResult,
     RunStatus,
     full_reference,
     headline_memory_bytes,
@@ -49,6 +50,7 @@ from velora_core.contract.result import (
     total_memory_bytes,
 )
 from velora_core.contract.spec import ComparisonSpec
+from velora_core.contract.table import MethodRow, comparison_table, table_csv, table_json
 
 router = APIRouter(prefix="/comparisons", tags=["comparisons"], responses=error_responses(401, 503))
 
@@ -177,6 +179,26 @@ def _with_seed_spread(rows: list[SummaryRow]) -> list[SummaryRow]:
     ]
 
 
+def _run_result(run: Run) -> RunResult:
+    """The run's result as the table reads it; a run without one gives its status, steps and error."""
+    if run.result:
+        result = RunResult.model_validate(run.result)
+        return result if result.spec else result.model_copy(update={"spec": run.spec})
+    return RunResult(
+        method=run.method, status=RunStatus(run.status), error=run.error, steps_done=run.step, spec=run.spec
+    )
+
+
+def method_table(comparison: Comparison) -> list[MethodRow]:
+    """The comparison table (velora_core.contract.table) of the comparison's method runs."""
+    methods = [run for run in comparison.runs if run.role == ROLE_METHOD]
+    return comparison_table(
+        [_run_result(run) for run in methods],
+        (comparison.spec or {}).get("methods"),
+        [run.id for run in methods],
+    )
+
+
 def _detail(comparison: Comparison, *, include_results: bool = False) -> ComparisonDetail:
     # Each method's memory relative to full fine-tuning with the same seed (any seed where that is missing).
     # Base runs (pre-training the fine-tunes' base model) are listed among the runs, not in the table.
@@ -191,6 +213,7 @@ def _detail(comparison: Comparison, *, include_results: bool = False) -> Compari
         spec=comparison.spec,
         runs=[RunPublic.model_validate(run) for run in comparison.runs],
         summary=_with_seed_spread([_summary_row(run, full_totals) for run in methods]),
+        table=method_table(comparison),
         results={str(run.id): run.result for run in comparison.runs if run.result}
         if include_results
         else None,
@@ -283,6 +306,31 @@ def read_comparison(
 ) -> ComparisonDetail:
     """A comparison with its runs and the summary table (memory, accuracy, speed per method)."""
     return _load_detail(session, comparison_id, include_results=include == "results")
+
+
+@router.get(
+    "/{comparison_id}/table",
+    responses=error_responses(404)
+    | {200: {"content": {"text/csv": {}, "application/json": {}}, "description": "The table."}},
+)
+def download_table(
+    comparison_id: IdPath,
+    session: SessionDep,
+    _: ReadAccess,
+    format: Annotated[Literal["csv", "json"], Query(description="`csv` or `json`")] = "csv",
+) -> Response:
+    """The comparison table as a file: CSV (one line per method, integer bytes, the settings that
+    differ, deltas in points) or JSON (each row with its per-seed detail)."""
+    comparison = store.get_comparison(session, comparison_id=comparison_id)
+    if comparison is None:
+        raise HTTPException(status_code=404, detail="Comparison not found")
+    rows = method_table(comparison)
+    name = f"comparison-{comparison_id}.{format}"
+    headers = {"Content-Disposition": f'attachment; filename="{name}"'}
+    if format == "csv":
+        return Response(table_csv(rows), media_type="text/csv", headers=headers)
+    body = table_json(rows, id=comparison.id, name=comparison.name, spec=comparison.spec)
+    return Response(body, media_type="application/json", headers=headers)
 
 
 @router.post("/{comparison_id}/cancel", response_model=ComparisonDetail, responses=error_responses(403, 404))

@@ -2,9 +2,12 @@
 bytes and the CUDA context, against the card) for a model and shape or a whole RunSpec / ComparisonSpec.
 
 The prediction runs two training steps (the second, a steady one, tracked) under ``FakeTensorMode``
-(``velora_core.bench.fit_estimate``), which needs torch; the API process never imports torch, so it runs ``python -m velora_core.bench.fit_estimate --json
---request -`` in a subprocess, the request on its standard input: one at a time (a second request while one runs gets a 503 at once, not a queue), killed
-after ``VELORA_FIT_TIMEOUT_S`` (a 504), with a request bounded by ``FitRequest``'s fields. A
+(``velora_core.bench.fit_estimate``), which needs torch; the API process never imports torch, so it runs
+``python -m velora_core.bench.fit_estimate --json --request -`` in a subprocess, the request on its standard
+input: one at a time, the others waiting in line (up to :data:`MAX_WAITING`; ``GET /fit/queue``
+says how many are ahead), killed after ``VELORA_FIT_TIMEOUT_S`` (a 504), with a request bounded by
+``FitRequest``'s fields. Answers are cached by request (:data:`CACHE_SIZE` of them), so a repeated
+question is answered at once. A model may also be a pasted ``config.json`` (``config``). A
 subprocess, not a worker task: the answer is wanted now, by the person at the form, and the GPU
 workers' queue may be hours deep (docs/architecture.md, "Deliberate choices").
 """
@@ -15,10 +18,14 @@ import asyncio
 import importlib.util
 import json
 import sys
+import tempfile
 import time
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
 
-from fastapi import APIRouter, HTTPException
-from pydantic import ValidationError
+from fastapi import APIRouter, HTTPException, Request
+from pydantic import BaseModel, Field, ValidationError
 
 from backend.api.deps import SettingsDep, WriteAccess
 from backend.api.docs import FIT_RULES, add_rules, error_responses
@@ -31,14 +38,65 @@ from velora_core.contract.spec import check_hub_id
 
 router = APIRouter(prefix="/fit", tags=["fit"], responses=error_responses(401, 503, 504))
 
-#: One prediction at a time per API process: each takes a CPU core for up to the time limit.
-_running = asyncio.Lock()
+#: Requests waiting beyond which a new one gets a 503 (each would wait a whole fit).
+MAX_WAITING = 8
+#: Answers kept, by request: a repeat is answered from here.
+CACHE_SIZE = 128
 
 
-def fit_command() -> list[str]:
-    """The subprocess's command line (never a shell; ``--no-local``: no folder on this server is read;
-    the request comes on standard input)."""
-    return [sys.executable, "-m", "velora_core.bench.fit_estimate", "--json", "--no-local", "--request", "-"]
+class FitLine:
+    """An API process's predictions: one at a time (each takes a CPU core for up to the time limit;
+    the lock is fair, so requests are answered in the order they came), the count waiting, and the
+    answers kept by request."""
+
+    def __init__(self) -> None:
+        self.running = asyncio.Lock()
+        self.waiting = 0
+        self.cache: OrderedDict[str, FitPublic] = OrderedDict()
+
+    @classmethod
+    def of(cls, request: Request) -> FitLine:
+        line = getattr(request.app.state, "fit_line", None)
+        if line is None:
+            line = request.app.state.fit_line = cls()
+        return line
+
+
+#: The largest pasted config.json (its serialised characters).
+MAX_CONFIG_CHARS = 100_000
+
+
+class FitQuestion(FitRequest):
+    """A :class:`FitRequest`, where ``model`` may instead be described by a pasted ``config.json``
+    (``config``; ``model`` is then only its label)."""
+
+    config: dict[str, Any] | None = Field(
+        default=None, description="A model's config.json, pasted: predicted without the hub."
+    )
+
+
+class FitQueue(BaseModel):
+    """The line of ``POST /fit`` requests on this API process."""
+
+    running: bool = Field(description="A prediction is running now.")
+    waiting: int = Field(description="Requests waiting behind it.")
+    max_waiting: int = MAX_WAITING
+    cached: int = Field(description="Answers kept for repeated requests.")
+
+
+@router.get("/queue", response_model=FitQueue)
+async def fit_queue(request: Request, _: WriteAccess) -> FitQueue:
+    """How many fit requests are ahead of a new one (poll while yours waits)."""
+    line = FitLine.of(request)
+    return FitQueue(running=line.running.locked(), waiting=line.waiting, cached=len(line.cache))
+
+
+def fit_command(config_dir: Path | None = None) -> list[str]:
+    """The subprocess's command line (never a shell; the request comes on standard input;
+    ``--no-local``: no folder on this server is read, unless ``config_dir`` is the folder this route
+    wrote a pasted config.json to, which the request then names as its model)."""
+    command = [sys.executable, "-m", "velora_core.bench.fit_estimate", "--json", "--request", "-"]
+    return command if config_dir is not None else [*command, "--no-local"]
 
 
 def fit_input(request: FitRequest) -> bytes:
@@ -47,9 +105,15 @@ def fit_input(request: FitRequest) -> bytes:
     return request.model_dump_json(exclude_unset=True).encode()
 
 
-def _check_models(body: FitRequest) -> None:
-    """Every model the request names is a preset or a hub id (a path on this server is refused)."""
-    if body.model is not None and body.model not in MODEL_PRESETS:
+def _check_models(body: FitQuestion) -> None:
+    """Every model the request names is a preset, a hub id or a pasted config.json (a path on this
+    server is refused)."""
+    if body.config is not None:
+        if len(json.dumps(body.config)) > MAX_CONFIG_CHARS:
+            raise invalid(("body", "config"), f"a config.json of at most {MAX_CONFIG_CHARS:,} characters")
+        if body.spec is not None:
+            raise invalid(("body", "config"), "give a pasted config.json with model and methods, not a spec")
+    elif body.model is not None and body.model not in MODEL_PRESETS:
         try:
             check_hub_id(body.model, "model")
         except ValueError as exc:
@@ -67,14 +131,16 @@ def _check_models(body: FitRequest) -> None:
 
 @router.post("", response_model=FitPublic)
 async def predict_fit(
-    body: FitRequest, settings: SettingsDep, _: WriteAccess, _json: JsonContent
+    body: FitQuestion, request: Request, settings: SettingsDep, _: WriteAccess, _json: JsonContent
 ) -> FitPublic:
     """Predict each method's memory for a training step of ``model`` at the shape given (with
     ``method_configs``), or of every method of ``spec`` (a RunSpec or ComparisonSpec, as run would run
     it): the peak allocated bytes by component, the caching allocator's reserved bytes over the run
     and the CUDA context; with ``gpu_gib``, whether reserved + context fits and the largest micro-batch
     that does. ``model`` is a preset or a hub id (this server reads its ``config.json`` from the hub;
-    local folders are not offered)."""
+    local folders are not offered), or ``config`` a pasted ``config.json``. A request waits in line
+    behind the one running (``GET /fit/queue``); a repeated request is answered from the cache
+    (``cached``)."""
     _check_models(body)
     if importlib.util.find_spec("torch") is None:  # the API installed alone, with `.[service]`
         raise HTTPException(
@@ -82,24 +148,55 @@ async def predict_fit(
             detail="This API server is installed without torch (the package's service extra), which the "
             "prediction needs: install the engine extra beside it, or run velora-bench fit where torch is",
         )
-    if _running.locked():
-        raise HTTPException(503, detail="Another fit is running on this server; try again shortly")
-    async with _running:
+    key, line = body.model_dump_json(), FitLine.of(request)
+    if key in line.cache:
+        line.cache.move_to_end(key)
+        return line.cache[key].model_copy(update={"cached": True, "ahead_on_arrival": 0})
+    if line.waiting >= MAX_WAITING:
+        raise HTTPException(503, detail=f"{MAX_WAITING} fit requests are already waiting; try again shortly")
+    ahead = line.waiting + line.running.locked()
+    line.waiting += 1
+    try:
+        await line.running.acquire()
+    finally:
+        line.waiting -= 1
+    try:
+        if key in line.cache:  # answered while this one waited
+            return line.cache[key].model_copy(update={"cached": True, "ahead_on_arrival": ahead})
+        answer = await _predict(body, settings.fit_timeout_s)
+    finally:
+        line.running.release()
+    answer.ahead_on_arrival = ahead
+    line.cache[key] = answer
+    while len(line.cache) > CACHE_SIZE:
+        line.cache.popitem(last=False)
+    return answer
+
+
+async def _predict(body: FitQuestion, timeout_s: float) -> FitPublic:
+    """Run the prediction's subprocess (with a pasted config.json written to a folder of its own)."""
+    request = FitRequest.model_validate(body.model_dump(exclude={"config"}, exclude_unset=True))
+    with tempfile.TemporaryDirectory(prefix="velora-fit-") as folder:
+        config_dir, sent = None, request
+        if body.config is not None:
+            config_dir = Path(folder)
+            (config_dir / "config.json").write_text(json.dumps(body.config))
+            sent = request.model_copy(update={"model": str(config_dir)})
         start = time.perf_counter()
         process = await asyncio.create_subprocess_exec(
-            *fit_command(),
+            *fit_command(config_dir),
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
         )
         try:
-            out, err = await asyncio.wait_for(process.communicate(fit_input(body)), settings.fit_timeout_s)
+            out, err = await asyncio.wait_for(process.communicate(fit_input(sent)), timeout_s)
         except TimeoutError:
             process.kill()
             await process.wait()
             raise HTTPException(
                 504,
-                detail=f"The prediction took longer than {settings.fit_timeout_s:g} s (VELORA_FIT_TIMEOUT_S); "
+                detail=f"The prediction took longer than {timeout_s:g} s (VELORA_FIT_TIMEOUT_S); "
                 "ask for fewer methods or a smaller model, or run velora-bench fit locally",
             ) from None
     message = err.decode(errors="replace").strip().splitlines()
@@ -114,7 +211,7 @@ async def predict_fit(
         estimates = [FitEstimate.model_validate(row) for row in json.loads(out)]
     except (ValueError, ValidationError) as exc:
         raise HTTPException(503, detail=f"The prediction's output could not be read: {exc}") from None
-    return FitPublic(request=body, estimates=estimates, seconds=round(time.perf_counter() - start, 2))
+    return FitPublic(request=request, estimates=estimates, seconds=round(time.perf_counter() - start, 2))
 
 
 add_rules(router, predict_fit, FIT_RULES)
