@@ -37,9 +37,10 @@ from velora_core.bench.trainer import (
 )
 from velora_core.bench.workloads import start_workload
 from velora_core.contract.method_settings import method_config_for
+from velora_core.contract.names import check_hub_id_not_on_disk
 from velora_core.contract.presets.model_shapes import MODEL_PRESETS
 from velora_core.contract.result import ProgressEvent, RunResult, RunStatus, Throughput
-from velora_core.contract.spec import RunSpec, check_hub_id_not_on_disk
+from velora_core.contract.spec import RunSpec
 from velora_core.methods.registry import prepare_model
 from velora_core.models.loading import DTYPES, ModelSource
 from velora_core.models.preset_configs import preset_config

@@ -30,6 +30,7 @@ from velora_core.bench.step import TrainingStep
 from velora_core.contract.spec import RunSpec
 from velora_core.memory.layer_log import layer_tags
 from velora_core.memory.tracker import MemoryTracker, TrackedStep
+from velora_core.models.preset_configs import config_with_layers
 
 FOUR_BIT_NOTE = (
     "4-bit weights: bitsandbytes' Params4bit cannot hold a fake tensor, so each is a plain fake uint8 "
@@ -156,8 +157,6 @@ def fake_steps(
     meta = torch.device("meta")
     source = model_source(spec, meta, None)  # a preset, a hub config or a local folder: no base run
     if layers is not None:
-        from velora_core.bench.step_prediction import config_with_layers
-
         source = replace(source, config=config_with_layers(source.config, layers))
     prepared = prepare_model(spec.method, source, spec.method_config)
     mode = FakeTensorMode(allow_non_fake_inputs=True)  # constants bitsandbytes keeps on the host

@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from velora_core.bench.fit_prediction import fake_steps
 from velora_core.contract.spec import RunSpec
 from velora_core.memory.layer_log import live_peaks, repeat_layers
 from velora_core.memory.reserved import replay_run
@@ -59,15 +60,6 @@ class StepPrediction:
     first_peak_bytes: int | None = None
 
 
-def config_with_layers(config: Any, layers: int) -> Any:
-    """A copy of a transformers ``config`` with ``layers`` hidden layers (a per-layer list cut)."""
-    data = config.to_dict()
-    data["num_hidden_layers"] = layers
-    if isinstance(data.get("layer_types"), list):
-        data["layer_types"] = data["layer_types"][:layers]
-    return type(config).from_dict(data)
-
-
 def _names_a_layer(value: Any) -> bool:
     """Whether method settings pick layers by index (a ``target_modules`` pattern with a digit)."""
     if isinstance(value, Mapping):
@@ -93,8 +85,6 @@ def repeated_layers(spec: RunSpec, config: Any) -> int | None:
 def _traced(
     spec: RunSpec, layers: int | None, workspace_bytes: int, expandable_segments: bool
 ) -> tuple[StepPrediction, AllocationLog]:
-    from velora_core.bench.fit_prediction import fake_steps
-
     steps = fake_steps(spec, timeline_points=2, layers=layers)
     step, notes = steps.steady, steps.notes
     stats = replay_run(step.log, workspace_bytes, expandable_segments)

@@ -9,8 +9,6 @@ This module imports no torch, so the backend can validate specs without loading 
 
 from __future__ import annotations
 
-import re
-from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -33,6 +31,7 @@ from velora_core.contract.method_parts import (
     trains_all_weights,
 )
 from velora_core.contract.method_settings import method_config_for
+from velora_core.contract.names import check_hub_id, check_local_path
 from velora_core.contract.presets.model_shapes import DATASETS, MODEL_PRESETS
 from velora_core.contract.workload_registry import WORKLOAD_NAMES, WORKLOADS, check_workload
 
@@ -49,47 +48,6 @@ MAX_SEQ_LEN = 131_072
 MAX_SEEDS = 16
 #: The longest local path or hub id a spec may name.
 MAX_NAME_LENGTH = 4096
-
-#: The Hugging Face hub's repository id form (``huggingface_hub.utils.validate_repo_id``):
-#: ``name`` or ``owner/name``, each 1-96 of ``[A-Za-z0-9_.-]``, not starting or ending with ``.``/``-``.
-_HUB_ID = re.compile(r"(\b[\w\-.]{1,96}\b/)?\b[\w\-.]{1,96}\b", flags=re.ASCII)
-
-
-def check_hub_id(name: str, field: str) -> str:
-    """``name`` if it has the hub's repository id form, else a ValueError naming ``field``.
-
-    A hub id must never be a path: ``from_pretrained`` and ``load_dataset`` would read a local
-    folder of that name (``../../etc``) instead of the hub repository.
-    """
-    if not _HUB_ID.fullmatch(name) or "--" in name or ".." in name or name.endswith(".git"):
-        raise ValueError(
-            f"{field} {name[:200]!r} is not a hub id: use 'name' or 'owner/name' (letters, digits, "
-            "'-', '_', '.', at most 96 each, no '..' or '--'); for a folder on disk use source='local'"
-        )
-    return name
-
-
-def check_hub_id_not_on_disk(name: str, field: str) -> str:
-    """``name`` unless a file or folder of that name exists where the process runs: ``from_pretrained``
-    and ``load_dataset`` would read it instead of the hub repository (the API confines local paths,
-    so a hub id must not become one by accident of the worker's working directory).
-
-    Raises:
-        ValueError: naming the field and the path found.
-    """
-    if Path(name).exists():
-        raise ValueError(
-            f"{field} {name!r} is a hub id, but {str(Path(name).resolve())!r} exists in the working "
-            "directory and would be read instead of the hub repository; use source='local' for a folder "
-            "on disk, or start the process from another directory"
-        )
-    return name
-
-
-def _check_local_path(name: str, field: str) -> str:
-    if "\x00" in name:
-        raise ValueError(f"{field} must not contain a NUL character")
-    return name
 
 
 def check_precision(dtype: str, autocast: str | None, memory_only: bool) -> None:
@@ -209,7 +167,7 @@ class ModelSpec(StrictModel):
             if self.source == "hub":
                 check_hub_id(self.name, "model.name")
             if self.source == "local":
-                _check_local_path(self.name, "model.name")
+                check_local_path(self.name, "model.name")
         return self
 
     def max_positions(self) -> int | None:
@@ -276,9 +234,9 @@ class DatasetSpec(StrictModel):
         if self.source == "hub":
             check_hub_id(self.name, "dataset.name")
         if self.source == "local":
-            _check_local_path(self.name, "dataset.name")
+            check_local_path(self.name, "dataset.name")
             if self.eval_split is not None:
-                _check_local_path(self.eval_split, "dataset.eval_split")
+                check_local_path(self.eval_split, "dataset.eval_split")
         return self
 
 

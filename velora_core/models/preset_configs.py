@@ -64,3 +64,13 @@ def preset_config(preset: ModelPreset | ViTPreset | RobertaPreset) -> Pretrained
     if isinstance(preset, RobertaPreset):
         return roberta_config(preset)
     return llama_config(preset)
+
+
+def config_with_layers(config: PretrainedConfig, layers: int) -> PretrainedConfig:
+    """A copy of a transformers ``config`` with ``layers`` hidden layers (a per-layer list cut): the
+    shorter model "will it fit" traces and extrapolates from (``bench/step_prediction.py``)."""
+    data = config.to_dict()
+    data["num_hidden_layers"] = layers
+    if isinstance(data.get("layer_types"), list):
+        data["layer_types"] = data["layer_types"][:layers]
+    return type(config).from_dict(data)

@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from velora_core.contract.hashing import short_digest
-from velora_core.contract.spec import ModelSpec, check_hub_id_not_on_disk
+from velora_core.contract.names import check_hub_id_not_on_disk
+from velora_core.contract.spec import ModelSpec
 
 #: File that marks a directory as holding a :class:`ByteTokenizer`.
 BYTE_TOKENIZER_FILE = "velora_byte_tokenizer.json"

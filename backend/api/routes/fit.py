@@ -33,8 +33,8 @@ from backend.api.schemas import FitPublic
 from backend.api.validation import JsonContent, invalid
 from velora_core.contract.exit_codes import EXIT_BAD_INPUT, EXIT_OK
 from velora_core.contract.fit_request import FitEstimate, FitRequest
+from velora_core.contract.names import check_hub_id
 from velora_core.contract.presets.model_shapes import MODEL_PRESETS
-from velora_core.contract.spec import check_hub_id
 
 router = APIRouter(prefix="/fit", tags=["fit"], responses=error_responses(401, 503, 504))
 

@@ -15,8 +15,9 @@ from typing import Any, Literal
 from velora_core.bench.data.examples import DataKind, alpaca_prompt
 from velora_core.bench.data.multiple_choice import MCQuestion, format_mc_question
 from velora_core.contract.hashing import unit_hash
+from velora_core.contract.names import check_hub_id_not_on_disk
 from velora_core.contract.presets.model_shapes import DATASETS
-from velora_core.contract.spec import DatasetSpec, check_hub_id_not_on_disk
+from velora_core.contract.spec import DatasetSpec
 
 #: Where the built-in hub datasets load from by default: name -> (hub id, config).
 HUB_DATASETS: dict[str, tuple[str, str | None]] = {
