@@ -20,8 +20,9 @@ from pydantic import (
 )
 
 from velora_core.contract.method_parts import canonical_methods
+from velora_core.contract.precision import Autocast, check_precision
 from velora_core.contract.result import PEAK_COMPONENTS, ComponentBytes
-from velora_core.contract.spec import MAX_MICRO_BATCH, MAX_NAME_LENGTH, Autocast, Dtype, check_precision
+from velora_core.contract.spec import MAX_MICRO_BATCH, MAX_NAME_LENGTH, Dtype
 
 GIB = 1024**3
 #: A fit request's bounds: a fake step costs CPU time that grows with the micro-batch and the layers.
