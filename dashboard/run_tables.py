@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from dashboard.formatting import COMPONENTS, METRIC_LABELS, format_bytes
-from velora_core.contract.result import total_memory_bytes
+from velora_core.contract.result import ItemRecords, total_memory_bytes
 
 
 def memory_table(memory: dict[str, Any]) -> list[dict[str, str]]:
@@ -78,8 +78,9 @@ def run_facts(run: dict[str, Any]) -> list[dict[str, str]]:
 
 
 def fit_rows(estimates: Sequence[dict[str, Any]]) -> list[dict[str, str]]:
-    """The "Will it fit?" table: per method its predicted peak, when it happens, whether it fits the
-    card and the largest micro-batch that does (``POST /fit``'s estimates)."""
+    """The "Will it fit?" table: per method its predicted allocated peak, when it happens, the caching
+    allocator's reserved bytes and what the card must hold (reserved + CUDA context), whether it fits
+    and the largest micro-batch that does (``POST /fit``'s estimates)."""
     rows = []
     for e in estimates:
         fits = e.get("fits")
@@ -87,12 +88,36 @@ def fit_rows(estimates: Sequence[dict[str, Any]]) -> list[dict[str, str]]:
         rows.append(
             {
                 "Method": e["method"],
-                "Peak": format_bytes(e["peak_bytes"]),
+                "Allocated": format_bytes(e["peak_bytes"]),
                 "Peak during": e["peak_phase"],
+                "Reserved": format_bytes(e.get("reserved_bytes", 0)),
+                "Card needs": format_bytes(e.get("reserved_bytes", 0) + e.get("context_bytes", 0)),
                 "Activations": format_bytes(e["activations"]),
                 "Temporaries": format_bytes(e["temporary"]),
                 "Fits": "–" if fits is None else ("yes" if fits else "no"),
                 "Largest micro-batch": "–" if e.get("gpu_bytes") is None else str(largest or "none"),
+            }
+        )
+    return rows
+
+
+#: Items of a run's per-item records the Run detail page shows.
+ITEM_SAMPLE = 10
+
+
+def item_sample(records: ItemRecords, count: int = ITEM_SAMPLE) -> list[dict[str, Any]]:
+    """The first ``count`` item records, one row each: the prompt hash, each choice's
+    log-likelihood (the pick marked ``*``), the pick, the answer and whether it is right."""
+    rows = []
+    for row in records.rows(0, count):
+        lls = [f"{'*' if i == row['choice'] else ''}{v:.3f}" for i, v in enumerate(row["loglikelihoods"])]
+        rows.append(
+            {
+                "prompt hash": row["prompt_hash"],
+                "log-likelihoods": "  ".join(lls),
+                "choice": row["choice"],
+                "answer": row["answer"],
+                "correct": "yes" if row["correct"] else "no",
             }
         )
     return rows

@@ -1,8 +1,10 @@
 """A run never asks its host for more memory than it has (issue 22.2).
 
 Before the engine allocates anything, the worker predicts the run's peak with the fit machinery
-(``velora_core.bench.fit_prediction.fake_step``: one training step under fake tensors, no weights) and compares it
-with what the device has: the GPU's memory, or on the CPU the host's available RAM minus
+(``velora_core.bench.step_prediction.predict_step``: a steady training step under fake tensors, no
+weights; on a GPU the caching allocator's reserved bytes plus the CUDA context of the card's family, on
+the CPU the allocated peak) and compares it with what the device has: the GPU's memory, or on the CPU
+the host's available RAM minus
 ``VELORA_WORKER_HOST_RESERVE_BYTES`` (for the database, the other services, the Python runtime). A
 run that cannot fit is stored as ``out_of_memory`` naming both numbers, without allocating.
 
@@ -65,14 +67,37 @@ def device_budget(spec: RunSpec, settings: Settings) -> tuple[int, str] | None:
     )
 
 
-def predicted_peak(spec: RunSpec) -> int | None:
-    """The fit machinery's peak for one training step of ``spec`` (None where it cannot predict:
-    encoder workloads, a model made by a base run, a method the fake step cannot run)."""
-    try:
-        from velora_core.bench.fit_prediction import fake_step
+def _card_family(name: str) -> str:
+    """The card family (``velora_core.contract.cards``) of a CUDA device's name; Hopper when unknown."""
+    from velora_core.contract.cards import CARD_FAMILIES, DEFAULT_CARD_FAMILY
 
-        tracked, _ = fake_step(spec, timeline_points=2)
-        return tracked.peak_bytes
+    upper = name.upper()
+    for family, card in CARD_FAMILIES.items():
+        models = card.description.split("(")[0].replace(",", " ").split()
+        if any(model.upper() in upper for model in models):
+            return family
+    return DEFAULT_CARD_FAMILY
+
+
+def predicted_peak(spec: RunSpec) -> int | None:
+    """What a steady training step of ``spec`` needs of its device, predicted by the fit machinery:
+    on CUDA the allocator's reserved bytes plus the card family's context, on the CPU the allocated peak
+    (None where it cannot predict: encoder workloads, a model made by a base run, a method the fake
+    step cannot run)."""
+    try:
+        import torch
+
+        from velora_core.bench.step_prediction import predict_step
+        from velora_core.contract.cards import CARD_FAMILIES
+
+        device = spec.device
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        if not device.startswith("cuda"):
+            return predict_step(spec).peak_bytes
+        card = CARD_FAMILIES[_card_family(torch.cuda.get_device_name(torch.device(device).index or 0))]
+        predicted = predict_step(spec, card.cublas_workspace_bytes)
+        return predicted.reserved_bytes + card.context_bytes
     except Exception as exc:  # the memory limit below still holds
         log.info("no memory prediction for %s: %s: %s", spec.method, type(exc).__name__, exc)
         return None
@@ -94,7 +119,7 @@ def refuse_if_too_large(spec: RunSpec, settings: Settings) -> RunResult | None:
         spec_hash=spec.spec_hash(),
         spec=spec.model_dump(mode="json"),
         failed_shape={"micro_batch": spec.micro_batch, "seq_len": spec.seq_len, "phase": "predicted"},
-        error=f"refused before allocating: one training step is predicted to peak at {peak / GIB:.2f} GiB "
+        error=f"refused before allocating: a steady training step is predicted to need {peak / GIB:.2f} GiB "
         f"({peak} bytes), more than {budget[1]} ({budget[0]} bytes)",
     )
 

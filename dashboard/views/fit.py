@@ -16,7 +16,9 @@ st.title("Will it fit?")
 st.caption(
     "One training step of each method runs under PyTorch's FakeTensorMode on the server: the same "
     "model and method code as a real run, with no weights allocated and nothing computed. A prediction, "
-    "from the CPU's kernels (a GPU's attention kernels may save less)."
+    "from the CPU's kernels (a GPU's attention kernels may save less). Allocated is what live tensors "
+    "hold; reserved is what PyTorch's caching allocator holds (replayed by its rules); the card must "
+    "hold reserved plus the CUDA context."
 )
 try:
     presets = api.presets()
@@ -44,14 +46,54 @@ autocast = c3.selectbox(**AUTOCAST_SELECT, key="willfit.autocast")
 methods = st.multiselect(
     "Methods", list(presets["methods"]), default=list(presets["methods"]), key="willfit.methods"
 )
-body = {
-    "model": model,
+with st.expander("Run settings: method settings, gradient accumulation, optimizer, card"):
+    c1, c2, c3, c4 = st.columns(4)
+    lora_r = c1.number_input("LoRA rank r", 1, 4096, 8, key="willfit.lora_r")
+    lora_targets = c2.text_input(
+        "LoRA target modules", "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj", key="willfit.lora_t"
+    )
+    velora_groups = c3.number_input("VeLoRA groups", 1, 65536, 32, key="willfit.velora_groups")
+    galore_rank = c4.number_input("GaLore rank", 1, 65536, 128, key="willfit.galore_rank")
+    c1, c2, c3, c4 = st.columns(4)
+    grad_accum = c1.number_input("Gradient accumulation", 1, 1024, 1, key="willfit.grad_accum")
+    c2.selectbox("Optimizer", ["adamw"], key="willfit.optimizer", help="8-bit Adam is the adam8bit technique")
+    clip = c3.number_input("Clip gradients at (0: off)", 0.0, 1e6, 1.0, key="willfit.clip")
+    card_family = c4.selectbox("Card family", ["hopper", "ada", "ampere", "volta"], key="willfit.family")
+    expandable = st.checkbox("expandable_segments", key="willfit.expandable")
+targets = [t.strip() for t in lora_targets.split(",") if t.strip()]
+settings = {
+    "lora": {"r": int(lora_r), "target_modules": targets},
+    "velora": {"num_groups": int(velora_groups)},
+    "galore": {"rank": int(galore_rank)},
+}
+spec = {
+    "base": {
+        "workload": "finetune",
+        "model": {"source": "preset", "name": model, "memory_only": True},
+        "dataset": {"name": "stdlib-corpus"},
+        "seq_len": int(seq_len),
+        "micro_batch": int(micro_batch),
+        "grad_accum": int(grad_accum),
+        "dtype": dtype,
+        **({"autocast": autocast} if autocast else {}),
+        "optimizer": {"name": "adamw", "max_grad_norm": float(clip) or None},
+    },
     "methods": methods,
-    "micro_batch": int(micro_batch),
-    "seq_len": int(seq_len),
-    "dtype": dtype,
-    **({"autocast": autocast} if autocast else {}),
+    # Each method takes the sections its settings schema has (velora+lora: lora and velora).
+    "method_configs": {
+        m: {
+            k: v
+            for k, v in settings.items()
+            if k in presets["methods"][m].get("config_schema", {}).get("properties", {})
+        }
+        for m in methods
+    },
+}
+body = {
+    "spec": spec,
     "gpu_gib": float(gpu_gib),
+    "card_family": card_family,
+    "expandable_segments": expandable,
 }
 
 if st.button("Predict", type="primary", disabled=not methods, key="willfit.submit"):
@@ -63,12 +105,12 @@ if st.button("Predict", type="primary", disabled=not methods, key="willfit.submi
 
 answer = st.session_state.get("willfit.answer")
 if answer:
-    asked = answer["request"]
     estimates = answer["estimates"]
     gpu_bytes = estimates[0].get("gpu_bytes") if estimates else None
+    first = estimates[0] if estimates else {"micro_batch": "?", "seq_len": "?", "dtype": "?"}
     st.subheader(
-        f"{asked['model']} · {asked['micro_batch']}×{asked['seq_len']} tokens · {asked['dtype']}"
-        + (f" · autocast {asked['autocast']}" if asked.get("autocast") else "")
+        f"{first['micro_batch']}×{first['seq_len']} tokens · {first['dtype']}"
+        + (f" · autocast {first['autocast']}" if first.get("autocast") else "")
     )
     st.plotly_chart(fit_figure(estimates, gpu_bytes), key="willfit.chart")
     st.table(fit_rows(estimates))

@@ -16,9 +16,10 @@ from dashboard.formatting import (
     query_number,
 )
 from dashboard.run_status import eta_seconds, progress_fraction, status_words
-from dashboard.run_tables import memory_table, metric_rows, run_facts
+from dashboard.run_tables import item_sample, memory_table, metric_rows, run_facts
 from velora_core.contract.result import (
     ACTIVE_STATUSES,
+    ItemRecords,
     RunStatus,
     headline_memory_bytes,
     measured_peak_bytes,
@@ -131,7 +132,21 @@ def run_view() -> None:
             st.info("No training steps recorded yet.")
         if evaluation:
             st.caption("Evaluation, as the run recorded it")
-            st.json(evaluation, expanded=False)
+            st.json({k: v for k, v in evaluation.items() if k != "items"}, expanded=False)
+        if evaluation.get("items"):
+            records = ItemRecords.model_validate(evaluation["items"])
+            st.caption(
+                f"Per-item records: the first of {len(records)} items (all of them: the download, or "
+                f"GET /runs/{run_id}/items)"
+            )
+            st.dataframe(item_sample(records), hide_index=True, width="stretch")
+            st.download_button(
+                "Download the item records (JSON Lines)",
+                records.jsonl(),
+                file_name=f"run-{run_id}-items.jsonl",
+                mime="application/x-ndjson",
+                key="run.items",
+            )
     with tabs[1]:
         if memory:
             if memory.get("timeline"):

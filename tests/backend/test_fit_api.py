@@ -25,7 +25,9 @@ TINY = {"model": "tiny", "methods": ["lora", "velora+lora"], "micro_batch": 1, "
         ({"gpu_gib": -1}, ["body", "gpu_gib"], "greater than 0"),
         ({"dtype": "int3"}, ["body", "dtype"], "'fp32', 'bf16' or 'fp16'"),
         ({"model": "../../etc"}, ["body", "model"], "is not a hub id"),
-        ({"method_configs": {"lora": {"lora": {"r": 2}}}}, ["body", "method_configs"], "not offered"),
+        ({"method_configs": {"full": {}}}, ["body"], "names methods not in the request"),
+        ({"spec": {"workload": "finetune"}}, ["body"], "give either spec or"),
+        ({"card_family": "kepler"}, ["body", "card_family"], "'hopper'"),
         ({"extra": 1}, ["body", "extra"], "Extra inputs are not permitted"),
         ({"dtype": "bf16", "autocast": "fp16"}, ["body"], "needs fp32 weights"),
         ({"autocast": "fp8"}, ["body", "autocast"], "'bf16' or 'fp16'"),
@@ -39,12 +41,13 @@ def test_bad_fit_requests_are_422(client: TestClient, auth: dict, change, loc, w
 
 
 def test_the_fit_subprocess_is_given_autocast_only_when_set(backend_kind: str) -> None:
-    from backend.api.routes.fit import fit_command
+    import json
+
+    from backend.api.routes.fit import fit_input
     from velora_core.contract.fit_request import FitRequest
 
-    assert "--autocast" not in fit_command(FitRequest(**TINY))
-    command = fit_command(FitRequest(**{**TINY, "autocast": "bf16"}))
-    assert command[command.index("--autocast") + 1] == "bf16"
+    assert "autocast" not in json.loads(fit_input(FitRequest(**TINY)))
+    assert json.loads(fit_input(FitRequest(**{**TINY, "autocast": "bf16"})))["autocast"] == "bf16"
 
 
 def test_fit_needs_a_token(client: TestClient) -> None:
@@ -66,7 +69,40 @@ def test_a_real_small_fit(client: TestClient, auth: dict) -> None:
     for estimate in body["estimates"]:
         assert estimate["peak_bytes"] == sum(estimate[c] for c in PEAK_COMPONENTS)
         assert estimate["fits"] is True and estimate["max_micro_batch"] >= 1
-    assert body["request"] == {**TINY, "gpu_gib": 1.0, "method_configs": {}}
+    assert body["request"]["gpu_gib"] == 1.0 and body["request"]["methods"] == TINY["methods"]
+    for estimate in body["estimates"]:
+        assert estimate["reserved_bytes"] >= estimate["peak_bytes"] and estimate["context_bytes"] > 0
+
+
+@pytest.mark.slow
+def test_a_fit_of_a_spec_with_the_methods_settings(client: TestClient, auth: dict) -> None:
+    """A RunSpec as run would read it, LoRA's rank included: the trainable bytes follow the rank."""
+    spec = {
+        "workload": "finetune",
+        "model": {"source": "preset", "name": "tiny", "memory_only": True},
+        "dataset": {"name": "stdlib-corpus"},
+        "method": "lora",
+        "seq_len": 16,
+        "micro_batch": 1,
+        "dtype": "fp32",
+    }
+    trainable = []
+    for rank in (4, 8):
+        body = {"spec": {**spec, "method_config": {"lora": {"r": rank}}}}
+        response = client.post("/api/v1/fit", json=body, headers=auth)
+        assert response.status_code == 200, response.text
+        trainable.append(response.json()["estimates"][0]["trainable"])
+    assert trainable[1] == 2 * trainable[0]
+
+
+def test_a_spec_with_a_local_model_is_422(client: TestClient, auth: dict) -> None:
+    spec = {
+        "workload": "finetune",
+        "model": {"source": "local", "name": "/etc", "memory_only": True},
+        "dataset": {"name": "stdlib-corpus"},
+    }
+    response = client.post("/api/v1/fit", json={"spec": spec}, headers=auth)
+    assert response.status_code == 422
 
 
 def test_a_fit_past_the_time_limit_is_504(settings, db, auth: dict) -> None:  # type: ignore[no-untyped-def]

@@ -8,7 +8,7 @@ from sqlalchemy import event
 from backend import store
 from backend.db import Database
 from tests.backend.conftest import tiny_comparison, tiny_run
-from velora_core.contract.result import ProgressEvent, RunResult, RunStatus
+from velora_core.contract.result import EvalResult, ItemRecords, ProgressEvent, RunResult, RunStatus
 from velora_core.contract.spec import RunSpec
 
 
@@ -182,3 +182,42 @@ def test_metrics_page_is_one_database_query(client: TestClient, auth: dict, db: 
         assert len(statements) == 1, statements
     finally:
         event.remove(engine, "before_cursor_execute", record)
+
+
+def test_item_records_are_downloadable_page_by_page(client: TestClient, auth: dict, db: Database) -> None:
+    run_id = client.post("/api/v1/runs", json=tiny_run(), headers=auth).json()["id"]
+    missing = client.get(f"/api/v1/runs/{run_id}/items", headers=auth)
+    assert missing.status_code == 404 and "no item records" in missing.json()["detail"]
+    assert client.get("/api/v1/runs/999999/items", headers=auth).status_code == 404
+    items = ItemRecords(
+        prompt_hash=["a1", "b2", "c3"],
+        loglikelihoods=[[-1.0, -2.0], [-3.0, -0.5], [-1.5, -1.5]],
+        choice=[0, 1, 0],
+        answer=[0, 0, 1],
+        correct=[True, False, False],
+        extra={"shots": [5, 5, 3]},
+    )
+    evaluation = EvalResult(metric="mc_accuracy", value=1 / 3, num_examples=3, items=items)
+    with db.write_session() as session:
+        claim = store.claim_run(session, run_id=run_id, worker_host="w@h", worker_device="cpu")
+        result = RunResult(method="full", status=RunStatus.COMPLETED, steps_done=3, eval=evaluation)
+        store.finish_run(session, run_id=run_id, claim_id=claim, result=result)
+
+    page = client.get(f"/api/v1/runs/{run_id}/items", params={"offset": 1, "limit": 1}, headers=auth).json()
+    assert (page["count"], page["metric"], page["offset"]) == (3, "mc_accuracy", 1)
+    assert page["data"] == [
+        {
+            "prompt_hash": "b2",
+            "loglikelihoods": [-3.0, -0.5],
+            "choice": 1,
+            "answer": 0,
+            "correct": False,
+            "shots": 5,
+        }
+    ]
+    download = client.get(f"/api/v1/runs/{run_id}/items", params={"format": "jsonl"}, headers=auth)
+    assert download.headers["content-type"] == "application/x-ndjson"
+    assert "attachment" in download.headers["content-disposition"]
+    assert download.text == items.jsonl() and len(download.text.splitlines()) == 3
+    bad = client.get(f"/api/v1/runs/{run_id}/items", params={"format": "csv"}, headers=auth)
+    assert bad.status_code == 422

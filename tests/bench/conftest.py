@@ -156,3 +156,45 @@ def c4_dir(c4_folder: HubFolder) -> Path:
 def alpaca_record_list() -> Callable[[int], list[dict[str, str]]]:
     """:func:`alpaca_records`, for tests that write their own Alpaca file."""
     return alpaca_records
+
+
+#: lm-evaluation-harness's mmlu template (lm_eval/tasks/mmlu/default/_default_template_yaml), verbatim.
+HARNESS_MMLU_TEXT = '"{{question.strip()}}\\nA. {{choices[0]}}\\nB. {{choices[1]}}\\nC. {{choices[2]}}\\nD. {{choices[3]}}\\nAnswer:"'
+
+
+@pytest.fixture(scope="session")
+def mmlu_harness_tasks(mmlu_folder: HubFolder, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """lm-evaluation-harness tasks over :func:`mmlu_folder`'s parquet files, written as the harness's
+    own mmlu tasks are (one task per subject, dev exemplars ``first_n``, the group ``tiny_mmlu``
+    weighting by size): ``include_path`` for ``tiny_mmlu`` and ``tiny_mmlu_<subject>``."""
+    root = tmp_path_factory.mktemp("harness_tasks")
+    data = {
+        split: str(mmlu_folder.path / "all" / f"{split}-00000-of-00001.parquet") for split in ("dev", "test")
+    }
+    (root / "subjects.py").write_text(
+        "".join(
+            f"def {s}(dataset):\n    return dataset.filter(lambda doc: doc['subject'] == {s!r})\n\n"
+            for s in SUBJECTS
+        )
+    )
+    for subject in SUBJECTS:
+        (root / f"tiny_mmlu_{subject}.yaml").write_text(
+            f"task: tiny_mmlu_{subject}\n"
+            "tag: tiny_mmlu_tasks\n"
+            "dataset_path: parquet\n"
+            f"dataset_kwargs:\n  data_files:\n    dev: {data['dev']}\n    test: {data['test']}\n"
+            f"process_docs: !function subjects.{subject}\n"
+            "test_split: test\nfewshot_split: dev\nfewshot_config:\n  sampler: first_n\n"
+            "output_type: multiple_choice\n"
+            f"doc_to_text: {HARNESS_MMLU_TEXT}\n"
+            'doc_to_choice: ["A", "B", "C", "D"]\ndoc_to_target: answer\n'
+            f'description: "The following are multiple choice questions (with answers) about '
+            f'{subject.replace("_", " ")}.\\n\\n"\n'
+            "metric_list:\n  - metric: acc\n    aggregation: mean\n    higher_is_better: true\n"
+            "metadata:\n  version: 1.0\n"
+        )
+    (root / "tiny_mmlu.yaml").write_text(
+        "group: tiny_mmlu\ntask:\n  - tiny_mmlu_tasks\n"
+        "aggregate_metric_list:\n  - metric: acc\n    weight_by_size: true\nmetadata:\n  version: 2\n"
+    )
+    return root

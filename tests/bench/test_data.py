@@ -146,10 +146,9 @@ def test_stdlib_mc_is_deterministic_given_the_seed() -> None:
 QUESTION = MCQuestion("What is 2 + 2?", ("3", "4", "5", "22"), 1)
 
 
-def test_format_mc_question_mmlu_layout() -> None:
+def test_format_mc_question_is_the_harness_mmlu_layout_without_a_prefix() -> None:
     assert (
-        format_mc_question(QUESTION, with_answer=False)
-        == "Question: What is 2 + 2?\nA. 3\nB. 4\nC. 5\nD. 22\nAnswer:"
+        format_mc_question(QUESTION, with_answer=False) == "What is 2 + 2?\nA. 3\nB. 4\nC. 5\nD. 22\nAnswer:"
     )
     assert format_mc_question(QUESTION, with_answer=True).endswith("\nD. 22\nAnswer: B")
 
@@ -157,19 +156,25 @@ def test_format_mc_question_mmlu_layout() -> None:
 def test_build_kshot_prompt_joins_answered_shots_and_adds_the_subject_header() -> None:
     shot = MCQuestion("1 + 1?", ("2", "3"), 0)
     assert build_kshot_prompt([shot], QUESTION) == (
-        "Question: 1 + 1?\nA. 2\nB. 3\nAnswer: A\n\n"
-        "Question: What is 2 + 2?\nA. 3\nB. 4\nC. 5\nD. 22\nAnswer:"
+        "1 + 1?\nA. 2\nB. 3\nAnswer: A\n\nWhat is 2 + 2?\nA. 3\nB. 4\nC. 5\nD. 22\nAnswer:"
     )
     with_subject = MCQuestion("q?", ("a", "b"), 0, subject="world religions")
     assert build_kshot_prompt([], with_subject) == (
         "The following are multiple choice questions (with answers) about world religions.\n\n"
-        "Question: q?\nA. a\nB. b\nAnswer:"
+        "q?\nA. a\nB. b\nAnswer:"
     )
 
 
-def test_select_shots_prefers_the_same_subject() -> None:
+def test_select_shots_takes_only_the_same_subject() -> None:
     shots = [MCQuestion(f"s{i}", ("a", "b"), 0, subject="x" if i % 2 else "y") for i in range(6)]
     assert [s.question for s in select_shots(shots, MCQuestion("q", ("a", "b"), 0, "x"), 2)] == ["s1", "s3"]
+    # Fewer of its subject than asked: what there is, never another subject's.
+    assert [s.question for s in select_shots(shots, MCQuestion("q", ("a", "b"), 0, "x"), 5)] == [
+        "s1",
+        "s3",
+        "s5",
+    ]
+    assert select_shots(shots, MCQuestion("q", ("a", "b"), 0, "z"), 2) == []
     assert [s.question for s in select_shots(shots, QUESTION, 3)] == ["s0", "s1", "s2"]
     assert select_shots(shots, QUESTION, 0) == []
 
@@ -186,7 +191,8 @@ def test_answer_tokens_for_a_bpe_tokenizer_decode_to_the_letters(hf_tokenizer_di
     assert [tok.decode([*suffix, letter]) for letter in letters] == [" A", " B", " C", " D"]
     prompt = format_mc_question(QUESTION, with_answer=False)
     ids, _ = encode_mc_prompt(tok, prompt, suffix, None)
-    assert ids[0] == tok.bos_token_id and tok.decode(ids) == prompt + tok.decode(suffix)
+    # GPT-2-like: the tokenizer adds no bos of its own, so neither does the prompt (as in the harness).
+    assert not tok.adds_bos and tok.decode(ids) == prompt + tok.decode(suffix)
 
 
 def test_answer_tokens_reject_letters_split_unevenly(tmp_path: Path, bpe_tokenizer_factory) -> None:
@@ -196,17 +202,11 @@ def test_answer_tokens_reject_letters_split_unevenly(tmp_path: Path, bpe_tokeniz
         answer_tokens(tok, 4)
 
 
-def test_encode_mc_prompt_left_truncates_and_keeps_bos() -> None:
+def test_encode_mc_prompt_cuts_from_the_left_like_the_harness() -> None:
     ids, cut = encode_mc_prompt(BYTE, "abcdef", [35], max_length=4)
-    assert (ids, cut) == (
-        [
-            1,
-            *byte_ids("ef "),
-        ],
-        True,
-    )
+    assert (ids, cut) == (byte_ids("def "), 4)  # bos, "a", "b", "c" go
     ids, cut = encode_mc_prompt(BYTE, "ab", [35], max_length=10)
-    assert (ids, cut) == ([1, *byte_ids("ab ")], False)
+    assert (ids, cut) == ([1, *byte_ids("ab ")], 0)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -257,7 +257,7 @@ def test_mc_examples_train_only_the_answer_letter() -> None:
     assert ids.tolist() == [1, *byte_ids(text)]
     assert labels.tolist() == [IGNORE_INDEX] * (len(ids) - 1) + byte_ids("B")
     ((short, _),) = mc_examples([QUESTION], BYTE, seq_len=16)
-    assert len(short) == 16 and short[0] == 1 and BYTE.decode(short.tolist()).endswith("Answer: B")
+    assert len(short) == 16 and short[0] != 1 and BYTE.decode(short.tolist()).endswith("Answer: B")
 
 
 def test_pad_collate_right_pads() -> None:

@@ -153,6 +153,9 @@ def test_uniform_model_answers_a_and_scores_the_share_of_a() -> None:
     assert result.details["predicted_letters"] == {"A": 10}
     suffix, letters = answer_tokens(BYTE, 4)
     assert result.details["letter_token_ids"] == letters and result.details["suffix_token_ids"] == suffix
+    # Each choice's log-likelihood is that of " X" (two bytes) under uniform logits.
+    assert result.items.loglikelihoods[0] == [pytest.approx(-2 * math.log(VOCAB), abs=1e-5)] * 4
+    assert result.items.correct == [q.answer == 0 for q in qs] and result.items.choice == [0] * 10
 
 
 @pytest.mark.parametrize("batch_size", [1, 3, 16])
@@ -171,33 +174,28 @@ def test_letters_are_read_at_each_rows_last_real_token(batch_size: int) -> None:
     assert result.details["shots_used"] == {"min": 2, "max": 2, "mean": 2.0}
 
 
-def test_long_prompts_keep_fewer_shots_and_are_never_cut() -> None:
+def test_long_prompts_lose_their_first_tokens_as_in_the_harness() -> None:
     suffix, letters = answer_tokens(BYTE, 4)
     shots, qs = questions(5), questions(6)
-    two_shots = [len(encode_mc_prompt(BYTE, build_kshot_prompt(shots[:2], q), suffix, None)[0]) for q in qs]
-    three_shots = [len(encode_mc_prompt(BYTE, build_kshot_prompt(shots[:3], q), suffix, None)[0]) for q in qs]
-    limit = max(two_shots)
-    assert min(three_shots) > limit  # so every question keeps exactly two of its five exemplars
+    full = [encode_mc_prompt(BYTE, build_kshot_prompt(shots, q), suffix, None)[0] for q in qs]
+    limit = min(map(len, full)) - 7
     result = mc_accuracy(
         PositionLetterLM(letters), BYTE, shots, qs, num_shots=5, batch_size=4, max_length=limit
     )
-    assert result.details["shots_used"] == {"min": 2, "max": 2, "mean": 2.0}
-    assert result.details["questions_with_fewer_shots"] == 6
-    assert result.details["mean_prompt_tokens"] == pytest.approx(sum(two_shots) / 6)  # whole prompts
+    # Every exemplar stays in the prompt; its first tokens (bos, the oldest exemplar's start) go.
+    assert result.details["shots_used"] == {"min": 5, "max": 5, "mean": 5.0}
+    assert result.details["questions_cut"] == 6 and result.details["mean_prompt_tokens"] == limit
+    assert result.items.extra["tokens_cut"] == [len(ids) - limit for ids in full]
+    # The letter read is the one at the last kept position: the model sees the left-cut prompt.
+    assert result.items.choice == [(limit - 1) % 4] * 6
 
 
-def test_a_question_too_long_even_without_shots_is_refused() -> None:
-    _, letters = answer_tokens(BYTE, 4)
-    with pytest.raises(ValueError, match="longer than the model's 20 positions; it would have to be cut"):
-        mc_accuracy(
-            PositionLetterLM(letters),
-            BYTE,
-            questions(2),
-            questions(3),
-            num_shots=2,
-            batch_size=4,
-            max_length=20,
-        )
+def test_a_question_with_fewer_exemplars_of_its_subject_says_so() -> None:
+    shots = [*questions(3, "algebra"), *questions(5, "logic")]
+    qs = [*questions(2, "algebra"), *questions(2, "logic")]
+    result = mc_accuracy(UniformLM(), BYTE, shots, qs, num_shots=4, batch_size=4)
+    assert result.items.extra["shots"] == [3, 3, 4, 4]
+    assert result.details["questions_with_fewer_shots"] == 2
 
 
 def test_accuracy_carries_its_wilson_interval() -> None:
@@ -208,7 +206,10 @@ def test_accuracy_carries_its_wilson_interval() -> None:
 def test_accuracy_by_subject_and_chance_with_unequal_choice_counts() -> None:
     qs = [*questions(4, "algebra"), MCQuestion("Two?", ("yes", "no"), 0, "logic")]
     result = mc_accuracy(UniformLM(), BYTE, questions(2, "algebra"), qs, num_shots=1, batch_size=2)
-    assert result.details["by_subject"] == {"algebra": 0.25, "logic": 1.0}
+    assert {s: v["acc"] for s, v in result.details["by_subject"].items()} == {"algebra": 0.25, "logic": 1.0}
+    assert result.details["by_subject"]["logic"]["ci95"] == pytest.approx(wilson(1, 1))
+    assert result.details["mean_over_subjects"] == pytest.approx((0.25 + 1.0) / 2)
+    assert result.details["mean_over_questions"] == pytest.approx(2 / 5) == result.value
     assert result.chance == pytest.approx((4 * 0.25 + 0.5) / 5)
 
 

@@ -7,9 +7,12 @@ import json
 import pytest
 
 from velora_core.bench.engine import execute
-from velora_core.bench.fit_prediction import FOUR_BIT_NOTE, estimate, fake_step, fit_spec, materialise
+from velora_core.bench.fit_estimate import estimate
+from velora_core.bench.fit_prediction import FOUR_BIT_NOTE, materialise
+from velora_core.bench.step_prediction import predict_step
 from velora_core.cli.main import main
-from velora_core.contract.fit_request import GIB, FitEstimate, FitRequest
+from velora_core.contract.cards import CARD_FAMILIES
+from velora_core.contract.fit_request import GIB, FitEstimate, FitRequest, fit_run
 from velora_core.contract.method_settings import NAMED_METHODS as METHODS
 from velora_core.contract.result import PEAK_COMPONENTS
 
@@ -24,6 +27,12 @@ def _request(method: str, **extra) -> FitRequest:
 PRECISIONS = {"fp32": {"dtype": "fp32"}, "bf16": {"dtype": "bf16"}, "autocast-bf16": {"autocast": "bf16"}}
 #: Every named method, and the 8-bit optimizer technique (offloading needs CUDA).
 STEADY_METHODS = [*sorted(METHODS), "full+8bit"]
+
+
+def fit_spec(request: FitRequest, method: str, micro_batch: int):
+    """The run fit steps for ``method`` of ``request`` at ``micro_batch``."""
+    run = next(r for r in request.runs() if r.method == method)
+    return fit_run(run).model_copy(update={"micro_batch": micro_batch})
 
 
 @pytest.mark.slow
@@ -79,13 +88,79 @@ def test_fake_4bit_weights_take_the_bytes_bitsandbytes_stores():
     assert sizes(layer.weight)[0] == 352 * 128 // 2
 
 
-def test_largest_micro_batch_is_the_largest_that_fits():
-    spec = fit_spec(_request("lora"), "lora", 3)
-    card = fake_step(spec)[0].peak_bytes  # exactly the step at micro-batch 3
-    row = estimate(_request("lora", gpu_gib=card / GIB))[0]
-    assert row.fits is True and row.max_micro_batch == 3
-    too_small = estimate(_request("lora", gpu_gib=1024 / GIB))[0]
+def test_largest_micro_batch_fits_beside_one_that_does_not():
+    """On reserved bytes plus the CUDA context: the size found fits and the next does not."""
+    request = _request("lora", gpu_gib=0.6)
+    workspace = CARD_FAMILIES[request.card_family].cublas_workspace_bytes
+    row = estimate(request)[0]
+    assert row.fits is True and row.max_micro_batch is not None
+
+    def needed(micro_batch: int) -> int:
+        return (
+            predict_step(fit_spec(request, "lora", micro_batch), workspace).reserved_bytes + row.context_bytes
+        )
+
+    assert needed(row.max_micro_batch) <= row.gpu_bytes < needed(row.max_micro_batch + 1)
+    too_small = estimate(_request("lora", gpu_gib=(row.context_bytes + 1024) / GIB))[0]
     assert too_small.fits is False and too_small.max_micro_batch is None
+
+
+def test_the_card_holds_reserved_bytes_and_the_context():
+    row = estimate(_request("full", context_mib=100))[0]
+    assert row.context_bytes == 100 * 1024**2
+    assert row.reserved_bytes >= row.peak_bytes  # the allocator holds at least the live tensors
+    assert row.card_bytes_needed == row.reserved_bytes + row.context_bytes
+    hopper = estimate(_request("full", card_family="hopper"))[0]
+    ampere = estimate(_request("full", card_family="ampere"))[0]
+    assert hopper.reserved_bytes > ampere.reserved_bytes  # two 32 MiB cuBLAS workspaces, not 8 MiB ones
+
+
+def test_fit_reads_a_spec_and_its_overrides(tmp_path, capsys):
+    """--spec FILE with --set: the method's own settings change the prediction as they would the run."""
+    spec = tmp_path / "run.yaml"
+    spec.write_text(
+        "workload: finetune\nmodel: {source: preset, name: tiny, memory_only: true}\n"
+        "dataset: {name: stdlib-corpus}\nmethod: lora\nmethod_config: {lora: {r: 4}}\n"
+        "seq_len: 32\nmicro_batch: 2\nsteps: 5\ndtype: fp32\n"
+    )
+    rows = {}
+    for rank in (4, 64):
+        assert main(["fit", "--spec", str(spec), "--set", f"method_config.lora.r={rank}", "--json"]) == 0
+        rows[rank] = json.loads(capsys.readouterr().out)[0]
+    assert rows[64]["trainable"] == 16 * rows[4]["trainable"]  # LoRA's bytes are linear in the rank
+    assert rows[4]["micro_batch"] == 2 and rows[4]["seq_len"] == 32
+
+
+def test_fit_reads_a_comparison_spec_once_per_method():
+    comparison = {
+        "base": {
+            "workload": "finetune",
+            "model": {"source": "preset", "name": "tiny", "memory_only": True},
+            "dataset": {"name": "stdlib-corpus"},
+            "seq_len": 16,
+            "micro_batch": 1,
+            "grad_accum": 2,
+            "dtype": "fp32",
+        },
+        "methods": ["lora", "full"],
+        "seeds": [0, 1],
+    }
+    request = FitRequest(spec=comparison)
+    assert [r.method for r in request.runs()] == ["lora", "full"]
+    assert all(r.grad_accum == 2 for r in request.runs())
+
+
+@pytest.mark.parametrize(
+    ("fields", "words"),
+    [
+        ({"spec": {"methods": ["lora"]}, "model": "tiny"}, "give either spec or model"),
+        ({"spec": {"workload": "finetune"}}, "invalid RunSpec"),
+        ({}, "give model and methods"),
+    ],
+)
+def test_a_fit_request_says_what_is_wrong(fields, words):
+    with pytest.raises(ValueError, match=words):
+        FitRequest(**fields)
 
 
 def test_fit_cli_json_has_the_documented_fields(capsys):
@@ -97,8 +172,9 @@ def test_fit_cli_json_has_the_documented_fields(capsys):
         assert set(row) == set(FitEstimate.model_fields)
         assert {"peak_bytes", "peak_phase", "fits", "max_micro_batch", *PEAK_COMPONENTS} <= set(row)
         assert row["fits"] is True and row["max_micro_batch"] >= 1
-    assert main([*argv, "--seq-len", "16"]) == 0
-    assert "peak MiB" in capsys.readouterr().out
+    assert main([*argv, "--seq-len", "16", "--gpu-gib", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "alloc MiB" in out and "reserved MiB" in out and "card MiB" in out
 
 
 @pytest.mark.parametrize(
@@ -108,6 +184,8 @@ def test_fit_cli_json_has_the_documented_fields(capsys):
         (["--methods", "nope"], "unknown method"),
         (["--dtype", "int3"], "dtype"),
         (["--gpu-gib", "-1"], "gpu_gib"),
+        (["--set", "steps=2"], "give --spec FILE"),
+        (["--spec", "missing.yaml"], "leave out --methods/--model"),
         (["--dtype", "bf16", "--autocast", "bf16"], "needs fp32 weights"),
         (["--dtype", "fp32", "--autocast", "fp8"], "autocast"),
     ],

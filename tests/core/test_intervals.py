@@ -13,9 +13,11 @@ from velora_core.contract.intervals import (
     distinguishable,
     mean_and_spread,
     mean_interval,
+    paired_difference,
     pareto_front,
     perplexity_interval,
     seeds_interval,
+    shared_items,
     t_quantile,
     wilson,
 )
@@ -113,3 +115,33 @@ def test_chance_sentence() -> None:
         "Above chance (25.0 %) by more than the 95 % interval: full; not distinguishable from chance: lora."
     )
     assert chance_sentence(["full"], [(8.0, 9.0)], None) is None
+
+
+def test_paired_difference_is_tighter_than_two_separate_intervals():
+    # Two methods agree on 740 of 800 items; A is right on 40 of the others, B on 20.
+    a = [True] * 440 + [False] * 300 + [True] * 40 + [False] * 20
+    b = [True] * 440 + [False] * 300 + [False] * 40 + [True] * 20
+    diff, (low, high) = paired_difference(a, b)
+    assert diff == pytest.approx(20 / 800)
+    assert distinguishable(wilson(sum(a), 800), wilson(sum(b), 800)) is False  # separately: overlap
+    assert 0 < low < diff < high  # paired: the difference is real
+    assert high - low < (wilson(sum(a), 800)[1] - wilson(sum(a), 800)[0])
+
+
+def test_paired_difference_of_equal_results_contains_zero_and_is_antisymmetric():
+    a, b = [True, False, True, True, False], [False, True, True, True, False]
+    diff, (low, high) = paired_difference(a, b)
+    assert diff == 0 and low < 0 < high
+    back, (low2, high2) = paired_difference(b, a)
+    assert back == 0 and (low2, high2) == pytest.approx((-high, -low))
+    with pytest.raises(ValueError, match="same items"):
+        paired_difference([True], [True, False])
+    with pytest.raises(ValueError, match="at least one item"):
+        paired_difference([], [])
+
+
+def test_shared_items_match_by_prompt_hash_and_answer():
+    a = {"prompt_hash": ["p1", "p2", "p3"], "answer": [0, 1, 2], "correct": [True, False, True]}
+    b = {"prompt_hash": ["p3", "p1", "p9"], "answer": [2, 1, 0], "correct": [False, True, True]}
+    assert shared_items(a, b) == ([True], [False])  # p1's answer differs: not the same item
+    assert shared_items(a, None) == ([], [])

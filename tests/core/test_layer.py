@@ -162,7 +162,7 @@ def test_unsupported_or_frozen_targets_are_named():
         ({"init": "random", "ema_decay": 0.9}, "ema_decay is only used with init 'ema', not 'random'"),
         ({"init": "ema:0.9", "ema_decay": 0.8}, "give only ema_decay"),
         ({"scale": -1}, "greater than 0"),
-        ({"target_modules": ["("]}, "not a valid regular expression"),
+        ({"target_modules": ["("]}, "not a regular expression this server accepts"),
         ({"target_modules": []}, "at least 1 item"),
     ],
 )

@@ -130,6 +130,47 @@ def test_malformed_preset_overrides_name_the_field(overrides, message):
         comparison_preset("cpu-smoke", overrides)
 
 
+def test_hashes_are_the_ones_from_before_the_harness_and_full_lr_fields():
+    # Stored artifacts and results are keyed by the spec hash: specs that use neither keep theirs.
+    assert spec().spec_hash() == "3d7676ac09648a34"
+    assert spec(method="full+gc").spec_hash() == "3e91519596bc6598"
+    mc = spec(eval={"metric": "mc_accuracy", "dataset": {"name": "stdlib-mc"}})
+    assert mc.spec_hash() == "53c50190334d9328"
+    assert (
+        "harness_tasks" not in mc.model_dump()["eval"] and "full" not in spec().model_dump()["method_config"]
+    )
+
+
+def test_full_weight_methods_take_their_own_learning_rate():
+    s = spec(method="velora+full", method_config={"full": {"lr": 1e-4}})
+    assert s.method_config["full"] == {"lr": 1e-4} and s.spec_hash() != spec(method="velora+full").spec_hash()
+    with pytest.raises(ValidationError, match="lr"):
+        spec(method="full", method_config={"full": {"lr": 0}})
+    with pytest.raises(ValidationError, match="full"):
+        spec(method="lora", method_config={"full": {"lr": 1e-4}})
+
+
+def test_harness_tasks_make_an_accuracy_run_by_the_harness():
+    s = spec(eval={"harness_tasks": ["mmlu"], "num_fewshot": 5, "limit": 10})
+    assert s.eval.metric == "mc_accuracy" and s.eval.model_dump()["harness_tasks"] == ["mmlu"]
+    assert RunSpec.model_validate(json.loads(s.model_dump_json())).spec_hash() == s.spec_hash()
+
+
+@pytest.mark.parametrize(
+    ("eval_spec", "message"),
+    [
+        ({"num_fewshot": 5}, "only applies to eval.harness_tasks"),
+        ({"harness_tasks": ["mmlu"], "metric": "perplexity"}, "must be 'mc_accuracy'"),
+        ({"harness_tasks": ["mmlu"], "dataset": {"name": "mmlu"}}, "leave eval.dataset unset"),
+        ({"harness_tasks": ["../etc"]}, "pattern"),
+        ({"harness_tasks": ["mmlu"], "limit": 0}, "greater than or equal to 1"),
+    ],
+)
+def test_invalid_harness_settings(eval_spec, message):
+    with pytest.raises(ValidationError, match=message):
+        spec(eval=eval_spec)
+
+
 def test_memory_only_turns_evaluation_off():
     s = spec(workload="finetune", model={"source": "preset", "name": "tiny", "memory_only": True})
     assert s.eval.metric == "none"

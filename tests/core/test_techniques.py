@@ -200,6 +200,15 @@ def test_a_lora_methods_own_learning_rate_wins_over_the_runs(tiny_llama_dir, met
     assert {group["lr"] for group in build_optimizer(unset, OptimizerSpec(lr=1e-4)).param_groups} == {1e-4}
 
 
+@pytest.mark.parametrize("method", ["full", "full+gc", "velora+full"])
+def test_a_full_weight_methods_own_learning_rate_wins_over_the_runs(tiny_llama_dir, method):
+    settings = {"full": {"lr": 2e-4}, **({"velora": {"num_groups": 8}} if "velora" in method else {})}
+    prepared = prepare_model(method, ModelSource(path=tiny_llama_dir), settings)
+    assert {group["lr"] for group in build_optimizer(prepared, OptimizerSpec(lr=1e-3)).param_groups} == {2e-4}
+    unset = prepare_model("full", ModelSource(path=tiny_llama_dir), {})
+    assert {group["lr"] for group in build_optimizer(unset, OptimizerSpec(lr=1e-3)).param_groups} == {1e-3}
+
+
 def test_an_unset_lora_learning_rate_is_left_out_of_the_spec_and_its_hash():
     from velora_core.contract.method_configs import LoRASettings
 

@@ -158,10 +158,13 @@ def test_fit_figure_stacks_each_methods_peak_against_the_card() -> None:
             "gradients": 0,
             "optimizer": 0,
             "activations": 15 * gib,
+            "autocast_copies": 0,
             "temporary": gib,
             "gpu_bytes": 24 * gib,
             "fits": False,
             "max_micro_batch": 4,
+            "reserved_bytes": 31 * gib,
+            "context_bytes": gib // 2,
         },
     ]
     fig = fit_figure(estimates, 24 * gib)
@@ -169,8 +172,10 @@ def test_fit_figure_stacks_each_methods_peak_against_the_card() -> None:
     assert fig.layout.shapes[0].y0 == 24
     assert fit_rows(estimates)[0] == {
         "Method": "lora",
-        "Peak": "30.00 GiB",
+        "Allocated": "30.00 GiB",
         "Peak during": "backward",
+        "Reserved": "31.00 GiB",
+        "Card needs": "31.50 GiB",
         "Activations": "15.00 GiB",
         "Temporaries": "1.00 GiB",
         "Fits": "no",

@@ -155,6 +155,8 @@ def test_will_it_fit_page_predicts_each_method_against_the_card(open_page: OpenP
     at.selectbox(key="willfit.dtype").set_value("fp32")
     at.selectbox(key="willfit.autocast").set_value("bf16")
     at.multiselect(key="willfit.methods").set_value(["lora", "velora+lora"])
+    at.number_input(key="willfit.lora_r").set_value(4)
+    at.number_input(key="willfit.grad_accum").set_value(2)
     at.button(key="willfit.submit").click().run(timeout=180)
     assert not at.exception and not at.error, texts(at.error)
     assert at.subheader[0].value.endswith("fp32 · autocast bf16")
@@ -167,6 +169,7 @@ def test_will_it_fit_page_predicts_each_method_against_the_card(open_page: OpenP
     table = at.table[0].value
     assert list(table["Method"]) == ["lora", "velora+lora"]
     assert list(table["Fits"]) == ["yes", "yes"]
+    assert {"Allocated", "Reserved", "Card needs"} <= set(table)
 
 
 def test_runs_lists_a_comparison_and_filters_it(
@@ -297,6 +300,11 @@ def test_run_detail_shows_spec_environment_metrics_and_artifact(
     assert list(curve.columns)[:3] == ["Step", "Loss", "Learning rate"]
     assert "Memory allocated (bytes)" not in curve.columns  # recorded on CUDA only: no column of None
     assert not any(curve[column].isna().all() for column in curve.columns)
+    items = run["result"]["eval"]["items"]  # a sample of the per-item records, beside the curve
+    sample = at.dataframe[1].value
+    assert list(sample["prompt hash"]) == items["prompt_hash"][:10]
+    assert list(sample["correct"]) == ["yes" if ok else "no" for ok in items["correct"][:10]]
+    assert "items" not in json.loads(at.json[0].proto.body)  # the evaluation shown without them
     assert json.loads(at.json[-1].proto.body) == run["spec"]
     assert "The run's spec (RunSpec), as stored and hashed" in texts(at.caption)
 

@@ -30,7 +30,7 @@ def test_a_run_predicted_not_to_fit_is_out_of_memory_before_allocating(tmp_path:
         )
         assert run["status"] == "out_of_memory", run
         error = run["error"]
-        assert error.startswith("refused before allocating: one training step is predicted to peak at ")
+        assert error.startswith("refused before allocating: a steady training step is predicted to need ")
         assert "this host's available RAM" in error and "VELORA_WORKER_HOST_RESERVE_BYTES" in error
         result = services.client.get(f"/api/v1/runs/{run['id']}").json()["result"]
         assert result["failed_shape"]["phase"] == "predicted" and result["steps_done"] == 0

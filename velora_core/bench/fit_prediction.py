@@ -1,4 +1,4 @@
-""""Will it fit?": a steady training step of each method under ``FakeTensorMode``, with no weights allocated.
+""" "Will it fit?": a steady training step of each method under ``FakeTensorMode``, with no weights allocated.
 
 The model is built by the same method code as a real run (``velora_core.methods.registry.prepare_model``) on
 the ``meta`` device; each parameter and buffer is then given a fake tensor of its shape and dtype,
@@ -13,41 +13,22 @@ a plain fake ``uint8`` tensor of the packed shape bitsandbytes' own ``quantize_4
 fake kernel), carrying the quantisation state that call returns; the bytes are bitsandbytes', and the
 forward is still bitsandbytes' ``Linear4bit`` and peft's LoRA layer on it.
 
-The largest micro-batch: activation memory grows linearly in the micro-batch at a fixed sequence
-length, so each phase's peak is a line through two fake steps (``N`` and ``2N``); the smallest
-solution over the phases is confirmed by a third fake step (and stepped down if that overshoots).
-
-    python -m velora_core.bench.fit_prediction --model llama-7b --methods full lora qlora --micro-batch 8 \\
-        --seq-len 512 --dtype bf16 [--gpu-gib 80] [--json]
-
-is the same as ``velora-bench fit …`` (the service runs this module in a subprocess).
+``velora_core.bench.step_prediction`` runs these steps on a few layers and extrapolates;
+``velora_core.bench.fit_estimate`` answers a request with it (``velora-bench fit``).
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import math
-import sys
-import time
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields, replace
-from pathlib import Path
 from typing import Any
 
 import torch
-from pydantic import ValidationError
 from torch import nn
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 from velora_core.bench.step import TrainingStep
-from velora_core.cli.fit_command import add_fit_arguments, request_from_args
-from velora_core.contract.errors import validation_message
-from velora_core.contract.exit_codes import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK
-from velora_core.contract.fit_request import MAX_SEARCHED_MICRO_BATCH, FitEstimate, FitRequest
-from velora_core.contract.presets.model_shapes import MODEL_PRESETS
-from velora_core.contract.result import PHASES
 from velora_core.contract.spec import RunSpec
+from velora_core.memory.layer_log import layer_tags
 from velora_core.memory.tracker import MemoryTracker, TrackedStep
 
 FOUR_BIT_NOTE = (
@@ -60,43 +41,6 @@ SCALER_NOTE = (
     "fp16 autocast: the GradScaler is not run on fake tensors (it reads its inf check back); its "
     "scale and inf flags are a few bytes"
 )
-
-
-def model_spec(name: str, allow_local: bool = True) -> dict[str, Any]:
-    """A preset name, a local directory with a ``config.json`` (when ``allow_local``) or a hub id,
-    as a RunSpec's ``model`` (``memory_only``: random weights of that shape, config only)."""
-    if name in MODEL_PRESETS:
-        return {"source": "preset", "name": name, "memory_only": True}
-    if allow_local and (Path(name) / "config.json").is_file():
-        return {"source": "local", "name": name, "memory_only": True}
-    return {"source": "hub", "name": name, "memory_only": True}
-
-
-def fit_spec(request: FitRequest, method: str, micro_batch: int, allow_local: bool = True) -> RunSpec:
-    """The memory-only RunSpec that ``method`` of ``request`` at ``micro_batch`` would run.
-
-    Raises:
-        ValueError: the spec does not validate (the message names the field).
-    """
-    data = {
-        "workload": "finetune",
-        "model": model_spec(request.model, allow_local),
-        "dataset": {"name": "stdlib-corpus"},
-        "method": method,
-        "method_config": request.method_configs.get(method, {}),
-        "seq_len": request.seq_len,
-        "micro_batch": micro_batch,
-        "steps": 1,
-        "dtype": request.dtype,
-        **({"autocast": request.autocast} if request.autocast else {}),
-        "device": "cpu",
-        "eval": {"metric": "none"},
-        "save_artifact": False,
-    }
-    try:
-        return RunSpec.model_validate(data)
-    except ValidationError as exc:
-        raise ValueError(f"method {method!r}: {validation_message(exc, whole=None)}") from None
 
 
 # --- fake weights ---------------------------------------------------------------------------------
@@ -192,12 +136,16 @@ class PredictedSteps:
     notes: list[str]
 
 
-def fake_steps(spec: RunSpec, timeline_points: int = 240, track_first: bool = True) -> PredictedSteps:
+def fake_steps(
+    spec: RunSpec, timeline_points: int = 240, track_first: bool = True, layers: int | None = None
+) -> PredictedSteps:
     """Predict a steady training step of ``spec`` (its method, model, shape, dtype, autocast and
     ``grad_accum``) with no weights: two fake steps through the trainer's own step code
     (:class:`~velora_core.bench.step.TrainingStep`), the second tracked, so that the optimizer state the
     first step creates is held through its forward and backward, as in every step of a long run
-    (docs/architecture.md, "The steady step").
+    (docs/architecture.md, "The steady step"). ``layers``: the model's config with that many hidden
+    layers (``velora_core.bench.step_prediction``); the steady step's allocations are labelled by the
+    layer that makes them (``velora_core.memory.layer_log``).
 
     Raises:
         ValueError: the method cannot be built for this model (from the method code).
@@ -207,6 +155,10 @@ def fake_steps(spec: RunSpec, timeline_points: int = 240, track_first: bool = Tr
 
     meta = torch.device("meta")
     source = model_source(spec, meta, None)  # a preset, a hub config or a local folder: no base run
+    if layers is not None:
+        from velora_core.bench.step_prediction import config_with_layers
+
+        source = replace(source, config=config_with_layers(source.config, layers))
     prepared = prepare_model(spec.method, source, spec.method_config)
     mode = FakeTensorMode(allow_non_fake_inputs=True)  # constants bitsandbytes keeps on the host
     new, notes = materialise(prepared.model, mode, source.dtype)
@@ -233,141 +185,14 @@ def fake_steps(spec: RunSpec, timeline_points: int = 240, track_first: bool = Tr
         first = MemoryTracker(model, step.optimizer, timeline_points) if track_first else None
         step.run(fake_batches, first)
         steady = MemoryTracker(model, step.optimizer, timeline_points)
-        step.run(fake_batches, steady)
+        with layer_tags(model, steady, step.optimizer, getattr(source.config, "num_hidden_layers", 0)):
+            step.run(fake_batches, steady)
     return PredictedSteps(steady.result(), first.result() if first else None, [*notes, DEVICE_NOTE])
 
 
-def fake_step(spec: RunSpec, timeline_points: int = 240) -> tuple[TrackedStep, list[str]]:
+def fake_step(
+    spec: RunSpec, timeline_points: int = 240, layers: int | None = None
+) -> tuple[TrackedStep, list[str]]:
     """The steady step of :func:`fake_steps` (step 1 untracked), with its notes."""
-    predicted = fake_steps(spec, timeline_points, track_first=False)
+    predicted = fake_steps(spec, timeline_points, track_first=False, layers=layers)
     return predicted.steady, predicted.notes
-
-
-def largest_micro_batch(
-    step_at: Callable[[int], TrackedStep], first: TrackedStep, micro_batch: int, gpu_bytes: int
-) -> tuple[int | None, list[str]]:
-    """The largest micro-batch whose step fits in ``gpu_bytes``: each phase's peak as a line through
-    ``first`` (at ``micro_batch``) and a step at twice that, solved for the card, then confirmed by
-    one more step (stepped down while it overshoots, three times at most). None if 1 does not fit."""
-    second_batch = 2 * micro_batch
-    second = step_at(second_batch)
-    limits, slopes = [], []
-    for phase in PHASES:
-        low, high = first.phase_peaks.get(phase), second.phase_peaks.get(phase)
-        if low is None or high is None:
-            continue
-        slope = (high - low) / (second_batch - micro_batch)
-        if slope <= 0:
-            if high > gpu_bytes:
-                return None, [f"the {phase} phase needs {high:,} bytes whatever the micro-batch"]
-            continue
-        slopes.append(slope)
-        limits.append(math.floor((gpu_bytes - (low - slope * micro_batch)) / slope))
-    estimate = min(min(limits, default=MAX_SEARCHED_MICRO_BATCH), MAX_SEARCHED_MICRO_BATCH)
-    notes = (
-        []
-        if estimate < MAX_SEARCHED_MICRO_BATCH
-        else [f"capped at {MAX_SEARCHED_MICRO_BATCH} (a run's limit)"]
-    )
-    for _ in range(3):
-        if estimate < 1:
-            return None, notes
-        confirm = (
-            first if estimate == micro_batch else second if estimate == second_batch else step_at(estimate)
-        )
-        if confirm.peak_bytes <= gpu_bytes:
-            return estimate, notes
-        estimate -= max(1, math.ceil((confirm.peak_bytes - gpu_bytes) / max(slopes, default=1)))
-    return None, [*notes, "the step's peak is not linear in the micro-batch here; no size confirmed"]
-
-
-def estimate(request: FitRequest, allow_local: bool = True) -> list[FitEstimate]:
-    """One :class:`FitEstimate` per method of ``request``, in its order.
-
-    Raises:
-        ValueError: a method's spec or model cannot be built (named).
-    """
-    out = []
-    for method in request.methods:
-        start = time.perf_counter()
-
-        def step_at(micro_batch: int, method: str = method) -> TrackedStep:
-            return fake_step(fit_spec(request, method, micro_batch, allow_local), timeline_points=2)[0]
-
-        predicted = fake_steps(fit_spec(request, method, request.micro_batch, allow_local), 2)
-        tracked = predicted.steady
-        row = FitEstimate(
-            method=method,
-            micro_batch=request.micro_batch,
-            seq_len=request.seq_len,
-            dtype=request.dtype,
-            autocast=request.autocast,
-            peak_bytes=tracked.peak_bytes,
-            peak_phase=tracked.peak_phase,
-            first_step_peak_bytes=predicted.first.peak_bytes,
-            **tracked.peak_components,
-            notes=predicted.notes,
-        )
-        gpu = request.gpu_bytes
-        if gpu is not None:
-            largest, search_notes = largest_micro_batch(step_at, tracked, request.micro_batch, gpu)
-            row = row.model_copy(
-                update={
-                    "gpu_bytes": gpu,
-                    "fits": tracked.peak_bytes <= gpu,
-                    "max_micro_batch": largest,
-                    "notes": row.notes + search_notes,
-                }
-            )
-        out.append(row.model_copy(update={"seconds": round(time.perf_counter() - start, 2)}))
-    return out
-
-
-# --- command line -------------------------------------------------------------------------------
-
-
-def print_estimates(rows: Sequence[FitEstimate], as_json: bool) -> None:
-    """A table (GiB, or MiB for small models) with the notes under it, or the JSON list."""
-    if as_json:
-        print(json.dumps([r.model_dump(mode="json") for r in rows], indent=2))
-        return
-    unit, scale = ("GiB", 1024**3) if max(r.peak_bytes for r in rows) >= 1024**3 else ("MiB", 1024**2)
-    header = ["method", f"peak {unit}", "phase", "weights", "trainable", "gradients", "optimizer"]
-    header += ["activations", "autocast", "temporary", "seconds"]
-    searched = any(r.gpu_bytes is not None for r in rows)
-    if searched:
-        header += ["fits", "max batch"]
-    print("  ".join(f"{h:>12}" for h in header))
-    for r in rows:
-        cells = [r.method, f"{r.peak_bytes / scale:.2f}", r.peak_phase]
-        cells += [f"{v / scale:.2f}" for v in r.components().values()] + [f"{r.seconds:.1f}"]
-        if searched:
-            cells += ["yes" if r.fits else "no", str(r.max_micro_batch or "none")]
-        print("  ".join(f"{c:>12}" for c in cells))
-    for note in dict.fromkeys(n for r in rows for n in r.notes):
-        print(f"note: {note}")
-
-
-def run(args: argparse.Namespace) -> int:
-    """The command: print the estimates; a bad input is one line on stderr and exit code 2."""
-    try:
-        rows = estimate(request_from_args(args), allow_local=not args.no_local)
-    except (ValueError, OSError) as exc:
-        print(f"velora-bench fit: error: {' '.join(str(exc).split())}", file=sys.stderr)  # one line
-        return EXIT_BAD_INPUT
-    except Exception as exc:  # a method the fake step cannot run: say which error, in one line
-        words = " ".join(str(exc).split())[:500]
-        print(f"velora-bench fit: the fake step failed: {type(exc).__name__}: {words}", file=sys.stderr)
-        return EXIT_FAILED
-    print_estimates(rows, args.json)
-    return EXIT_OK
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="velora-bench fit", description=__doc__.splitlines()[0])
-    add_fit_arguments(parser)
-    return run(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

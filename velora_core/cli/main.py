@@ -4,7 +4,7 @@
     velora-bench compare --preset NAME [--methods …] [--seeds …] [--set key=value …] [--out DIR]
     velora-bench presets                             list comparison presets, models, datasets, method parts
     velora-bench fit --model M --methods A B … [--micro-batch N --seq-len L --dtype D --gpu-gib G --json]
-                                                     predicted peak memory per method (velora_core.bench.fit_prediction)
+                                                     predicted memory per method (velora_core.bench.fit_estimate)
 
 Service commands (``up``, ``token``) are added by the installed backend through the
 ``velora_bench.commands`` entry-point group, so this engine module imports no web code.
@@ -161,7 +161,7 @@ def cmd_presets(args: argparse.Namespace) -> int:
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
-    from velora_core.bench.fit_prediction import run  # torch: imported when the command runs
+    from velora_core.bench.fit_estimate import run  # torch: imported when the command runs
 
     return run(args)
 

@@ -9,10 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import ValidationError
 
-from velora_core.contract.errors import validation_message
-from velora_core.contract.spec import ComparisonSpec, RunSpec
+from velora_core.contract.spec import ComparisonSpec, RunSpec, read_spec
 
 
 class BadInput(Exception):
@@ -46,11 +44,10 @@ def load_spec_file(path: str) -> RunSpec | ComparisonSpec:
         raise BadInput(f"{path}: the file is empty; a spec is a mapping of fields")
     if not isinstance(data, dict):
         raise BadInput(f"{path}: the spec must be a mapping of fields, got {type(data).__name__}")
-    kind = ComparisonSpec if "base" in data or "methods" in data else RunSpec
     try:
-        return kind.model_validate(data)
-    except ValidationError as exc:
-        raise BadInput(f"{path}: invalid {kind.__name__}: {validation_message(exc)}") from None
+        return read_spec(data)
+    except ValueError as exc:
+        raise BadInput(f"{path}: {exc}") from None
 
 
 def parse_assignments(items: Sequence[str]) -> dict[str, Any]:

@@ -66,6 +66,9 @@ def print_table(results: list) -> None:
         if row["seeds_spread"] is not None:
             value += f" (seeds {fmt(row['seeds_mean'], value_fmt)} ± {fmt(row['seeds_spread'], value_fmt)})"
         delta = fmt(row["delta_vs_full"], delta_fmt)
+        if row["paired_delta_ci95_low"] is not None:  # over the items both runs scored
+            bounds = (row["paired_delta_ci95_low"], row["paired_delta_ci95_high"])
+            delta += " [" + "–".join(f"{100 * b:+.1f}" if percent else f"{b:+.2f}" for b in bounds) + "]"
         if row["distinguishable_from_full"] is False:
             delta += " ~"
         table.add_row(
@@ -89,7 +92,10 @@ def print_table(results: list) -> None:
         console = Console(width=200)  # logs and pipes: the whole table, not an 80-column squeeze
     console.print(table)
     if any(row["distinguishable_from_full"] is False for row in rows):
-        console.print("~ : the 95 % intervals of this run and full's overlap (not distinguishable)")
+        console.print(
+            "~ : not distinguishable from full: the paired 95 % interval of the difference over the items "
+            "both scored [in brackets] contains 0 (without item records: the two intervals overlap)"
+        )
     completed = [r for r in rows if r["status"] == "completed" and r["chance"] is not None]
     sentence = chance_sentence(
         [r["method"] + (f" s{r['seed']}" if r["seed"] else "") for r in completed],

@@ -1,5 +1,5 @@
 """The exit codes of every command (``velora-bench`` and its service commands, ``python -m
-velora_core.bench.fit_prediction``), defined once: the API reads the fit subprocess's code, and scripts
+velora_core.bench.fit_estimate``), defined once: the API reads the fit subprocess's code, and scripts
 read the CLI's. No torch."""
 
 from __future__ import annotations

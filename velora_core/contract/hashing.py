@@ -26,6 +26,12 @@ def content_hash(payload: Any) -> str:
     return short_digest(hashlib.sha256(canonical_json(payload).encode()))
 
 
+def prompt_hash(text: str) -> str:
+    """An evaluated item's prompt, hashed: the first :data:`HASH_HEX_DIGITS` hex digits of SHA-256
+    of its UTF-8 text, so of lm-evaluation-harness's own ``prompt_hash`` for the same context."""
+    return short_digest(hashlib.sha256(text.encode()))
+
+
 def short_hash(*parts: str | bytes) -> str:
     """SHA-256 (16 hex digits) over ``parts``, each NUL-terminated so that boundaries count."""
     digest = hashlib.sha256()

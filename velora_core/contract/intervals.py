@@ -3,7 +3,8 @@
 The one definition of: the Wilson score interval of a proportion (:func:`wilson`), the t interval of
 a mean over evaluation blocks (:func:`mean_interval`, :func:`perplexity_interval`), the interval of a
 method run with several seeds (:func:`seeds_interval`), when two results are distinguishable
-(:func:`distinguishable`), the Pareto front that never ranks a method ahead of another it cannot be
+(:func:`distinguishable`), the difference of two methods that answered the same items
+(:func:`paired_difference`, :func:`shared_items`), the Pareto front that never ranks a method ahead of another it cannot be
 told from (:func:`pareto_front`) and the sentence about chance level (:func:`chance_sentence`).
 The CLI table, the API summary, the dashboard and every workload's evaluation call these.
 
@@ -14,8 +15,9 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 #: Two-sided 95 %: the standard normal's 0.975 quantile.
 Z95 = statistics.NormalDist().inv_cdf(0.975)
@@ -115,6 +117,53 @@ def distinguishable(a: Interval | None, b: Interval | None) -> bool:
     if a is None or b is None:
         return False
     return a[1] < b[0] or b[1] < a[0]
+
+
+def paired_difference(a: Sequence[bool], b: Sequence[bool], z: float = Z95) -> tuple[float, Interval]:
+    """Accuracy of ``a`` minus that of ``b`` on the same items (``a[i]``, ``b[i]``: item ``i`` right),
+    with Newcombe's 95 % interval for paired proportions (Newcombe 1998, method 10: Wilson
+    intervals of both accuracies, combined with their correlation over items).
+
+    Two methods scored on the same items disagree only on some of them; the interval reflects those
+    items, so it is much narrower than the two accuracies' separate intervals suggest (their overlap
+    says nothing when the methods agree on most items). It excludes 0 when the difference is real.
+
+    Raises:
+        ValueError: no items, or sequences of different lengths.
+    """
+    if len(a) != len(b):
+        raise ValueError(f"paired results need the same items: {len(a)} against {len(b)}")
+    n = len(a)
+    if n < 1:
+        raise ValueError("a paired difference needs at least one item")
+    both = sum(1 for x, y in zip(a, b, strict=True) if x and y)
+    only_a = sum(1 for x, y in zip(a, b, strict=True) if x and not y)
+    only_b = sum(1 for x, y in zip(a, b, strict=True) if y and not x)
+    neither = n - both - only_a - only_b
+    p1, p2 = (both + only_a) / n, (both + only_b) / n
+    (l1, u1), (l2, u2) = wilson(both + only_a, n, z), wilson(both + only_b, n, z)
+    spread = (both + only_a) * (only_b + neither) * (both + only_b) * (only_a + neither)
+    phi = (both * neither - only_a * only_b) / math.sqrt(spread) if spread else 0.0
+    diff = p1 - p2
+    low = diff - math.sqrt(max(0.0, (p1 - l1) ** 2 - 2 * phi * (p1 - l1) * (u2 - p2) + (u2 - p2) ** 2))
+    high = diff + math.sqrt(max(0.0, (u1 - p1) ** 2 - 2 * phi * (u1 - p1) * (p2 - l2) + (p2 - l2) ** 2))
+    return diff, (max(-1.0, low), min(1.0, high))
+
+
+def shared_items(a: Mapping[str, Any] | None, b: Mapping[str, Any] | None) -> tuple[list[bool], list[bool]]:
+    """The correctness of two evaluations' item records (``EvalResult.items`` as dumped) on the items
+    both scored, matched by prompt hash and answer, in ``a``'s order; empty lists when either has
+    no records. What :func:`paired_difference` takes."""
+    if not a or not b:
+        return [], []
+    theirs = {(h, ans): ok for h, ans, ok in zip(b["prompt_hash"], b["answer"], b["correct"], strict=True)}
+    mine: list[bool] = []
+    other: list[bool] = []
+    for key, ok in zip(zip(a["prompt_hash"], a["answer"], strict=True), a["correct"], strict=True):
+        if key in theirs:
+            mine.append(bool(ok))
+            other.append(bool(theirs[key]))
+    return mine, other
 
 
 @dataclass(frozen=True)

@@ -228,6 +228,30 @@ class LoRASettings(BaseModel):
         return data
 
 
+class FullSettings(BaseModel):
+    """Settings of the bases that update every weight (``full`` and what composes it: ``full+gc``,
+    ``velora+full``)."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    lr: float | None = Field(
+        default=None,
+        gt=0,
+        le=10,
+        description=(
+            "The learning rate of the whole run under this method (full fine-tuning usually wants about "
+            "a tenth of LoRA's); None keeps optimizer.lr."
+        ),
+    )
+
+    @model_serializer(mode="wrap")
+    def _omit_unset_lr(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data = handler(self)
+        if data.get("lr") is None:
+            data.pop("lr", None)
+        return data
+
+
 class QuantSettings(BaseModel):
     """bitsandbytes 4-bit settings, passed to transformers' ``BitsAndBytesConfig``."""
 

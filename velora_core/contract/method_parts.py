@@ -35,6 +35,7 @@ from pydantic import BaseModel
 
 from velora_core.contract.method_configs import (
     Adam8bitSettings,
+    FullSettings,
     GaLoreSettings,
     LoRASettings,
     OffloadSettings,
@@ -106,6 +107,7 @@ BASES: dict[str, MethodPart] = {
             "full",
             "Full training: every weight trains, AdamW state for each",
             "bases:prepare_full",
+            (Section("full", FullSettings, _plain(FullSettings)),),
             optimizer="adamw",
         ),
         MethodPart(

@@ -9,7 +9,15 @@ from __future__ import annotations
 import functools
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, Field, ValidationError, create_model, model_validator
+from pydantic import (
+    BaseModel,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    create_model,
+    model_serializer,
+    model_validator,
+)
 
 from velora_core.contract.errors import validation_message
 from velora_core.contract.method_configs import (
@@ -52,6 +60,15 @@ class ComposedSettings(MethodSettings):
                 "the running average a second time each step; use batch_average_once or batch_average"
             )
         return self
+
+    @model_serializer(mode="wrap")
+    def _omit_empty_full(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # ``full`` holds only an optional learning rate: left out when empty, so the specs (and
+        # hashes) of full-weight methods written before it existed stay the same.
+        data = handler(self)
+        if data.get("full") == {}:
+            data.pop("full")
+        return data
 
     def check_against_model(self, linear_layers: dict[str, int]) -> None:
         lora: LoRASettings | None = getattr(self, "lora", None)

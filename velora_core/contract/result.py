@@ -5,6 +5,7 @@ Plain pydantic models without torch, so the backend and dashboard can read resul
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping
 from enum import StrEnum
 from typing import Any, Literal, TypeVar, get_args
@@ -271,6 +272,48 @@ class MemoryReport(BaseModel):
         return headline_memory_bytes(vars(self))
 
 
+class ItemRecords(BaseModel):
+    """What an evaluation did with each item, column by column (one entry per item, in item order):
+    compact enough to keep with every run, complete enough to recompute its accuracy and to compare
+    two runs item by item (:func:`velora_core.contract.intervals.paired_difference`).
+
+    ``prompt_hash``: :func:`~velora_core.contract.hashing.prompt_hash` of the prompt text (the
+    context the choices were scored after; lm-evaluation-harness's ``prompt_hash`` cut to 16 hex
+    digits), so two runs' items, or ours and the harness's, are matched by what was asked;
+    ``loglikelihoods``: each choice's log-likelihood (nats, as lm-evaluation-harness computes it,
+    rounded to 1e-6); ``choice``: the headline's pick; ``answer``: the right one; ``correct``;
+    ``extra``: further columns of the same length (exemplars used, tokens cut, the other metrics'
+    picks), named in the evaluation's ``details``.
+    """
+
+    prompt_hash: list[str] = Field(default_factory=list)
+    loglikelihoods: list[list[float]] = Field(default_factory=list)
+    choice: list[int] = Field(default_factory=list)
+    answer: list[int] = Field(default_factory=list)
+    correct: list[bool] = Field(default_factory=list)
+    extra: dict[str, list[Any]] = Field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.prompt_hash)
+
+    def rows(self, offset: int = 0, limit: int | None = None) -> list[dict[str, Any]]:
+        """Items ``offset`` … ``offset + limit - 1`` (to the end by default) as one dict each."""
+        end = len(self) if limit is None else min(len(self), offset + limit)
+        columns = {
+            "prompt_hash": self.prompt_hash,
+            "loglikelihoods": self.loglikelihoods,
+            "choice": self.choice,
+            "answer": self.answer,
+            "correct": self.correct,
+            **self.extra,
+        }
+        return [{name: values[i] for name, values in columns.items()} for i in range(offset, end)]
+
+    def jsonl(self, offset: int = 0, limit: int | None = None) -> str:
+        """:meth:`rows` as JSON Lines, one item a line (what the API and the dashboard let one download)."""
+        return "".join(json.dumps(row) + "\n" for row in self.rows(offset, limit))
+
+
 class EvalResult(BaseModel):
     metric: str  # "perplexity", "mc_accuracy", "accuracy", "matthews", "pearson" or "none"
     value: float | None = None
@@ -280,6 +323,8 @@ class EvalResult(BaseModel):
     #: over blocks for a perplexity; None where there is none (under two blocks, no metric).
     ci95: tuple[float, float] | None = None
     details: dict[str, Any] = Field(default_factory=dict)
+    #: Per-item records of a multiple-choice evaluation (None for perplexity and older results).
+    items: ItemRecords | None = None
 
 
 class Throughput(BaseModel):

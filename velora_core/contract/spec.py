@@ -266,13 +266,23 @@ class OptimizerSpec(StrictModel):
         return betas
 
 
+#: An lm-evaluation-harness task or group name (``mmlu``, ``arc_easy``, ``tiny_mmlu_anatomy``).
+HarnessTask = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.\-]+$")]
+
+
 class EvalSpec(StrictModel):
     """How the run is evaluated.
 
     ``metric``: ``perplexity`` on held-out text, ``mc_accuracy`` (k-shot multiple choice scored by the
-    log-likelihood of the answer letters, MMLU's protocol), for the classification workloads
-    ``accuracy``, ``matthews`` (Matthews correlation, CoLA) or ``pearson`` (STS-B), or ``none``. ``dataset`` defaults to the
-    training data's evaluation split; for ``mc_accuracy`` it is ``stdlib-mc`` or ``mmlu``.
+    log-likelihood of the answer letters, lm-evaluation-harness's mmlu protocol), for the
+    classification workloads ``accuracy``, ``matthews`` (Matthews correlation, CoLA) or ``pearson``
+    (STS-B), or ``none``. ``dataset`` defaults to the training data's evaluation split; for
+    ``mc_accuracy`` it is ``stdlib-mc``, ``mmlu`` or multiple-choice records.
+
+    ``harness_tasks`` (with ``num_fewshot``, ``limit`` and ``include_path``, a folder of task YAML
+    files) evaluates with lm-evaluation-harness instead (``docs/evaluation.md``); the metric is then
+    ``mc_accuracy``, the first task's accuracy. These fields are left out of the spec when unset, so
+    the specs and hashes of every earlier run stay as they were.
     """
 
     metric: Literal["perplexity", "mc_accuracy", "accuracy", "matthews", "pearson", "none"] = "perplexity"
@@ -280,6 +290,52 @@ class EvalSpec(StrictModel):
     num_shots: int = Field(default=5, ge=0, le=25)
     max_examples: int = Field(default=200, ge=1, le=100_000)
     batch_size: int = Field(default=8, ge=1, le=MAX_MICRO_BATCH)
+    harness_tasks: list[HarnessTask] = Field(
+        default_factory=list,
+        max_length=32,
+        description="lm-evaluation-harness tasks; the first is the headline.",
+    )
+    num_fewshot: int | None = Field(
+        default=None, ge=0, le=25, description="Harness exemplars per question (None: each task's default)."
+    )
+    limit: int | None = Field(
+        default=None, ge=1, le=1_000_000, description="At most this many items of each harness task."
+    )
+    include_path: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=MAX_NAME_LENGTH,
+        description="A folder of harness task YAML files.",
+    )
+
+    @model_serializer(mode="wrap")
+    def _omit_unset_harness(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data = handler(self)
+        if not data.get("harness_tasks"):
+            data.pop("harness_tasks", None)
+        for name in ("num_fewshot", "limit", "include_path"):
+            if data.get(name, "") is None:
+                data.pop(name)
+        return data
+
+    @model_validator(mode="after")
+    def _check_harness(self) -> EvalSpec:
+        if not self.harness_tasks:
+            given = [n for n in ("num_fewshot", "limit", "include_path") if getattr(self, n) is not None]
+            if given:
+                raise ValueError(f"eval.{given[0]} only applies to eval.harness_tasks, which is empty")
+            return self
+        if "metric" not in self.model_fields_set:
+            self.metric = "mc_accuracy"
+        if self.metric != "mc_accuracy":
+            raise ValueError(
+                f"eval.harness_tasks report an accuracy: eval.metric must be 'mc_accuracy', not {self.metric!r}"
+            )
+        if self.dataset is not None:
+            raise ValueError("eval.harness_tasks bring their own data: leave eval.dataset unset")
+        if self.include_path is not None:
+            _check_local_path(self.include_path, "eval.include_path")
+        return self
 
 
 class RunSpec(StrictModel):
@@ -362,6 +418,7 @@ class RunSpec(StrictModel):
         evaluated = self.eval.dataset or self.dataset
         if (
             self.eval.metric == "mc_accuracy"
+            and not self.eval.harness_tasks
             and evaluated.source == "builtin"
             and DATASETS[evaluated.name][0] != "mc"
         ):
@@ -410,6 +467,19 @@ class ComparisonSpec(StrictModel):
                 except ValidationError as exc:
                     raise ValueError(f"method {method!r}: {validation_message(exc, whole=None)}") from None
         return out
+
+
+def read_spec(data: dict[str, Any]) -> RunSpec | ComparisonSpec:
+    """A RunSpec or ComparisonSpec from its fields (a ComparisonSpec has ``base`` or ``methods``).
+
+    Raises:
+        ValueError: ``invalid <kind>: <the first problem, with its field>``.
+    """
+    kind = ComparisonSpec if "base" in data or "methods" in data else RunSpec
+    try:
+        return kind.model_validate(data)
+    except ValidationError as exc:
+        raise ValueError(f"invalid {kind.__name__}: {validation_message(exc)}") from None
 
 
 ModelSpec.model_rebuild()

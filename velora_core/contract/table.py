@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from velora_core.contract.intervals import distinguishable, mean_and_spread
+from velora_core.contract.intervals import distinguishable, mean_and_spread, paired_difference, shared_items
 from velora_core.contract.result import RunResult, full_reference, measured_peak_bytes, memory_vs_full
 
 MB = 1024 * 1024
@@ -43,6 +43,9 @@ COLUMNS = [
     "chance",
     "delta_vs_full",
     "distinguishable_from_full",
+    "paired_items",
+    "paired_delta_ci95_low",
+    "paired_delta_ci95_high",
     "memory_vs_full",
     "tokens_per_s",
     "error",
@@ -60,7 +63,10 @@ def summary_rows(results: Sequence[RunResult]) -> list[dict[str, Any]]:
     interval over ``num_examples``; with several seeds of a method, ``seeds_mean`` and
     ``seeds_spread`` (standard deviation) of its completed runs; ``memory_vs_full`` is
     :func:`velora_core.contract.result.memory_vs_full` (the measured peak where there is one, else the
-    total, over full's)."""
+    total, over full's). Where the run and full's scored the same items (per-item records matched by
+    prompt hash), ``paired_items`` counts them, ``paired_delta_ci95_low``/``_high`` is the interval of
+    the difference on them (:func:`velora_core.contract.intervals.paired_difference`, much narrower
+    than the two separate intervals) and ``distinguishable_from_full`` says whether it excludes 0."""
     full = {(r.spec or {}).get("seed"): r for r in results if r.method == "full" and r.status == "completed"}
     over_seeds = {
         method: mean_and_spread(
@@ -74,11 +80,17 @@ def summary_rows(results: Sequence[RunResult]) -> list[dict[str, Any]]:
         mem = r.memory
         total = mem.total_bytes
         base = full_reference(full, seed)
-        delta = memory_ratio = apart = None
+        delta = memory_ratio = apart = paired = None
+        mine: list[bool] = []
         if base is not None and r.status == "completed":
             if r.eval.value is not None and base.eval.value is not None:
                 delta = r.eval.value - base.eval.value
                 apart = distinguishable(r.eval.ci95, base.eval.ci95) if r is not base else None
+            if r is not base and r.eval.items is not None and base.eval.items is not None:
+                mine, theirs = shared_items(r.eval.items.model_dump(), base.eval.items.model_dump())
+                if mine:
+                    _, paired = paired_difference(mine, theirs)
+                    apart = paired[0] > 0 or paired[1] < 0
             memory_ratio = memory_vs_full(mem.headline_bytes, base.memory.headline_bytes)
         rows.append(
             {
@@ -108,6 +120,9 @@ def summary_rows(results: Sequence[RunResult]) -> list[dict[str, Any]]:
                 "chance": r.eval.chance,
                 "delta_vs_full": delta,
                 "distinguishable_from_full": apart,
+                "paired_items": len(mine) or None,
+                "paired_delta_ci95_low": paired[0] if paired else None,
+                "paired_delta_ci95_high": paired[1] if paired else None,
                 "memory_vs_full": memory_ratio,
                 "tokens_per_s": round(r.throughput.tokens_per_s, 1),
                 "error": r.error,

@@ -66,6 +66,8 @@ class TrackedStep:
         formula_bytes: bytes counted by formula, not seen as storages (tensor subclasses whose storage
             cannot be read), by category; included in everything above.
         events: allocations plus frees logged.
+        log: the allocations and frees themselves (for the caching-allocator replay,
+            ``velora_core.memory.reserved``).
     """
 
     peak_bytes: int
@@ -75,6 +77,20 @@ class TrackedStep:
     phase_peaks: dict[str, int] = field(default_factory=dict)
     formula_bytes: dict[str, int] = field(default_factory=dict)
     events: int = 0
+    log: AllocationLog | None = None
+
+
+@dataclass(frozen=True)
+class AllocationLog:
+    """The tracker's log: ``events`` are ``(allocation id, +1 allocated / -1 freed, phase index)`` in
+    order; the first ``entry_events`` are what existed when tracking began (weights, gradients,
+    optimizer state); ``sizes`` and ``categories`` are by allocation id (categories final)."""
+
+    sizes: list[int]
+    categories: list[str]
+    events: list[tuple[int, int, int]]
+    entry_events: int
+    tags: list[object] | None = None  # by allocation id: the layer that made it (see MemoryTracker.tag)
 
 
 def storage_of(t: torch.Tensor) -> torch.UntypedStorage | None:
@@ -134,6 +150,12 @@ class MemoryTracker(TorchDispatchMode):
         self._hooks: list = []
         self._saved_hooks = None
         self._closed = False  # frees after the step do not matter and are not logged
+        self._entry_events = 0  # log entries made by __enter__: what existed before the step
+        #: A label for what runs now (a decoder layer's index), stored with each allocation; set by
+        #: the caller's hooks (``velora_core.bench.fit_prediction``) for the layer extrapolation.
+        self.tag: object = None
+        self._tags: list[object] = []  # allocation id -> tag when allocated (or by tag_tensors)
+        self._sources: list[list[int] | None] = []  # allocation id -> inputs it was made from (optimizer)
         self._inner = None  # (pack, unpack) of hooks that run through this tracker's (see saving_through)
 
     # --- counting storages -------------------------------------------------------------
@@ -150,6 +172,8 @@ class MemoryTracker(TorchDispatchMode):
         alloc = len(self._size)
         self._size.append(int(storage.nbytes()))
         self._category.append(category)
+        self._tags.append(self.tag)
+        self._sources.append(None)
         self._live[key] = alloc
         self._log.append((alloc, 1, PHASES.index(self.phase)))
         self._refs[alloc] = weakref.ref(storage, lambda _ref, a=alloc, k=key: self._freed(a, k))
@@ -175,12 +199,30 @@ class MemoryTracker(TorchDispatchMode):
             if self._category[alloc] in _REPLACEABLE and category != TEMPORARY:
                 self._category[alloc] = category
 
+    def tag_tensors(self, tensors: Iterable[torch.Tensor | None], tag: object) -> None:
+        """Label the allocations of ``tensors`` (live ones, already counted) with ``tag``."""
+        for t in tensors:
+            storage = self._storage(t) if isinstance(t, torch.Tensor) else None
+            alloc = None if storage is None else self._live.get(storage._cdata)
+            if alloc is not None:
+                self._tags[alloc] = tag
+
+    def _resolved_tags(self) -> list[object]:
+        """Each allocation's tag; an untagged one made in the optimizer phase takes the first tag among
+        the tensors it was made from (see ``_link_sources``)."""
+        tags = list(self._tags)
+        for alloc, sources in enumerate(self._sources):
+            if tags[alloc] is None and sources:
+                tags[alloc] = next((tags[s] for s in sources if tags[s] is not None), None)
+        return tags
+
     def set_phase(self, phase: str) -> None:
         """Enter ``phase`` (one of :data:`~velora_core.contract.result.PHASES`)."""
         if phase not in PHASES:
             raise ValueError(f"unknown phase {phase!r}; one of {PHASES}")
         if phase == PHASES[2]:  # the gradients are all there: count any a hook did not see
             self.classify((p.grad for p in self.model.parameters()), GRADIENTS)
+            self.tag = None  # the optimizer's allocations take their inputs' tags (_link_sources)
         self.phase = phase
 
     def _optimizer_tensors(self) -> Iterator[torch.Tensor]:
@@ -199,12 +241,31 @@ class MemoryTracker(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         category = AUTOCAST_COPIES if func is _TO_COPY and args and self._is_weight(args[0]) else TEMPORARY
-        for t in tree_leaves(out):
-            if isinstance(t, torch.Tensor):
-                storage = self._storage(t)
-                if storage is not None:
-                    self._allocation_of(storage, category)
+        before = len(self._size)
+        made = [
+            (index, self._allocation_of(storage, category))
+            for index, t in enumerate(tree_leaves(out))
+            if isinstance(t, torch.Tensor) and (storage := self._storage(t)) is not None
+        ]
+        made = [(index, alloc) for index, alloc in made if alloc >= before]  # new ones only
+        if self.phase == PHASES[2] and self.tag is None and made:
+            self._link_sources(args, made)
         return out
+
+    def _link_sources(self, args: tuple, made: list[tuple[int, int]]) -> None:
+        """Remember what each new allocation of an optimizer op was made from (its tag follows): a
+        foreach op's i-th output, its list arguments' i-th tensors; any other, its tensor inputs."""
+        lists = [a for a in args if isinstance(a, (list, tuple))]
+        flat = [t for t in tree_leaves(args) if isinstance(t, torch.Tensor)]
+        for index, alloc in made:
+            inputs = [a[index] for a in lists if index < len(a)] if lists else flat
+            parents = []
+            for t in inputs:
+                storage = self._storage(t) if isinstance(t, torch.Tensor) else None
+                parent = None if storage is None else self._live.get(storage._cdata)
+                if parent is not None and parent != alloc:
+                    parents.append(parent)
+            self._sources[alloc] = parents or None
 
     # --- the step's boundaries ---------------------------------------------------------
     def __enter__(self):
@@ -219,6 +280,7 @@ class MemoryTracker(TorchDispatchMode):
         self.classify(self.model.buffers(), WEIGHTS)
         self.classify((p.grad for p in self.model.parameters()), GRADIENTS)
         self.classify(self._optimizer_tensors(), OPTIMIZER)
+        self._entry_events = len(self._log)
         self._saved_hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, self._unpack)
         self._saved_hooks.__enter__()
         return super().__enter__()
@@ -302,6 +364,13 @@ class MemoryTracker(TorchDispatchMode):
             phase_peaks=phase_peaks,
             formula_bytes=dict(self.extra_bytes),
             events=len(self._log),
+            log=AllocationLog(
+                list(self._size),
+                list(self._category),
+                list(self._log),
+                self._entry_events,
+                self._resolved_tags(),
+            ),
         )
 
 

@@ -30,10 +30,11 @@ def _with_lora(model: nn.Module, lora: LoRASettings, workload: str) -> nn.Module
 
 
 def prepare_full(source: ModelSource, settings: ComposedSettings) -> PreparedModel:
-    """Every weight trains."""
+    """Every weight trains, at the method's own ``full.lr`` if it sets one."""
     model = load_causal_lm(source)
     model.requires_grad_(True)
-    return PreparedModel(model, trainable(model))
+    full = getattr(settings, "full", None)  # GaLore builds on this and has no ``full`` section
+    return PreparedModel(model, trainable(model), lr=full.lr if full is not None else None)
 
 
 def prepare_lora(source: ModelSource, settings: ComposedSettings) -> PreparedModel:

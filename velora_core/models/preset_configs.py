@@ -21,7 +21,7 @@ def llama_config(preset: ModelPreset) -> LlamaConfig:
         bos_token_id=1,
         eos_token_id=2,
         pad_token_id=0,
-        tie_word_embeddings=False,
+        tie_word_embeddings=preset.tie_word_embeddings,
     )
 
 

@@ -1,8 +1,10 @@
 """Tokenizers behind one small protocol: an offline byte-level one and a wrapper of Hugging Face's.
 
 The engine needs only ``encode``/``decode``, the ids of the pad, bos and eos tokens, the vocabulary
-size, a ``save`` that lets a fine-tuning run reload what the pre-training run used, and a
-``fingerprint`` recorded with results. :class:`ByteTokenizer` serves the built-in presets (their
+size, a ``save`` that lets a fine-tuning run reload what the pre-training run used, a
+``fingerprint`` recorded with results, whether the tokenizer itself puts bos before a text
+(``adds_bos``: what lm-evaluation-harness encodes with) and the ``transformers`` tokenizer that
+encodes exactly the same ids (``hf_tokenizer``), for the harness and for a saved model's users. :class:`ByteTokenizer` serves the built-in presets (their
 vocabulary of 320 covers its 259 ids) without any download; :class:`HFTokenizer` wraps
 ``transformers.AutoTokenizer`` for hub and local models.
 """
@@ -11,8 +13,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+from functools import cache
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from velora_core.contract.hashing import short_digest
 from velora_core.contract.spec import ModelSpec, check_hub_id_not_on_disk
@@ -29,6 +32,9 @@ class Tokenizer(Protocol):
     bos_token_id: int | None
     eos_token_id: int
     vocab_size: int
+    adds_bos: bool
+
+    def hf_tokenizer(self) -> Any: ...
 
     def encode(self, text: str, add_bos: bool = False, add_eos: bool = False) -> list[int]: ...
 
@@ -44,6 +50,7 @@ class ByteTokenizer:
     """UTF-8 bytes as tokens: 0 = pad, 1 = bos, 2 = eos, byte ``b`` = ``b + 3``; 259 ids in all.
 
     Needs no files and no training, so the offline datasets and the tiny presets work anywhere.
+    Like LLaMA's, its ``transformers`` twin (:meth:`hf_tokenizer`) puts bos before every text.
     """
 
     pad_token_id = 0
@@ -51,6 +58,7 @@ class ByteTokenizer:
     eos_token_id = 2
     offset = 3
     vocab_size = 256 + offset
+    adds_bos = True
 
     def encode(self, text: str, add_bos: bool = False, add_eos: bool = False) -> list[int]:
         """Token ids of ``text`` (one per UTF-8 byte), optionally framed by bos/eos."""
@@ -71,10 +79,16 @@ class ByteTokenizer:
         """A name for this exact encoding (it has no parameters to hash)."""
         return "byte-v1"
 
+    def hf_tokenizer(self) -> Any:
+        """The ``transformers`` fast tokenizer with the same ids (see :func:`byte_fast_tokenizer`)."""
+        return byte_fast_tokenizer()
+
     def save(self, directory: str | Path) -> None:
-        """Write :data:`BYTE_TOKENIZER_FILE` into ``directory`` (created if missing)."""
+        """Write :data:`BYTE_TOKENIZER_FILE` into ``directory`` (created if missing), and the same
+        encoding as a ``tokenizer.json`` that ``AutoTokenizer.from_pretrained`` loads."""
         path = Path(directory)
         path.mkdir(parents=True, exist_ok=True)
+        self.hf_tokenizer().save_pretrained(str(path))
         payload = {
             "type": "byte",
             "version": 1,
@@ -131,6 +145,12 @@ class HFTokenizer:
         self.bos_token_id: int | None = None if self.hf.bos_token_id is None else int(self.hf.bos_token_id)
         # len() counts added tokens too, unlike ``hf.vocab_size``: every id encode can return is < this.
         self.vocab_size: int = len(self.hf)
+        probe = list(self.hf("a")["input_ids"])
+        self.adds_bos: bool = bool(probe) and self.bos_token_id is not None and probe[0] == self.bos_token_id
+
+    def hf_tokenizer(self) -> Any:
+        """The wrapped ``transformers`` tokenizer."""
+        return self.hf
 
     def encode(self, text: str, add_bos: bool = False, add_eos: bool = False) -> list[int]:
         """Token ids of ``text``; bos (if the tokenizer has one) and eos only when asked for."""
@@ -155,6 +175,55 @@ class HFTokenizer:
     def save(self, directory: str | Path) -> None:
         """``save_pretrained`` into ``directory``."""
         self.hf.save_pretrained(str(directory))
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's printable character for each byte (what ``tokenizers``' ByteLevel maps bytes to)."""
+    printable = [
+        *range(ord("!"), ord("~") + 1),
+        *range(ord("¡"), ord("¬") + 1),
+        *range(ord("®"), ord("ÿ") + 1),
+    ]
+    extra = [b for b in range(256) if b not in printable]
+    return dict(
+        zip(printable + extra, map(chr, printable + [256 + i for i in range(len(extra))]), strict=True)
+    )
+
+
+@cache
+def _byte_tokenizer_json() -> str:
+    from tokenizers import Tokenizer as FastTokenizer
+    from tokenizers import decoders, models, pre_tokenizers, processors
+
+    chars = _bytes_to_unicode()
+    vocab = {"<|pad|>": 0, "<|bos|>": 1, "<|eos|>": 2} | {
+        chars[b]: b + ByteTokenizer.offset for b in range(256)
+    }
+    fast = FastTokenizer(models.BPE(vocab=vocab, merges=[]))  # no merges: one token per byte
+    fast.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    fast.decoder = decoders.ByteLevel()
+    fast.post_processor = processors.TemplateProcessing(
+        single="<|bos|> $A", pair="<|bos|> $A <|bos|> $B", special_tokens=[("<|bos|>", 1)]
+    )
+    return fast.to_str()
+
+
+def byte_fast_tokenizer() -> Any:
+    """:class:`ByteTokenizer` as a ``transformers`` fast tokenizer: byte ``b`` is id ``b + 3``, 0/1/2
+    are pad/bos/eos, bos goes before every text (``add_special_tokens``, as LLaMA's), and the special
+    tokens' spellings in a text are read as bytes (``split_special_tokens``), so every text gets the
+    same ids from both."""
+    from tokenizers import Tokenizer as FastTokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    return PreTrainedTokenizerFast(
+        tokenizer_object=FastTokenizer.from_str(_byte_tokenizer_json()),
+        bos_token="<|bos|>",
+        eos_token="<|eos|>",
+        pad_token="<|pad|>",
+        split_special_tokens=True,
+        model_max_length=1_000_000_000,
+    )
 
 
 def load_tokenizer_directory(directory: str | Path) -> Tokenizer:

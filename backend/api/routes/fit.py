@@ -1,8 +1,9 @@
-"""``/fit``: "will it fit?" — each method's predicted peak memory for a model and shape, on this server.
+"""``/fit``: "will it fit?" — each method's predicted memory (allocated, the caching allocator's reserved
+bytes and the CUDA context, against the card) for a model and shape or a whole RunSpec / ComparisonSpec.
 
-The prediction runs two training steps (the second, a steady one, tracked) under ``FakeTensorMode`` (``velora_core.bench.fit_prediction``), which needs
-torch; the API process never imports torch, so it runs ``python -m velora_core.bench.fit_prediction --json`` in a
-subprocess: one at a time (a second request while one runs gets a 503 at once, not a queue), killed
+The prediction runs two training steps (the second, a steady one, tracked) under ``FakeTensorMode``
+(``velora_core.bench.fit_estimate``), which needs torch; the API process never imports torch, so it runs ``python -m velora_core.bench.fit_estimate --json
+--request -`` in a subprocess, the request on its standard input: one at a time (a second request while one runs gets a 503 at once, not a queue), killed
 after ``VELORA_FIT_TIMEOUT_S`` (a 504), with a request bounded by ``FitRequest``'s fields. A
 subprocess, not a worker task: the answer is wanted now, by the person at the form, and the GPU
 workers' queue may be hours deep (docs/architecture.md, "Deliberate choices").
@@ -34,41 +35,47 @@ router = APIRouter(prefix="/fit", tags=["fit"], responses=error_responses(401, 5
 _running = asyncio.Lock()
 
 
-def fit_command(request: FitRequest) -> list[str]:
-    """The subprocess's command line (never a shell; ``--no-local``: no folder on this server is read)."""
-    command = [
-        sys.executable,
-        "-m",
-        "velora_core.bench.fit_prediction",
-        "--json",
-        "--no-local",
-        "--model",
-        request.model,
-    ]
-    command += ["--methods", *request.methods, "--micro-batch", str(request.micro_batch)]
-    command += ["--seq-len", str(request.seq_len), "--dtype", request.dtype]
-    if request.autocast is not None:
-        command += ["--autocast", request.autocast]
-    if request.gpu_gib is not None:
-        command += ["--gpu-gib", repr(request.gpu_gib)]
-    return command
+def fit_command() -> list[str]:
+    """The subprocess's command line (never a shell; ``--no-local``: no folder on this server is read;
+    the request comes on standard input)."""
+    return [sys.executable, "-m", "velora_core.bench.fit_estimate", "--json", "--no-local", "--request", "-"]
+
+
+def fit_input(request: FitRequest) -> bytes:
+    """What the subprocess reads on standard input: the request's JSON, the fields the client set
+    (so a spec and the shape fields are never both present, and an unset autocast stays unset)."""
+    return request.model_dump_json(exclude_unset=True).encode()
+
+
+def _check_models(body: FitRequest) -> None:
+    """Every model the request names is a preset or a hub id (a path on this server is refused)."""
+    if body.model is not None and body.model not in MODEL_PRESETS:
+        try:
+            check_hub_id(body.model, "model")
+        except ValueError as exc:
+            raise invalid(("body", "model"), str(exc)) from None
+    for run in body.runs() if body.spec is not None else []:
+        model = (
+            run.model.pretrain.model if run.model.source == "artifact" and run.model.pretrain else run.model
+        )
+        if model.source == "local":
+            raise invalid(
+                ("body", "spec", "model"),
+                "a local folder is not offered by the service; name a preset or a hub id",
+            )
 
 
 @router.post("", response_model=FitPublic)
 async def predict_fit(
     body: FitRequest, settings: SettingsDep, _: WriteAccess, _json: JsonContent
 ) -> FitPublic:
-    """Predict each method's peak memory for a steady training step of ``model`` at the shape given, and
-    with ``gpu_gib`` whether it fits and the largest micro-batch that does. ``model`` is a preset or a
-    hub id (this server reads its ``config.json`` from the hub; local folders are not offered).
-    Methods' own settings (``method_configs``) are not taken here: the defaults are predicted."""
-    if body.model not in MODEL_PRESETS:
-        try:
-            check_hub_id(body.model, "model")
-        except ValueError as exc:
-            raise invalid(("body", "model"), str(exc)) from None
-    if body.method_configs:
-        raise invalid(("body", "method_configs"), "not offered by the service; use velora-bench fit")
+    """Predict each method's memory for a training step of ``model`` at the shape given (with
+    ``method_configs``), or of every method of ``spec`` (a RunSpec or ComparisonSpec, as run would run
+    it): the peak allocated bytes by component, the caching allocator's reserved bytes over the run
+    and the CUDA context; with ``gpu_gib``, whether reserved + context fits and the largest micro-batch
+    that does. ``model`` is a preset or a hub id (this server reads its ``config.json`` from the hub;
+    local folders are not offered)."""
+    _check_models(body)
     if importlib.util.find_spec("torch") is None:  # the API installed alone, with `.[service]`
         raise HTTPException(
             503,
@@ -80,10 +87,13 @@ async def predict_fit(
     async with _running:
         start = time.perf_counter()
         process = await asyncio.create_subprocess_exec(
-            *fit_command(body), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+            *fit_command(),
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
         )
         try:
-            out, err = await asyncio.wait_for(process.communicate(), settings.fit_timeout_s)
+            out, err = await asyncio.wait_for(process.communicate(fit_input(body)), settings.fit_timeout_s)
         except TimeoutError:
             process.kill()
             await process.wait()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, HTTPException, Query, Request, Response
 from pydantic import BaseModel
@@ -34,7 +34,7 @@ from backend.api.schemas import (
     RunsPublic,
 )
 from backend.api.validation import JsonContent, check_limits, parse_strict
-from velora_core.contract.result import RunStatus
+from velora_core.contract.result import ItemRecords, RunStatus
 from velora_core.contract.spec import RunSpec
 
 router = APIRouter(prefix="/runs", tags=["runs"], responses=error_responses(401, 503))
@@ -163,6 +163,56 @@ async def read_run_metrics(
             {"run_id": run_id, "status": status, "data": points, "last_step": last_step}
         )
     )
+
+
+class ItemsPublic(BaseModel):
+    """A page of a run's per-item evaluation records (``velora_core.contract.result.ItemRecords``)."""
+
+    run_id: int
+    metric: str
+    count: int
+    offset: int
+    limit: int
+    data: list[dict[str, Any]]
+
+
+@router.get("/{run_id}/items", response_model=ItemsPublic, responses=error_responses(404))
+def read_run_items(
+    run_id: IdPath,
+    session: SessionDep,
+    _: ReadAccess,
+    offset: OffsetQuery = 0,
+    limit: Annotated[int, Query(ge=1, le=100_000)] = 1000,
+    format: Annotated[
+        Literal["json", "jsonl"], Query(description="`jsonl`: a file, one item a line.")
+    ] = "json",
+) -> Response:
+    """What the run's evaluation did with each item: prompt hash, choice log-likelihoods, choice,
+    answer, correctness (and the evaluation's further columns), in item order."""
+    run = store.get_run(session, run_id=run_id)
+    if run is None:
+        raise HTTPException(status_code=404, detail="Run not found")
+    evaluation = (run.result or {}).get("eval") or {}
+    if not evaluation.get("items"):
+        raise HTTPException(
+            status_code=404,
+            detail=f"Run {run_id} has no item records (status {run.status}; perplexity and older runs keep none)",
+        )
+    records = ItemRecords.model_validate(evaluation["items"])
+    if format == "jsonl":
+        return Response(
+            content=records.jsonl(offset, limit),
+            media_type="application/x-ndjson",
+            headers={"Content-Disposition": f'attachment; filename="run-{run_id}-items.jsonl"'},
+        )
+    page = {
+        "run_id": run_id,
+        "metric": evaluation["metric"],
+        "count": len(records),
+        "offset": offset,
+        "limit": limit,
+    }
+    return _json(ItemsPublic.model_validate({**page, "data": records.rows(offset, limit)}))
 
 
 @router.post("/{run_id}/cancel", response_model=RunPublic, responses=error_responses(403, 404, 409))

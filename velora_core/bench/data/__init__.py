@@ -52,12 +52,14 @@ from velora_core.bench.data.examples import (
 )
 from velora_core.bench.data.loaders import DEFAULT_MAX_BLOCKS, load_eval_data, load_train_data
 from velora_core.bench.data.multiple_choice import (
+    FEWSHOT_DELIMITER,
     LETTERS,
+    SUBJECT_HEADER,
+    TARGET_DELIMITER,
     MCQuestion,
     answer_tokens,
     build_kshot_prompt,
     encode_mc_prompt,
-    fit_kshot_prompt,
     format_mc_question,
     select_shots,
 )
@@ -97,6 +99,7 @@ __all__ = [
     "ALPACA_PROMPT_WITH_INPUT",
     "DEFAULT_MAX_BLOCKS",
     "EXCLUDED_DIRS",
+    "FEWSHOT_DELIMITER",
     "HOLDOUT_FRACTION",
     "HUB_DATASETS",
     "IGNORE_INDEX",
@@ -105,6 +108,8 @@ __all__ = [
     "MAX_SOURCE_FILE_BYTES",
     "STDLIB_MC_DEV_FRACTION",
     "STDLIB_VALIDATION_FRACTION",
+    "SUBJECT_HEADER",
+    "TARGET_DELIMITER",
     "ContinuationEvalData",
     "ContinuationItem",
     "DataKind",
@@ -121,7 +126,6 @@ __all__ = [
     "build_kshot_prompt",
     "continuation_examples",
     "encode_mc_prompt",
-    "fit_kshot_prompt",
     "format_mc_question",
     "hub_records",
     "instruct_examples",

@@ -136,9 +136,12 @@ def load_eval_data(
 
     ``perplexity``: up to ``eval_spec.max_examples`` blocks of ``seq_len`` tokens of held-out text
     (``stdlib-corpus`` validation files, C4 validation, a hub ``eval_split``, or held-out records).
-    ``mc_accuracy``: the exemplars and a seeded sample of ``max_examples`` test questions:
-    ``stdlib-mc`` dev/test, MMLU dev/test (``cais/mmlu`` 'all'), or for hub/local multiple-choice
-    records, ``split`` (exemplars) and ``eval_split`` (questions).
+    ``mc_accuracy``: the exemplars and ``max_examples`` test questions (a sample that does not
+    depend on the seed; all of them if fewer): ``stdlib-mc`` dev/test, MMLU dev/test (``cais/mmlu``
+    'all', or the folder ``dataset_paths['mmlu']``), or for hub/local multiple-choice records,
+    ``split`` (exemplars: each question gets the first ``num_shots`` of its own ``subject``) and
+    ``eval_split`` (questions); a local folder laid out like ``cais/mmlu`` with ``config='all'``,
+    ``split='dev'``, ``eval_split='test'`` is scored exactly as the built-in ``mmlu``.
 
     Raises:
         ValueError: ``mc_accuracy`` on a dataset that is not multiple choice, or no held-out block.
@@ -198,11 +201,14 @@ def load_eval_data(
         kind, question_records = peek_kind(spec, question_records)
         if kind != "mc":
             raise ValueError(f"mc_accuracy needs multiple-choice records; {spec.name!r} holds {kind!r} data")
-        shots = [record_question(r) for r in itertools.islice(shot_records, eval_spec.num_shots)]
+        # Every exemplar record: each question takes the first few of its own subject (select_shots).
+        shots = [record_question(r) for r in shot_records]
         questions = [record_question(r) for r in question_records]
     else:
         raise ValueError(f"mc_accuracy needs a multiple-choice dataset (stdlib-mc, mmlu); got {spec.name!r}")
-    questions = _sample(questions, eval_spec.max_examples, seed)
+    # The same questions for every seed and method (the seed changes the model, not the exam), so
+    # two runs' per-item records pair up.
+    questions = _sample(questions, eval_spec.max_examples, 0)
     if not questions:
         raise ValueError(f"{where}: no test questions")
     content = json.dumps([[q.question, q.choices, q.answer, q.subject] for q in shots + questions])

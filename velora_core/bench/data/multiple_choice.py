@@ -1,4 +1,11 @@
-"""Multiple-choice questions: MMLU's prompt layout, k-shot exemplars and answer-letter tokens."""
+"""Multiple-choice questions in lm-evaluation-harness's ``mmlu`` layout, k-shot exemplars, answer tokens.
+
+The prompt is the harness's (``lm_eval/tasks/mmlu/default/_default_template_yaml``, the layout of
+Hendrycks et al.'s original evaluation and of QLoRA's): the subject header, then each exemplar as
+``{question}\nA. {choice}\nB. …\nAnswer: {letter}`` and the question without its letter, separated
+by blank lines. Exemplars are the first ``k`` of the question's own subject in the dev split (the
+harness's ``first_n`` sampler over each subject's dev split); a question with fewer says so.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +15,11 @@ from dataclasses import dataclass
 from velora_core.models.tokenizers import Tokenizer
 
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+#: The harness's mmlu ``description`` (the subject with spaces for underscores).
+SUBJECT_HEADER = "The following are multiple choice questions (with answers) about {subject}.\n\n"
+#: Between the prompt and a choice (the harness's ``target_delimiter``) and between exemplars
+#: (``fewshot_delimiter``).
+TARGET_DELIMITER, FEWSHOT_DELIMITER = " ", "\n\n"
 
 
 @dataclass(frozen=True)
@@ -21,35 +33,28 @@ class MCQuestion:
 
 
 def format_mc_question(q: MCQuestion, with_answer: bool) -> str:
-    """MMLU's layout: ``Question: …\\nA. …\\nB. …\\nAnswer:`` and `` B`` when ``with_answer``."""
-    lines = [f"Question: {q.question}"]
+    """The harness's ``doc_to_text``: ``{question}\nA. …\nB. …\nAnswer:``, and `` B`` when ``with_answer``."""
+    lines = [q.question.strip()]
     lines += [f"{LETTERS[i]}. {choice}" for i, choice in enumerate(q.choices)]
     text = "\n".join(lines) + "\nAnswer:"
-    return f"{text} {LETTERS[q.answer]}" if with_answer else text
+    return f"{text}{TARGET_DELIMITER}{LETTERS[q.answer]}" if with_answer else text
 
 
 def build_kshot_prompt(shots: Sequence[MCQuestion], question: MCQuestion) -> str:
-    """The exemplars with their answers, then the question, blank-line separated, ending in ``Answer:``.
-
-    A question with a ``subject`` gets MMLU's header ("The following are multiple choice questions
-    (with answers) about <subject>.").
-    """
-    header = (
-        f"The following are multiple choice questions (with answers) about {question.subject}.\n\n"
-        if question.subject
-        else ""
-    )
-    parts = [format_mc_question(s, with_answer=True) for s in shots]
-    parts.append(format_mc_question(question, with_answer=False))
-    return header + "\n\n".join(parts)
+    """The subject header (if the question has a subject), the exemplars with their answers and the
+    question, blank-line separated, ending in ``Answer:``: the harness's context, character for character."""
+    header = SUBJECT_HEADER.format(subject=question.subject) if question.subject else ""
+    examples = "".join(format_mc_question(s, with_answer=True) + FEWSHOT_DELIMITER for s in shots)
+    return header + examples + format_mc_question(question, with_answer=False)
 
 
 def select_shots(shots: Sequence[MCQuestion], question: MCQuestion, num_shots: int) -> list[MCQuestion]:
-    """The first ``num_shots`` exemplars of the question's subject (MMLU), else the first overall."""
+    """The first ``num_shots`` exemplars of the question's subject (all of them if fewer: the caller
+    records that), or the first overall for a question without a subject."""
     if num_shots <= 0:
         return []
-    same = [s for s in shots if s.subject == question.subject] if question.subject else []
-    return list((same or shots)[:num_shots])
+    pool = [s for s in shots if s.subject == question.subject] if question.subject else list(shots)
+    return pool[:num_shots]
 
 
 def answer_tokens(tokenizer: Tokenizer, num_choices: int) -> tuple[list[int], list[int]]:
@@ -88,43 +93,15 @@ def answer_tokens(tokenizer: Tokenizer, num_choices: int) -> tuple[list[int], li
 
 def encode_mc_prompt(
     tokenizer: Tokenizer, prompt: str, suffix: Sequence[int], max_length: int | None
-) -> tuple[list[int], bool]:
-    """``bos + prompt + suffix`` as ids, left-truncated to ``max_length`` (keeping bos); and whether cut.
-
-    Left truncation drops the oldest exemplars first and always keeps the question being asked.
-    """
-    ids = tokenizer.encode(prompt, add_bos=True) + list(suffix)
-    if max_length is None or len(ids) <= max_length:
-        return ids, False
-    bos = tokenizer.bos_token_id
-    if bos is not None and ids[0] == bos and max_length > 1:
-        return [bos, *ids[len(ids) - max_length + 1 :]], True
-    return ids[len(ids) - max_length :], True
-
-
-def fit_kshot_prompt(
-    tokenizer: Tokenizer,
-    shots: Sequence[MCQuestion],
-    question: MCQuestion,
-    num_shots: int,
-    suffix: Sequence[int],
-    max_length: int | None,
 ) -> tuple[list[int], int]:
-    """``bos + k-shot prompt + suffix`` as ids, with as many of ``num_shots`` exemplars as fit.
+    """The model's input for ``prompt``, as lm-evaluation-harness builds it, and the tokens cut.
 
-    Never cuts a prompt: with ``max_length``, exemplars are dropped from the last one until the
-    prompt fits, and the number kept is returned with the ids (record it: a 5-shot score is not a
-    2-shot score).
-
-    Raises:
-        ValueError: the question alone, without any exemplar, is longer than ``max_length``.
+    ``prompt`` is encoded as the tokenizer encodes a text (bos only where it adds one itself:
+    LLaMA's and the byte tokenizer's do, GPT-2's does not), then ``suffix`` (see :func:`answer_tokens`).
+    Longer than ``max_length``, it keeps its last ``max_length`` tokens: the harness cuts from the
+    left, so the question stays and the oldest exemplars (and bos) go.
     """
-    chosen = select_shots(shots, question, num_shots)
-    for kept in range(len(chosen), -1, -1):
-        ids = tokenizer.encode(build_kshot_prompt(chosen[:kept], question), add_bos=True) + list(suffix)
-        if max_length is None or len(ids) <= max_length:
-            return ids, kept
-    raise ValueError(
-        f"a question of {len(ids)} tokens with no exemplar is longer than the model's {max_length} "
-        f"positions; it would have to be cut: {question.question[:80]!r}"
-    )
+    ids = tokenizer.encode(prompt, add_bos=tokenizer.adds_bos) + list(suffix)
+    if max_length is None or len(ids) <= max_length:
+        return ids, 0
+    return ids[len(ids) - max_length :], len(ids) - max_length

@@ -20,11 +20,13 @@ from velora_core.bench.data import (
     LETTERS,
     MCQuestion,
     answer_tokens,
-    fit_kshot_prompt,
+    build_kshot_prompt,
+    encode_mc_prompt,
     select_shots,
 )
+from velora_core.contract.hashing import prompt_hash
 from velora_core.contract.intervals import perplexity_interval, wilson
-from velora_core.contract.result import EvalResult
+from velora_core.contract.result import EvalResult, ItemRecords
 from velora_core.models.tokenizers import Tokenizer
 
 
@@ -105,6 +107,20 @@ def perplexity(
     )
 
 
+#: Config attributes that give a model's context length, in the order lm-evaluation-harness reads them.
+CONTEXT_LENGTH_ATTRIBUTES = ("n_positions", "max_position_embeddings", "n_ctx")
+
+
+def context_length(model: nn.Module) -> int | None:
+    """The longest input the model takes, read from its config as lm-evaluation-harness reads it."""
+    config = getattr(model, "config", None)
+    for name in CONTEXT_LENGTH_ATTRIBUTES:
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
 def mc_accuracy(
     model: nn.Module,
     tokenizer: Tokenizer,
@@ -114,27 +130,30 @@ def mc_accuracy(
     batch_size: int,
     max_length: int | None = None,
 ) -> EvalResult:
-    """k-shot multiple-choice accuracy by answer-letter likelihood (MMLU's protocol).
+    """k-shot multiple-choice accuracy by answer-letter log-likelihood, as lm-evaluation-harness's ``mmlu``.
 
-    For each question: the prompt is :func:`build_kshot_prompt` with ``num_shots`` exemplars
-    (:func:`select_shots`: same subject first), ending in ``Answer:``; the model's next-token logits
-    after it are compared at the letter tokens of :func:`answer_tokens` (`` A`` … as the tokenizer
-    encodes them; for the byte tokenizer a space is appended to the prompt and the letter bytes are
-    compared). The highest letter is the prediction; ties go to the earlier letter.
+    For each question the context is :func:`build_kshot_prompt` with the first ``num_shots``
+    exemplars of its subject (:func:`select_shots`) and each choice's continuation is `` A``, `` B``
+    …; a choice's log-likelihood is that of its continuation's tokens after the context, encoded as
+    the harness encodes them (bos only where the tokenizer adds it, :func:`encode_mc_prompt`), so
+    the numbers are the harness's ``acc`` item for item. The highest is the prediction (ties: the
+    earlier letter, like ``numpy.argmax``). One forward pass per question: the continuations share
+    every token but the letter (:func:`answer_tokens`).
 
     Args:
-        max_length: the longest prompt; a longer one keeps fewer exemplars (never cut: see
-            :func:`fit_kshot_prompt`); default: the model's ``config.max_position_embeddings``.
+        max_length: the longest input; a longer one loses its first tokens, as in the harness;
+            default: :func:`context_length`.
 
     Returns:
         ``value`` = fraction correct with its Wilson 95 % interval in ``ci95``; ``chance`` = mean of
-        ``1 / len(choices)``; ``details`` holds the letter token ids, the exemplars used (min, max,
-        mean, and how many questions got fewer than ``num_shots``), the predicted-letter counts and,
-        for questions with a subject, the accuracy per subject.
+        ``1 / len(choices)``; ``items``: each question's record (prompt hash, the choices'
+        log-likelihoods, choice, answer, exemplars used ``shots`` and ``tokens_cut``); ``details``:
+        the protocol, the exemplars used, how many questions got fewer than ``num_shots`` or were
+        cut, the predicted-letter counts and, with subjects, the accuracy per subject and its mean
+        over subjects (MMLU as QLoRA and VeLoRA report it) beside the mean over questions (``value``).
 
     Raises:
-        ValueError: no questions, a question too long even without exemplars, or a tokenizer that
-            cannot score answer letters.
+        ValueError: no questions, or a tokenizer that cannot score answer letters.
     """
     if not questions:
         raise ValueError("no questions to evaluate")
@@ -142,14 +161,18 @@ def mc_accuracy(
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     suffix, letter_ids = answer_tokens(tokenizer, max(len(q.choices) for q in questions))
     if max_length is None:
-        max_length = getattr(getattr(model, "config", None), "max_position_embeddings", None)
-    encoded = [fit_kshot_prompt(tokenizer, shots, q, num_shots, suffix, max_length) for q in questions]
+        max_length = context_length(model)
+    if max_length is not None and max_length <= len(suffix):
+        raise ValueError(f"max_length {max_length} leaves no room for a prompt")
+    chosen_shots = [select_shots(shots, q, num_shots) for q in questions]
+    texts = [build_kshot_prompt(chosen, q) for chosen, q in zip(chosen_shots, questions, strict=True)]
+    encoded = [encode_mc_prompt(tokenizer, text, suffix, max_length) for text in texts]
     prompts = [ids for ids, _ in encoded]
-    shots_used = [kept for _, kept in encoded]
-    # Longest first, so each batch pads to similar lengths; predictions go back to question order.
+    # Longest first, so each batch pads to similar lengths; scores go back to question order.
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
-    predictions = [0] * len(prompts)
+    lls: list[list[float]] = [[] for _ in prompts]
     device = _device(model)
+    n_suffix = len(suffix)
     with _evaluating(model):
         for start in range(0, len(order), batch_size):
             rows = order[start : start + batch_size]
@@ -160,15 +183,30 @@ def mc_accuracy(
             # Right padding: (B, L) mask of real tokens; each row's last real token is at lengths - 1.
             mask = (torch.arange(input_ids.shape[1]) < lengths[:, None]).long()
             logits = model(input_ids=input_ids.to(device), attention_mask=mask.to(device)).logits
-            final = logits[
-                torch.arange(len(rows), device=logits.device), (lengths - 1).to(logits.device)
-            ]  # (B, V)
-            scores = final[:, letter_ids].float().cpu()  # (B, num_letters)
+            # The positions that predict the suffix tokens and then the letter: (B, n_suffix + 1).
+            positions = (lengths - 1 - n_suffix)[:, None] + torch.arange(n_suffix + 1)
+            picked = logits[torch.arange(len(rows))[:, None], positions.to(logits.device)]
+            logprobs = F.log_softmax(picked.float(), dim=-1).cpu()  # (B, n_suffix + 1, V)
+            common = logprobs[:, torch.arange(n_suffix), torch.tensor(suffix, dtype=torch.long)].double()
+            common = common.sum(1) if n_suffix else torch.zeros(len(rows), dtype=torch.float64)
+            letters = logprobs[:, n_suffix, letter_ids].double()  # (B, num_letters)
             for row, i in enumerate(rows):
-                predictions[i] = int(scores[row, : len(questions[i].choices)].argmax())
+                k = len(questions[i].choices)
+                lls[i] = [float(common[row] + letters[row, j]) for j in range(k)]
+    predictions = [max(range(len(ll)), key=ll.__getitem__) for ll in lls]
     correct = [p == q.answer for p, q in zip(predictions, questions, strict=True)]
+    shots_used = [len(chosen) for chosen in chosen_shots]
+    cut = [tokens for _, tokens in encoded]
     details: dict[str, object] = {
+        "protocol": (
+            "lm-evaluation-harness mmlu template (subject header, 'Answer:', choices ' A'…), "
+            "exemplars: the first num_shots of the question's subject; acc = argmax of the "
+            "continuations' log-likelihoods; bos as the tokenizer adds it; over-long inputs lose "
+            "their first tokens (the harness's left truncation)"
+        ),
         "num_shots": num_shots,
+        "bos_added": tokenizer.adds_bos,
+        "max_length": max_length,
         "letter_token_ids": letter_ids,
         "suffix_token_ids": suffix,
         "shots_used": {
@@ -176,20 +214,13 @@ def mc_accuracy(
             "max": max(shots_used),
             "mean": sum(shots_used) / len(shots_used),
         },
-        "questions_with_fewer_shots": sum(
-            kept < len(select_shots(shots, q, num_shots))
-            for kept, q in zip(shots_used, questions, strict=True)
-        ),
+        "questions_with_fewer_shots": sum(n < num_shots for n in shots_used),
+        "questions_cut": sum(c > 0 for c in cut),
         "mean_prompt_tokens": sum(map(len, prompts)) / len(prompts),
         "predicted_letters": {LETTERS[k]: n for k, n in sorted(Counter(predictions).items())},
+        "item_columns": {"shots": "exemplars in the prompt", "tokens_cut": "tokens cut from its start"},
     }
-    subjects = sorted({q.subject for q in questions if q.subject})
-    if subjects:
-        details["by_subject"] = {
-            s: sum(c for c, q in zip(correct, questions, strict=True) if q.subject == s)
-            / sum(q.subject == s for q in questions)
-            for s in subjects
-        }
+    details.update(subject_means(questions, correct))
     return EvalResult(
         metric="mc_accuracy",
         value=sum(correct) / len(questions),
@@ -197,4 +228,34 @@ def mc_accuracy(
         chance=sum(1 / len(q.choices) for q in questions) / len(questions),
         num_examples=len(questions),
         details=details,
+        items=ItemRecords(
+            prompt_hash=[prompt_hash(text) for text in texts],
+            loglikelihoods=[[round(v, 6) for v in ll] for ll in lls],
+            choice=predictions,
+            answer=[q.answer for q in questions],
+            correct=correct,
+            extra={"shots": shots_used, "tokens_cut": cut},
+        ),
     )
+
+
+def subject_means(questions: Sequence[MCQuestion], correct: Sequence[bool]) -> dict[str, object]:
+    """For questions with subjects: the accuracy of each subject with its Wilson interval and the
+    mean over subjects (each subject weighs the same: QLoRA's and VeLoRA's MMLU number), beside
+    the mean over questions that ``value`` holds (the harness's ``mmlu`` group number)."""
+    subjects = sorted({q.subject for q in questions if q.subject})
+    if not subjects:
+        return {}
+    by_subject = {}
+    for subject in subjects:
+        hits = [c for c, q in zip(correct, questions, strict=True) if q.subject == subject]
+        by_subject[subject] = {
+            "acc": sum(hits) / len(hits),
+            "n": len(hits),
+            "ci95": wilson(sum(hits), len(hits)),
+        }
+    return {
+        "by_subject": by_subject,
+        "mean_over_subjects": sum(s["acc"] for s in by_subject.values()) / len(by_subject),
+        "mean_over_questions": sum(correct) / len(correct),
+    }

@@ -1,10 +1,18 @@
 """Continuation-choice accuracy (HellaSwag's form): which ending a causal LM finds most likely after a context.
 
-Each ending is scored by its log-likelihood after the context minus its log-likelihood after a
-neutral prefix (a line break): the domain-conditional PMI of Holtzman et al. 2021 ("Surface Form
-Competition"). Plain log-likelihood ranks short and common lines first whatever the context; the
-difference measures how much the context raised each ending, which is what the task asks. The
-plain-likelihood and per-token (HellaSwag's ``acc_norm``) accuracies are recorded beside it.
+The headline scores each ending by its log-likelihood after the context minus its log-likelihood
+after a neutral prefix, bos and a line break: the domain-conditional PMI of Holtzman et al. 2021
+("Surface Form Competition"). Plain log-likelihood ranks short and common lines first whatever the
+context; the difference measures how much the context raised each ending, which is what the task
+asks, and the line break puts the ending where it stands in the context, at the start of a line.
+
+Beside it, exactly as lm-evaluation-harness defines them for a ``multiple_choice`` task whose
+choices are the endings (``target_delimiter: ""``): ``acc`` (argmax of the log-likelihoods, the
+context's trailing whitespace moved into each continuation as the harness's ``_encode_pair`` does),
+``acc_norm`` (of the log-likelihoods over each ending's length in characters) and
+``acc_mutual_info`` (minus the ending's log-likelihood after the harness's prefix token alone: bos,
+else eos). The harness's ``acc_mutual_info`` scores the ending as the first line of a document,
+where an indented line is improbable whatever the context, so it is not the headline.
 """
 
 from __future__ import annotations
@@ -18,9 +26,10 @@ from torch import nn
 from transformers import DynamicCache
 
 from velora_core.bench.data.next_line import ContinuationItem
-from velora_core.bench.evaluate.causal_lm import _device, _evaluating
+from velora_core.bench.evaluate.causal_lm import _device, _evaluating, context_length
+from velora_core.contract.hashing import prompt_hash
 from velora_core.contract.intervals import wilson
-from velora_core.contract.result import EvalResult
+from velora_core.contract.result import EvalResult, ItemRecords
 from velora_core.models.tokenizers import Tokenizer
 
 #: What an ending is scored against without its context: the start of a line.
@@ -128,6 +137,30 @@ def _caches_keys_and_values(model: nn.Module) -> bool:
     return hasattr(getattr(model, "config", None), "use_cache")
 
 
+def harness_pair(tokenizer: Tokenizer, context: str, continuation: str) -> tuple[list[int], list[int]]:
+    """``(context ids, continuation ids)`` as lm-evaluation-harness's ``_encode_pair`` makes them for a
+    causal LM: trailing whitespace moves from the context to the continuation, both texts are encoded
+    as the tokenizer encodes a text, and the continuation is what the whole adds to the context."""
+    spaces = len(context) - len(context.rstrip())
+    if spaces:
+        context, continuation = context[:-spaces], context[-spaces:] + continuation
+    whole = tokenizer.encode(context + continuation, add_bos=tokenizer.adds_bos)
+    context_ids = tokenizer.encode(context, add_bos=tokenizer.adds_bos)
+    return context_ids, whole[len(context_ids) :]
+
+
+def harness_unconditional(tokenizer: Tokenizer, continuation: str) -> tuple[list[int], list[int]]:
+    """The harness's row for an empty context: its prefix token (bos, else eos), then the continuation
+    (when the continuation starts with that token, the token is its own context)."""
+    ids = tokenizer.encode(continuation)
+    prefix = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    return ([prefix], ids) if ids[0] != prefix else (ids[:1], ids[1:])
+
+
+def _argmax(values: Sequence[float]) -> int:
+    return max(range(len(values)), key=values.__getitem__)  # the first of equal values, like numpy
+
+
 def continuation_accuracy(
     model: nn.Module,
     tokenizer: Tokenizer,
@@ -135,16 +168,17 @@ def continuation_accuracy(
     batch_size: int,
     max_length: int | None = None,
 ) -> EvalResult:
-    """The share of items whose true ending scores highest (see the module docstring); ties go first.
+    """The share of items whose true ending scores highest by the headline (see the module docstring).
 
     Args:
-        max_length: the longest ``context + ending`` in tokens; default: the model's
-            ``config.max_position_embeddings`` if it has one.
+        max_length: the longest ``context + ending`` in tokens; default: :func:`context_length`.
 
     Returns:
-        ``value`` = fraction correct with its Wilson 95 % interval in ``ci95``; ``chance`` = mean of
-        ``1 / len(endings)``; ``details``: the scoring, the accuracies by plain and per-token
-        log-likelihood, the mean tokens scored and how often each position was chosen.
+        ``value`` = the headline's fraction correct with its Wilson 95 % interval in ``ci95``;
+        ``chance`` = mean of ``1 / len(endings)``; ``details``: the headline and why, ``acc``,
+        ``acc_norm`` and ``acc_mutual_info`` with their Wilson intervals, the mean tokens scored and
+        how often each position was chosen; ``items``: each item's record (the harness's
+        log-likelihoods, and in ``extra`` those after bos and after the line start, each metric's pick).
 
     Raises:
         ValueError: no items, or an item longer than ``max_length`` (it is never cut).
@@ -154,70 +188,84 @@ def continuation_accuracy(
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     if max_length is None:
-        max_length = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+        max_length = context_length(model)
     neutral = tokenizer.encode(NEUTRAL_PREFIX, add_bos=True)
-    conditional: list[tuple[list[int], list[int]]] = []
-    endings: dict[str, list[int]] = {}
+    grouped: list[tuple[list[int], list[list[int]]]] = []
     for item in items:
-        context = tokenizer.encode(item.context, add_bos=True)
-        for ending in item.endings:
-            ids = endings.setdefault(ending, tokenizer.encode(ending))
-            if max_length is not None and len(context) + len(ids) > max_length:
+        pairs = [harness_pair(tokenizer, item.context, ending) for ending in item.endings]
+        for context, ids in pairs:
+            if max_length is not None and len(context) + len(ids) > max_length + 1:
                 raise ValueError(
                     f"an item of {len(context) + len(ids)} tokens is longer than the model's "
                     f"{max_length} positions; it would have to be cut (use shorter contexts)"
                 )
-            conditional.append((context, ids))
-    unique = list(endings)
+        grouped.append((pairs[0][0], [ids for _, ids in pairs]))
+    unique = list(dict.fromkeys(ending for item in items for ending in item.endings))
+    line_rows = [(neutral, tokenizer.encode(e)) for e in unique]
+    bos_rows = [harness_unconditional(tokenizer, e) for e in unique]
+    pad = tokenizer.pad_token_id
     with _evaluating(model):
         if _caches_keys_and_values(model) and len({len(item.endings) for item in items}) == 1:
-            grouped, position = [], 0
-            for item in items:
-                rows = conditional[position : position + len(item.endings)]
-                grouped.append((rows[0][0], [ending for _, ending in rows]))
-                position += len(item.endings)
-            scored = _shared_context_loglikelihoods(model, grouped, tokenizer.pad_token_id, batch_size)
+            scored = _shared_context_loglikelihoods(model, grouped, pad, batch_size)
         else:
-            scored = _loglikelihoods(model, conditional, tokenizer.pad_token_id, batch_size)
-        unconditional = dict(
-            zip(
-                unique,
-                _loglikelihoods(
-                    model, [(neutral, endings[e]) for e in unique], tokenizer.pad_token_id, batch_size
-                ),
-                strict=True,
-            )
-        )
-    correct = {"pmi": 0, "loglikelihood": 0, "per_token": 0}
-    chosen_positions: Counter[int] = Counter()
+            flat = [(context, ids) for context, endings in grouped for ids in endings]
+            scored = _loglikelihoods(model, flat, pad, batch_size)
+        unconditional = _loglikelihoods(model, line_rows + bos_rows, pad, batch_size)
+    after_line = dict(zip(unique, unconditional[: len(unique)], strict=True))
+    after_bos = dict(zip(unique, unconditional[len(unique) :], strict=True))
+    names = ("pmi", "acc", "acc_norm", "acc_mutual_info")
+    picks: dict[str, list[int]] = {name: [] for name in names}
+    conditional: list[list[float]] = []
     position = 0
     for item in items:
-        k = len(item.endings)
-        own = scored[position : position + k]
-        position += k
+        own = scored[position : position + len(item.endings)]
+        position += len(item.endings)
+        conditional.append(own)
         scores = {
-            "pmi": [s - unconditional[e] for s, e in zip(own, item.endings, strict=True)],
-            "loglikelihood": own,
-            "per_token": [s / max(1, len(endings[e])) for s, e in zip(own, item.endings, strict=True)],
+            "pmi": [s - after_line[e] for s, e in zip(own, item.endings, strict=True)],
+            "acc": own,
+            "acc_norm": [s / len(e) for s, e in zip(own, item.endings, strict=True)],
+            "acc_mutual_info": [s - after_bos[e] for s, e in zip(own, item.endings, strict=True)],
         }
-        for name, values in scores.items():
-            best = max(range(k), key=values.__getitem__)
-            correct[name] += best == item.answer
-            if name == "pmi":
-                chosen_positions[best] += 1
+        for name in names:
+            picks[name].append(_argmax(scores[name]))
     n = len(items)
+    hits = {name: sum(p == item.answer for p, item in zip(picks[name], items, strict=True)) for name in names}
+    harness = {name: {"value": hits[name] / n, "ci95": wilson(hits[name], n)} for name in names[1:]}
+    tokens = [len(context) + len(ids) for context, endings in grouped for ids in endings]
     return EvalResult(
         metric="mc_accuracy",
-        value=correct["pmi"] / n,
-        ci95=wilson(correct["pmi"], n),
+        value=hits["pmi"] / n,
+        ci95=wilson(hits["pmi"], n),
         chance=sum(1 / len(item.endings) for item in items) / n,
         num_examples=n,
         details={
-            "scoring": "log p(ending | context) - log p(ending | line start) (domain-conditional PMI)",
-            "correct": correct["pmi"],
-            "accuracy_by_loglikelihood": correct["loglikelihood"] / n,
-            "accuracy_by_per_token_loglikelihood": correct["per_token"] / n,
-            "mean_tokens_scored": sum(len(c) + len(e) for c, e in conditional) / len(conditional),
-            "predicted_positions": {str(k): v for k, v in sorted(chosen_positions.items())},
+            "scoring": "log p(ending | context) - log p(ending | bos, line start) (domain-conditional PMI)",
+            "headline": (
+                "pmi: the endings are lines of code, so each is scored against itself at the start of a "
+                "line; the harness's acc_mutual_info scores it against the start of a document (bos alone), "
+                "where an indented line is unlikely whatever the context"
+            ),
+            "correct": hits["pmi"],
+            "harness_metrics": harness,
+            "mean_tokens_scored": sum(tokens) / len(tokens),
+            "predicted_positions": {str(k): v for k, v in sorted(Counter(picks["pmi"]).items())},
+            "item_columns": {
+                "loglikelihoods_bos": "each ending after bos alone (acc_mutual_info)",
+                "loglikelihoods_line": "each ending after bos and a line break (the headline)",
+                "acc_choice, acc_norm_choice, acc_mutual_info_choice": "each harness metric's pick",
+            },
         },
+        items=ItemRecords(
+            prompt_hash=[prompt_hash(item.context) for item in items],
+            loglikelihoods=[[round(v, 6) for v in own] for own in conditional],
+            choice=picks["pmi"],
+            answer=[item.answer for item in items],
+            correct=[p == item.answer for p, item in zip(picks["pmi"], items, strict=True)],
+            extra={
+                "loglikelihoods_bos": [[round(after_bos[e], 6) for e in item.endings] for item in items],
+                "loglikelihoods_line": [[round(after_line[e], 6) for e in item.endings] for item in items],
+                **{f"{name}_choice": picks[name] for name in names[1:]},
+            },
+        ),
     )

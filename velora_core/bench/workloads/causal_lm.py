@@ -47,6 +47,18 @@ class CausalLMWorkload:
         spec, tokenizer = self.spec, self.processor
         if spec.eval.metric == "none":
             return EvalResult(metric="none")
+        if spec.eval.harness_tasks:
+            from velora_core.bench.evaluate.harness import harness_evaluate  # imports lm_eval: seconds
+
+            return harness_evaluate(
+                model,
+                tokenizer,
+                spec.eval.harness_tasks,
+                num_fewshot=spec.eval.num_fewshot,
+                limit=spec.eval.limit,
+                include_path=spec.eval.include_path,
+                batch_size=spec.eval.batch_size,
+            )
         data = load_eval_data(spec.eval, spec.dataset, tokenizer, spec.seq_len, spec.seed)
         if data is None:
             return EvalResult(metric="none")

@@ -25,6 +25,7 @@ class ModelPreset:
     num_key_value_heads: int | None = None
     description: str = ""
     family: str = "llama"
+    tie_word_embeddings: bool = False
 
     def input_features(self) -> dict[str, int]:
         """Input width of each standard LLaMA projection, by module-name suffix."""
@@ -187,6 +188,27 @@ MODEL_PRESETS: dict[str, ModelPreset | ViTPreset | RobertaPreset] = {
     "llama-7b": ModelPreset(4096, 11008, 32, 32, max_position_embeddings=4096, description="LLaMA-7B shape"),
     "llama-13b": ModelPreset(
         5120, 13824, 40, 40, max_position_embeddings=4096, description="LLaMA-13B shape"
+    ),
+    # Shapes from the models' config.json (fit and benchmarks/reference_memory.py: published measurements).
+    "llama-3.2-3b": ModelPreset(
+        3072,
+        8192,
+        24,
+        28,
+        vocab_size=128256,
+        max_position_embeddings=131072,
+        num_key_value_heads=8,
+        tie_word_embeddings=True,
+        description="meta-llama/Llama-3.2-3B shape (tied embeddings, 8 KV heads)",
+    ),
+    "llama-2-70b": ModelPreset(
+        8192,
+        28672,
+        64,
+        80,
+        max_position_embeddings=4096,
+        num_key_value_heads=8,
+        description="meta-llama/Llama-2-70b-hf shape (80 layers, 8 KV heads)",
     ),
     **ENCODER_PRESETS,  # ViT and RoBERTa shapes of the encoder workloads
 }
