@@ -27,17 +27,10 @@ from pydantic import (
 from velora_core.contract.cards import CARD_FAMILIES, DEFAULT_CARD_FAMILY, MIB, CardFamilyName
 from velora_core.contract.errors import validation_message
 from velora_core.contract.method_parts import canonical_methods
+from velora_core.contract.precision import Autocast, check_precision
 from velora_core.contract.presets.model_shapes import MODEL_PRESETS
 from velora_core.contract.result import PEAK_COMPONENTS, ComponentBytes
-from velora_core.contract.spec import (
-    MAX_MICRO_BATCH,
-    MAX_NAME_LENGTH,
-    Autocast,
-    Dtype,
-    RunSpec,
-    check_precision,
-    read_spec,
-)
+from velora_core.contract.spec import MAX_MICRO_BATCH, MAX_NAME_LENGTH, Dtype, RunSpec, read_spec
 
 GIB = 1024**3
 #: A fit request's bounds: a fake step costs CPU time that grows with the micro-batch and the layers.

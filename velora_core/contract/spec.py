@@ -32,12 +32,11 @@ from velora_core.contract.method_parts import (
 )
 from velora_core.contract.method_settings import method_config_for
 from velora_core.contract.names import check_hub_id, check_local_path
+from velora_core.contract.precision import Autocast, check_precision, follow_autocast
 from velora_core.contract.presets.model_shapes import DATASETS, MODEL_PRESETS
 from velora_core.contract.workload_registry import WORKLOAD_NAMES, WORKLOADS, check_workload
 
 Dtype = Literal["fp32", "bf16", "fp16"]
-#: Mixed precision: the forward's compute dtype under ``torch.autocast`` (the weights stay in ``dtype``).
-Autocast = Literal["bf16", "fp16"]
 #: The registered workloads (``workload_registry.WORKLOADS``), in their order.
 WorkloadName = Literal[WORKLOAD_NAMES]  # type: ignore[valid-type]
 
@@ -48,40 +47,6 @@ MAX_SEQ_LEN = 131_072
 MAX_SEEDS = 16
 #: The longest local path or hub id a spec may name.
 MAX_NAME_LENGTH = 4096
-
-
-def check_precision(dtype: str, autocast: str | None, memory_only: bool) -> None:
-    """Refuse a precision that cannot train (the reason in the message).
-
-    - ``autocast`` casts fp32 weights down for the forward: with ``dtype`` bf16 or fp16 there is nothing
-      to cast (and fp16's GradScaler refuses fp16 gradients).
-    - Pure fp16 weights with AdamW and no loss scaling: small gradients flush to zero and updates below
-      fp16's resolution are lost, so the run does not train; allowed for memory-only runs (no accuracy).
-
-    Raises:
-        ValueError: naming the fields and what to use instead.
-    """
-    if autocast is not None and dtype != "fp32":
-        raise ValueError(
-            f"autocast={autocast!r} needs fp32 weights (dtype='fp32'), got dtype={dtype!r}: autocast runs "
-            "the forward in lower precision from fp32 master weights; for pure low-precision training "
-            "leave autocast unset"
-        )
-    if dtype == "fp16" and not memory_only:
-        raise ValueError(
-            "dtype='fp16' (pure fp16 weights) with AdamW and no loss scaling does not train: small gradients "
-            "underflow and updates below fp16's resolution are lost; use dtype='fp32' with autocast='fp16' "
-            "(a GradScaler), or dtype='bf16' (fp16 weights are allowed for memory-only runs)"
-        )
-
-
-def follow_autocast(settings: dict[str, Any], autocast: str | None) -> dict[str, Any]:
-    """A method's (dumped) settings with 4-bit QLoRA's ``quant.compute_dtype`` set to ``autocast``'s
-    dtype: under autocast the dequantised weights meet autocast's activations, so the value a preset
-    chose for runs without autocast (fp32 on the CPU) gives way, and the stored spec says so."""
-    if autocast is None or "quant" not in settings:
-        return settings
-    return {**settings, "quant": {**settings["quant"], "compute_dtype": autocast}}
 
 
 class StrictModel(BaseModel):
@@ -327,7 +292,7 @@ class EvalSpec(StrictModel):
         if self.dataset is not None:
             raise ValueError("eval.harness_tasks bring their own data: leave eval.dataset unset")
         if self.include_path is not None:
-            _check_local_path(self.include_path, "eval.include_path")
+            check_local_path(self.include_path, "eval.include_path")
         return self
 
 
