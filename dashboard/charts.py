@@ -99,6 +99,8 @@ def memory_figure(rows: Sequence[dict[str, Any]], *, gpu_budget_bytes: float | N
     notes = [about(r, measured) for r, (_, measured) in zip(shown, stacks, strict=True)]
     fig = go.Figure()
     for category, (label, color) in PEAK_COMPONENT_STYLE.items():
+        if category == "autocast_copies" and not any(stack[category] for stack, _ in stacks):
+            continue  # only runs under autocast have them: no empty legend entry for the others
         fig.add_bar(
             name=label,
             x=methods,
@@ -280,6 +282,8 @@ def fit_figure(estimates: Sequence[dict[str, Any]], gpu_bytes: float | None = No
     scale, unit = _unit(tallest)
     fig = go.Figure()
     for category, (label, color) in PEAK_COMPONENT_STYLE.items():
+        if category == "autocast_copies" and not any(e.get(category) for e in estimates):
+            continue  # only runs under autocast have them: no empty legend entry for the others
         fig.add_bar(
             name=label,
             x=methods,

@@ -183,7 +183,11 @@ def test_fit_figure_stacks_each_methods_peak_against_the_card() -> None:
     ]
     fig = fit_figure(estimates, 24 * gib)
     assert sum(t.y[0] for t in fig.data) == 30
+    assert "Autocast weight copies" not in [t.name for t in fig.data]  # no autocast: no empty entry
     assert fig.layout.shapes[0].y0 == 24
+    under_autocast = [{**estimates[0], "activations": 13 * gib, "autocast_copies": 2 * gib}]
+    bars = {t.name: t.y[0] for t in fit_figure(under_autocast, 24 * gib).data}
+    assert bars["Autocast weight copies"] == 2 and sum(bars.values()) == 30
     assert fit_rows(estimates)[0] == {
         "Method": "lora",
         "Allocated": "30.00 GiB",

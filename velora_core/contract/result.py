@@ -10,7 +10,7 @@ from collections.abc import Iterable, Mapping
 from enum import StrEnum
 from typing import Any, Literal, TypeVar, get_args
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 
 class RunStatus(StrEnum):
@@ -325,6 +325,13 @@ class EvalResult(BaseModel):
     details: dict[str, Any] = Field(default_factory=dict)
     #: Per-item records of a multiple-choice evaluation (None for perplexity and older results).
     items: ItemRecords | None = None
+
+    @field_validator("details")
+    @classmethod
+    def _as_stored(cls, details: dict[str, Any]) -> dict[str, Any]:
+        # Details are stored as JSON: hold them as JSON reads them back (tuples become lists), so a
+        # result equals itself after a round trip through the database or a file.
+        return json.loads(json.dumps(details))
 
 
 class Throughput(BaseModel):

@@ -231,7 +231,8 @@ def continuation_accuracy(
             picks[name].append(_argmax(scores[name]))
     n = len(items)
     hits = {name: sum(p == item.answer for p, item in zip(picks[name], items, strict=True)) for name in names}
-    harness = {name: {"value": hits[name] / n, "ci95": wilson(hits[name], n)} for name in names[1:]}
+    # ci95 as a list: details are stored as JSON, and a tuple would not read back equal
+    harness = {name: {"value": hits[name] / n, "ci95": list(wilson(hits[name], n))} for name in names[1:]}
     tokens = [len(context) + len(ids) for context, endings in grouped for ids in endings]
     return EvalResult(
         metric="mc_accuracy",
