@@ -25,21 +25,12 @@ import sys
 from collections.abc import Sequence
 from urllib.parse import urlsplit
 
-from backend.api.hosts import host_matches
+from backend.api.hosts import host_matches, hostname_of
 from backend.settings import LOOPBACK_HOSTS
 
 HEAD_LIMIT = 64 * 1024
 HEAD_TIMEOUT_S = 10.0
 STREAMLIT_GUARDS = ["--server.enableXsrfProtection", "true", "--server.enableCORS", "true"]
-
-
-def _hostname(netloc: str) -> str | None:
-    try:
-        parts = urlsplit(f"//{netloc}")
-        parts.port  # noqa: B018 - raises ValueError for a malformed port
-    except ValueError:
-        return None
-    return parts.hostname or None
 
 
 def _headers(head: bytes) -> dict[str, list[str]]:
@@ -56,14 +47,14 @@ def refusal(head: bytes, allowed: Sequence[str]) -> tuple[int, str] | None:
     headers = _headers(head)
     hosts = headers.get("host", [])
     host = hosts[0].lower() if len(hosts) == 1 else ""
-    hostname = _hostname(host)
+    hostname = hostname_of(host)
     if hostname is None or not host_matches(hostname, list(allowed)):
         return 400, f"Host {host[:200]!r} is not one this dashboard answers to (VELORA_ALLOWED_HOSTS)"
     origins = headers.get("origin", [])
     if origins:
         origin = origins[0]
         netloc = urlsplit(origin).netloc.lower() if origin != "null" else ""
-        origin_host = _hostname(netloc) if netloc else None
+        origin_host = hostname_of(netloc) if netloc else None
         names = [name for name in allowed if name != "*"]
         if len(origins) > 1 or not (netloc == host or (origin_host and host_matches(origin_host, names))):
             return (

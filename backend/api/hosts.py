@@ -34,7 +34,7 @@ def host_matches(hostname: str, patterns: list[str] | tuple[str, ...]) -> bool:
     return False
 
 
-def _hostname(netloc: str) -> str | None:
+def hostname_of(netloc: str) -> str | None:
     """The host of ``name:port``, ``[v6]:port`` or ``name``, lower case; None if malformed."""
     try:
         parts = urlsplit(f"//{netloc}")
@@ -58,7 +58,7 @@ class HostGuardMiddleware:
             return
         headers = Headers(scope=scope)
         host = headers.get("host", "")
-        hostname = _hostname(host)
+        hostname = hostname_of(host)
         if hostname is None or not host_matches(hostname, self.allowed):
             await _refuse(
                 send,
@@ -82,7 +82,7 @@ def _cross_site(headers: Headers, host: str, origins: tuple[str, ...]) -> str | 
     if origin is None:
         return None
     netloc = urlsplit(origin).netloc.lower() if origin != "null" else ""
-    hostname = _hostname(netloc) if netloc else None
+    hostname = hostname_of(netloc) if netloc else None
     if netloc == host or (hostname is not None and host_matches(hostname, origins)):
         return None
     return f"Origin {origin!r} is not this API's host nor in VELORA_ALLOWED_HOSTS"

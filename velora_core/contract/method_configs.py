@@ -200,7 +200,19 @@ class VeLoRAConfig(BaseModel):
         return groups
 
 
-class LoRASettings(BaseModel):
+class OwnLearningRate(BaseModel):
+    """A settings section with an optional ``lr`` of its own (LoRA's, full fine-tuning's), left out of
+    the dump when unset, so the specs (and hashes) written before the field existed stay the same."""
+
+    @model_serializer(mode="wrap")
+    def _omit_unset_lr(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data = handler(self)
+        if data.get("lr") is None:
+            data.pop("lr", None)
+        return data
+
+
+class LoRASettings(OwnLearningRate):
     """LoRA adapter settings, passed to peft's ``LoraConfig``."""
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
@@ -219,16 +231,8 @@ class LoRASettings(BaseModel):
         ),
     )
 
-    @model_serializer(mode="wrap")
-    def _omit_unset_lr(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        # Left out when unset, so the specs (and hashes) written before the field existed stay the same.
-        data = handler(self)
-        if data.get("lr") is None:
-            data.pop("lr", None)
-        return data
 
-
-class FullSettings(BaseModel):
+class FullSettings(OwnLearningRate):
     """Settings of the bases that update every weight (``full`` and what composes it: ``full+gc``,
     ``velora+full``)."""
 
@@ -243,13 +247,6 @@ class FullSettings(BaseModel):
             "a tenth of LoRA's); None keeps optimizer.lr."
         ),
     )
-
-    @model_serializer(mode="wrap")
-    def _omit_unset_lr(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        data = handler(self)
-        if data.get("lr") is None:
-            data.pop("lr", None)
-        return data
 
 
 class QuantSettings(BaseModel):
