@@ -187,11 +187,3 @@ def fake_steps(
         with layer_tags(model, steady, step.optimizer, getattr(source.config, "num_hidden_layers", 0)):
             step.run(fake_batches, steady)
     return PredictedSteps(steady.result(), first.result() if first else None, [*notes, DEVICE_NOTE])
-
-
-def fake_step(
-    spec: RunSpec, timeline_points: int = 240, layers: int | None = None
-) -> tuple[TrackedStep, list[str]]:
-    """The steady step of :func:`fake_steps` (step 1 untracked), with its notes."""
-    predicted = fake_steps(spec, timeline_points, track_first=False, layers=layers)
-    return predicted.steady, predicted.notes
