@@ -21,16 +21,20 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import multiprocessing
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
 
-from velora_core.bench.step_prediction import StepPrediction, predict_step
+from velora_core.bench.step_prediction import StepPrediction, StepPredictor
 from velora_core.cli.fit_command import add_fit_arguments, request_from_args
 from velora_core.contract.cards import CARD_FAMILIES
 from velora_core.contract.exit_codes import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK
 from velora_core.contract.fit_request import MAX_SEARCHED_MICRO_BATCH, FitEstimate, FitRequest, fit_run
 from velora_core.contract.result import PEAK_COMPONENTS
+from velora_core.contract.spec import RunSpec
 
 ALLOCATOR_NOTE = (
     "reserved: PyTorch's caching-allocator rules replayed over two steps on one stream, the cache never "
@@ -103,53 +107,105 @@ def largest_micro_batch(
     return low, [] if closed else ["the search stopped before a size that fits met one that does not"]
 
 
-def estimate(request: FitRequest, allow_local: bool = True) -> list[FitEstimate]:
+def search_micro_batch(
+    predictor: StepPredictor, micro_batch: int, budget: int
+) -> tuple[int | None, list[str]]:
+    """:func:`largest_micro_batch` over ``predictor``'s steps: sizes read off the micro-batch line where
+    it holds, then the answer traced (or 1, where nothing fits), and the size above it too unless the
+    answer's log was the line's byte for byte; where a traced size disagrees with the line's verdict,
+    the search runs again on traced steps only."""
+    largest, notes = largest_micro_batch(
+        predictor.reserved_at, predictor.reserved_at(micro_batch), micro_batch, budget
+    )
+    if not predictor.from_line:
+        return largest, notes
+
+    def traced(size: int) -> int:
+        return predictor.reserved_at(size, traced=True).reserved_bytes
+
+    def above(size: int) -> bool:  # the size above the answer does not fit (off a confirmed line)
+        return (
+            size > MAX_SEARCHED_MICRO_BATCH
+            or (
+                predictor.reserved_at(size)
+                if predictor.line_confirmed
+                else predictor.reserved_at(size, traced=True)
+            ).reserved_bytes
+            > budget
+        )
+
+    confirmed = traced(1) > budget if largest is None else traced(largest) <= budget and above(largest + 1)
+    if confirmed:
+        return largest, notes
+    largest, notes = largest_micro_batch(
+        lambda size: predictor.reserved_at(size, traced=True),
+        predictor.reserved_at(micro_batch, traced=True),
+        micro_batch,
+        budget,
+    )
+    return largest, [*notes, "the micro-batch line missed the answer: every size searched was traced"]
+
+
+def estimate_one(request: FitRequest, spec: RunSpec) -> FitEstimate:
+    """The row of ``request`` for one method's run ``spec`` (see :func:`estimate`)."""
+    workspace = CARD_FAMILIES[request.card_family].cublas_workspace_bytes
+    context = request.context_bytes
+    start = time.perf_counter()
+    predictor = StepPredictor(spec, workspace, request.expandable_segments)
+    step = predictor.at(spec.micro_batch)
+    row = FitEstimate(
+        method=spec.method,
+        micro_batch=spec.micro_batch,
+        seq_len=spec.seq_len,
+        dtype=spec.dtype,
+        autocast=spec.autocast,
+        peak_bytes=step.peak_bytes,
+        peak_phase=step.peak_phase,
+        first_step_peak_bytes=step.first_peak_bytes,
+        **step.peak_components,
+        reserved_bytes=step.reserved_bytes,
+        context_bytes=context,
+        traced_layers=step.traced_layers,
+        notes=[*step.notes, ALLOCATOR_NOTE],
+    )
+    gpu = request.gpu_bytes
+    if gpu is not None:
+        largest, search_notes = search_micro_batch(predictor, spec.micro_batch, gpu - context)
+        row = row.model_copy(
+            update={
+                "gpu_bytes": gpu,
+                "fits": row.card_bytes_needed <= gpu,
+                "max_micro_batch": largest,
+                "notes": row.notes + search_notes,
+            }
+        )
+    return row.model_copy(update={"seconds": round(time.perf_counter() - start, 2)})
+
+
+def available_cpus() -> int:
+    """The CPUs this process may run on (its affinity, else the machine's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def estimate(request: FitRequest, allow_local: bool = True, jobs: int = 1) -> list[FitEstimate]:
     """One :class:`FitEstimate` per method of ``request``, in its order.
 
+    Args:
+        jobs: methods predicted at once, each in a process forked from this one (its libraries
+            imported, nothing else shared; a prediction computes nothing, so no thread pool is running
+            to fork). 1: one after another, in this process. Fork where the platform has it, else 1.
     Raises:
         ValueError: a method's spec or model cannot be built (named).
     """
-    workspace = CARD_FAMILIES[request.card_family].cublas_workspace_bytes
-    context = request.context_bytes
-    out = []
-    for run in request.runs():
-        spec = fit_run(run, allow_local)
-        start = time.perf_counter()
-
-        def step_at(micro_batch: int, spec=spec) -> StepPrediction:
-            return predict_step(
-                spec.model_copy(update={"micro_batch": micro_batch}), workspace, request.expandable_segments
-            )
-
-        step = step_at(spec.micro_batch)
-        row = FitEstimate(
-            method=spec.method,
-            micro_batch=spec.micro_batch,
-            seq_len=spec.seq_len,
-            dtype=spec.dtype,
-            autocast=spec.autocast,
-            peak_bytes=step.peak_bytes,
-            peak_phase=step.peak_phase,
-            first_step_peak_bytes=step.first_peak_bytes,
-            **step.peak_components,
-            reserved_bytes=step.reserved_bytes,
-            context_bytes=context,
-            traced_layers=step.traced_layers,
-            notes=[*step.notes, ALLOCATOR_NOTE],
-        )
-        gpu = request.gpu_bytes
-        if gpu is not None:
-            largest, search_notes = largest_micro_batch(step_at, step, spec.micro_batch, gpu - context)
-            row = row.model_copy(
-                update={
-                    "gpu_bytes": gpu,
-                    "fits": row.card_bytes_needed <= gpu,
-                    "max_micro_batch": largest,
-                    "notes": row.notes + search_notes,
-                }
-            )
-        out.append(row.model_copy(update={"seconds": round(time.perf_counter() - start, 2)}))
-    return out
+    specs = [fit_run(run, allow_local) for run in request.runs()]  # every spec checked before any step
+    jobs = min(jobs, len(specs)) if "fork" in multiprocessing.get_all_start_methods() else 1
+    if jobs <= 1:
+        return [estimate_one(request, spec) for spec in specs]
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("fork")) as pool:
+        return list(pool.map(estimate_one, [request] * len(specs), specs))
 
 
 # --- command line -------------------------------------------------------------------------------
@@ -189,7 +245,8 @@ def print_estimates(rows: Sequence[FitEstimate], as_json: bool) -> None:
 def run(args: argparse.Namespace) -> int:
     """The command: print the estimates; a bad input is one line on stderr and exit code 2."""
     try:
-        rows = estimate(request_from_args(args), allow_local=not args.no_local)
+        jobs = args.jobs if getattr(args, "jobs", None) else available_cpus()
+        rows = estimate(request_from_args(args), allow_local=not args.no_local, jobs=jobs)
     except (ValueError, OSError) as exc:
         print(f"velora-bench fit: error: {' '.join(str(exc).split())}", file=sys.stderr)  # one line
         return EXIT_BAD_INPUT

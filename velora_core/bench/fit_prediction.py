@@ -137,6 +137,74 @@ class PredictedSteps:
     notes: list[str]
 
 
+class StepTracer:
+    """A spec's model built once (on fake weights, at ``layers`` hidden layers or its own count) with its
+    optimizer, and its training steps, each under :class:`MemoryTracker`.
+
+    The first call runs the first step (no optimizer state yet, tracked); every call then runs a steady
+    step at the micro-batch asked for. The model, its optimizer state and the fake-tensor cache are kept
+    between calls: a step at one micro-batch leaves the state exactly as a step at another would (its
+    shapes do not depend on the micro-batch; gradients are cleared after each step), so a steady step
+    at ``m`` here logs what a fresh model's second step at ``m`` logs (tests/bench/test_step_prediction.py
+    checks it for every method), for the cost of one step instead of a build and two.
+
+    Raises:
+        ValueError: the method cannot be built for this model (from the method code).
+    """
+
+    def __init__(self, spec: RunSpec, layers: int | None = None, timeline_points: int = 240):
+        from velora_core.bench.engine import model_source
+        from velora_core.methods.registry import prepare_model
+
+        source = model_source(spec, torch.device("meta"), None)  # a preset, a hub config or a local folder
+        if layers is not None:
+            source = replace(source, config=config_with_layers(source.config, layers))
+        prepared = prepare_model(spec.method, source, spec.method_config)
+        self.mode = FakeTensorMode(allow_non_fake_inputs=True)  # constants bitsandbytes keeps on the host
+        new, notes = materialise(prepared.model, self.mode, source.dtype)
+        # Every parameter list the prepared model names (the trainable ones, GaLore's projected ones):
+        # the optimizer is built from them, so a stale meta parameter would change what it does.
+        prepared = replace(
+            prepared, **{f.name: _remap(getattr(prepared, f.name), new) for f in fields(prepared)}
+        )
+        self.model = prepared.model
+        self.model.train()
+        self.vocab = self.model.get_input_embeddings().num_embeddings
+        self.layers = getattr(source.config, "num_hidden_layers", 0)
+        self.spec, self.timeline_points = spec, timeline_points
+        if spec.autocast == "fp16":
+            notes.append(SCALER_NOTE)
+        self.notes = [*notes, DEVICE_NOTE]
+        # Built outside the fake mode: bitsandbytes' 8-bit optimizers build their quantisation maps from
+        # Python numbers (real tensors, as on a real run, and counted the same).
+        self.step = TrainingStep(spec, prepared, torch.device("cpu"), scale_loss=False)
+        self.first: TrackedStep | None = None  # the first step, once run
+
+    def _batches(self, micro_batch: int):
+        shape = (micro_batch, self.spec.seq_len)
+        while True:
+            ids = torch.randint(3, self.vocab, shape)
+            yield {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone()}
+
+    def steady(self, micro_batch: int, track_first: bool = True) -> TrackedStep:
+        """A steady step at ``micro_batch`` (after the first step, run here at that size on the first
+        call, tracked when ``track_first``), its allocations labelled by the layer that makes them."""
+        with self.mode:
+            batches = self._batches(micro_batch)
+            if self.first is None:
+                tracker = (
+                    MemoryTracker(self.model, self.step.optimizer, self.timeline_points)
+                    if track_first
+                    else None
+                )
+                self.step.run(batches, tracker)
+                self.first = tracker.result() if tracker is not None else TrackedStep(0, "", {})
+            steady = MemoryTracker(self.model, self.step.optimizer, self.timeline_points)
+            with layer_tags(self.model, steady, self.step.optimizer, self.layers):
+                self.step.run(batches, steady)
+        return steady.result()
+
+
 def fake_steps(
     spec: RunSpec, timeline_points: int = 240, track_first: bool = True, layers: int | None = None
 ) -> PredictedSteps:
@@ -151,39 +219,6 @@ def fake_steps(
     Raises:
         ValueError: the method cannot be built for this model (from the method code).
     """
-    from velora_core.bench.engine import model_source
-    from velora_core.methods.registry import prepare_model
-
-    meta = torch.device("meta")
-    source = model_source(spec, meta, None)  # a preset, a hub config or a local folder: no base run
-    if layers is not None:
-        source = replace(source, config=config_with_layers(source.config, layers))
-    prepared = prepare_model(spec.method, source, spec.method_config)
-    mode = FakeTensorMode(allow_non_fake_inputs=True)  # constants bitsandbytes keeps on the host
-    new, notes = materialise(prepared.model, mode, source.dtype)
-    # Every parameter list the prepared model names (the trainable ones, GaLore's projected ones):
-    # the optimizer is built from them, so a stale meta parameter would change what it does.
-    prepared = replace(prepared, **{f.name: _remap(getattr(prepared, f.name), new) for f in fields(prepared)})
-    model = prepared.model
-    model.train()
-    vocab = model.get_input_embeddings().num_embeddings
-    shape = (spec.micro_batch, spec.seq_len)
-    if spec.autocast == "fp16":
-        notes.append(SCALER_NOTE)
-
-    def batches():
-        while True:
-            ids = torch.randint(3, vocab, shape)
-            yield {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone()}
-
-    # Built outside the fake mode: bitsandbytes' 8-bit optimizers build their quantisation maps from
-    # Python numbers (real tensors, as on a real run, and counted the same).
-    step = TrainingStep(spec, prepared, torch.device("cpu"), scale_loss=False)
-    with mode:
-        fake_batches = batches()
-        first = MemoryTracker(model, step.optimizer, timeline_points) if track_first else None
-        step.run(fake_batches, first)
-        steady = MemoryTracker(model, step.optimizer, timeline_points)
-        with layer_tags(model, steady, step.optimizer, getattr(source.config, "num_hidden_layers", 0)):
-            step.run(fake_batches, steady)
-    return PredictedSteps(steady.result(), first.result() if first else None, [*notes, DEVICE_NOTE])
+    tracer = StepTracer(spec, layers, timeline_points)
+    steady = tracer.steady(spec.micro_batch, track_first)
+    return PredictedSteps(steady, tracer.first if track_first else None, tracer.notes)

@@ -62,6 +62,12 @@ def add_fit_arguments(parser: argparse.ArgumentParser) -> None:
         "--no-local", action="store_true", help="never read a local folder (how the service runs it)"
     )
     parser.add_argument(
+        "--jobs",
+        type=_jobs,
+        metavar="N",
+        help="methods predicted at once, one process each (default: the CPUs this process may use)",
+    )
+    parser.add_argument(
         "--request",
         metavar="FILE",
         help="the whole request as FitRequest JSON ('-': standard input; how the service runs it)",
@@ -74,6 +80,21 @@ def _with_overrides(spec: dict[str, Any], overrides: dict[str, Any]) -> dict[str
     top = {k: v for k, v in overrides.items() if k in ComparisonSpec.model_fields}
     base = {k: v for k, v in overrides.items() if k not in ComparisonSpec.model_fields}
     return deep_merge(deep_merge(spec, top), {"base": base})
+
+
+#: The most processes --jobs may ask for.
+MAX_JOBS = 64
+
+
+def _jobs(text: str) -> int:
+    """``--jobs``: a whole number from 1 to :data:`MAX_JOBS`."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a whole number from 1 to {MAX_JOBS}, not {text!r}") from None
+    if not 1 <= value <= MAX_JOBS:
+        raise argparse.ArgumentTypeError(f"a whole number from 1 to {MAX_JOBS}, not {value}")
+    return value
 
 
 def request_from_args(args: argparse.Namespace) -> FitRequest:

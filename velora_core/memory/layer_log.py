@@ -20,6 +20,7 @@ repeated for every copy where it happens: the live bytes stay exact at the step'
 from __future__ import annotations
 
 import contextlib
+import itertools
 import re
 from collections.abc import Iterator
 from typing import Any
@@ -119,13 +120,49 @@ def _runs(log: AllocationLog) -> list[tuple[object, int, int]]:
     return out
 
 
+def _aligned(runs: list[tuple[object, int, int]], log: AllocationLog) -> list[tuple[object, int, int]]:
+    """``runs`` with the optimizer's runs of layers 1 and 2 cut where the other layer's are, when their
+    events are the same (sign and bytes, in order) but split differently: the last parameter's
+    temporary, freed when the loop ends, joins layer 2's last run but has a run of its own in layer 1
+    (freed amid layer 2's)."""
+    events, sizes = log.events, log.sizes
+
+    def optimizer_runs(tag: int) -> list[tuple[object, int, int]]:
+        return [r for r in runs if r[0] == tag and events[r[1]][2] == _OPTIMIZER]
+
+    ones, twos = optimizer_runs(1), optimizer_runs(2)
+    if [e - s for _, s, e in ones] == [e - s for _, s, e in twos]:
+        return runs
+
+    def signature(group: list[tuple[object, int, int]]) -> list[tuple[int, int]]:
+        return [(events[i][1], sizes[events[i][0]]) for _, s, e in group for i in range(s, e)]
+
+    if signature(ones) != signature(twos):
+        return runs
+    cuts: set[int] = set()
+    for group in (ones, twos):
+        total = 0
+        for _, s, e in group:
+            total += e - s
+            cuts.add(total)
+    pieces: dict[tuple[object, int, int], list[tuple[object, int, int]]] = {}
+    for group in (ones, twos):
+        total = 0
+        for tag, s, e in group:
+            inner = sorted(c - total for c in cuts if total < c < total + e - s)
+            bounds = [s, *(s + c for c in inner), e]
+            pieces[(tag, s, e)] = [(tag, a, b) for a, b in itertools.pairwise(bounds)]
+            total += e - s
+    return [piece for run in runs for piece in pieces.get(run, [run])]
+
+
 def repeat_layers(log: AllocationLog, layers: int) -> AllocationLog | None:
     """``log`` (a 3-layer step, labelled by :func:`layer_tags`) as the step of ``layers`` identical
     layers would log it (see the module docstring); None where the layers' events do not line up."""
     if log.tags is None or layers < 3:
         return None
     tags, events = log.tags, log.events
-    runs = _runs(log)
+    runs = _aligned(_runs(log), log)
     in_optimizer = {r: events[r[1]][2] == _OPTIMIZER for r in runs}
 
     def paired(optimizer: bool) -> tuple[list, list] | None:
@@ -172,10 +209,14 @@ def repeat_layers(log: AllocationLog, layers: int) -> AllocationLog | None:
                 if tags[twin] == 1 and events[twos[number][1] + offset][1] < 0:
                     down[alloc] = twin
     copies = layers - 2
+    blocks, in_block, after_block = (
+        _optimizer_blocks(runs, ones, twos, log) if not per_event else ({}, set(), set())
+    )
     keys: dict[object, int] = {}
     sizes: list[int] = []
     categories: list[str] = []
     out: list[tuple[int, int, int]] = []
+    live: set[int] = set()  # keys allocated and not yet freed
     entry_events = 0
 
     def key(alloc: int, copy: int | None) -> int:
@@ -186,24 +227,46 @@ def repeat_layers(log: AllocationLog, layers: int) -> AllocationLog | None:
             categories.append(log.categories[alloc])
         return keys[name]
 
-    for tag, start, end in runs:
-        if tag != 1:  # a fixed stretch: frees of layer 1's allocations made by other layers pick a copy
+    def emit(name: int, sign: int, phase: int) -> None:
+        (live.add if sign > 0 else live.discard)(name)
+        out.append((name, sign, phase))
+
+    for number_of_run, (tag, start, end) in enumerate(runs):
+        if number_of_run in blocks:  # the optimizer's stretch of a layer, its runs interleaved: copy by copy
+            first, second = blocks[number_of_run]
+            for copy in range(copies):
+                for (_, s1, e1), (_, s2, _) in zip(first, second, strict=True):
+                    for offset in range(e1 - s1):
+                        alloc, sign, phase = events[s1 + offset]
+                        if tags[alloc] == 1:
+                            emit(key(alloc, copy), sign, phase)
+                        elif copy == 0:  # layer 0's, freed in layer 1's stretch
+                            emit(key(alloc, None), sign, phase)
+                        else:  # the copy before's twin, freed at the same place of layer 2's stretch
+                            emit(key(events[s2 + offset][0], copy - 1), sign, phase)
+        elif number_of_run in in_block:
+            pass  # emitted with its block
+        elif tag != 1 or number_of_run in after_block:
+            # A fixed stretch: frees of layer 1's allocations made by other layers pick a copy.
             for index in range(start, end):
                 alloc, sign, phase = events[index]
                 if tags[alloc] != 1:
-                    out.append((key(alloc, None), sign, phase))
+                    emit(key(alloc, None), sign, phase)
                     continue
                 if sign > 0:  # layer 1's allocation outside its stretches cannot be placed
                     return None
                 chosen = {2: [copies - 1], 0: [0]}.get(tag, range(copies))  # freed by next / previous / all
-                if per_event and phase == _OPTIMIZER:
+                if (per_event and phase == _OPTIMIZER) or number_of_run in after_block:
                     chosen = range(copies)
-                out.extend((key(alloc, c), -1, phase) for c in chosen)
+                for c in chosen:  # the copies still live (others were freed in their stretches)
+                    if key(alloc, c) in live:
+                        emit(key(alloc, c), -1, phase)
         elif per_event and in_optimizer[(tag, start, end)]:
             for index in range(start, end):
                 alloc, sign, phase = events[index]
                 copies_of = range(copies) if tags[alloc] == 1 else [None]
-                out.extend((key(alloc, c), sign, phase) for c in copies_of)
+                for c in copies_of:
+                    emit(key(alloc, c), sign, phase)
         else:
             number = ones.index((tag, start, end))
             forward = twos[number][1] > start
@@ -212,26 +275,81 @@ def repeat_layers(log: AllocationLog, layers: int) -> AllocationLog | None:
                     alloc, sign, phase = events[index]
                     owner = tags[alloc]
                     if owner == 1:
-                        out.append((key(alloc, copy), sign, phase))
+                        emit(key(alloc, copy), sign, phase)
                     elif owner == 0 and sign < 0:  # the previous layer's: the copy before's twin
                         if copy == 0:
-                            out.append((key(alloc, None), -1, phase))
+                            emit(key(alloc, None), -1, phase)
                         elif alloc in down:
-                            out.append((key(down[alloc], copy - 1), -1, phase))
+                            emit(key(down[alloc], copy - 1), -1, phase)
                         else:
                             return None
                     elif owner == 2 and sign < 0:  # the next layer's: the copy after's twin
                         if copy == copies - 1:
-                            out.append((key(alloc, None), -1, phase))
+                            emit(key(alloc, None), -1, phase)
                         elif alloc in up:
-                            out.append((key(up[alloc], copy + 1), -1, phase))
+                            emit(key(up[alloc], copy + 1), -1, phase)
                         else:
                             return None
                     elif copy == 0:  # anything else happens once
-                        out.append((key(alloc, None), sign, phase))
+                        emit(key(alloc, None), sign, phase)
         if end <= log.entry_events:
             entry_events = len(out)
     return AllocationLog(sizes, categories, out, entry_events)
+
+
+def _optimizer_blocks(
+    runs: list[tuple[object, int, int]], ones: list, twos: list, log: AllocationLog
+) -> tuple[dict[int, tuple[list, list]], set[int], set[int]]:
+    """The optimizer's per-layer stretches that span several runs: a loop over parameters frees one
+    parameter's temporary when it makes the next one's, so layer 1's runs interleave with layer 0's
+    frees (``1:A 0:C 1:B``) and then layer 2's with layer 1's (``2:A 1:C 2:B``). Such a stretch, from a
+    run of layer 1 to its twin of layer 2, is repeated whole, copy by copy; where layer 2's stretch is
+    the same with every tag one higher, it is returned as ``{first run: (stretch, layer 2's stretch)}``,
+    with the runs inside the stretches (emitted with it) and layer 1's runs inside layer 2's stretch
+    (frees of the last copy's allocations, emitted as a fixed stretch)."""
+    events, tags = log.events, log.tags or []
+    position = {run: index for index, run in enumerate(runs)}
+    twin_of = dict(zip(ones, twos, strict=True))
+    blocks: dict[int, tuple[list, list]] = {}
+    in_block: set[int] = set()
+    after_block: set[int] = set()
+    for run in ones:
+        p, q = position[run], position[twin_of[run]]
+        skip = p in in_block or p in after_block
+        if skip or events[run[1]][2] != _OPTIMIZER or q <= p + 1 or q + (q - p) > len(runs):
+            continue
+        first, second = runs[p:q], runs[q : q + (q - p)]
+        if not all(_shifted(a, b, events, tags, twin_of) for a, b in zip(first, second, strict=True)):
+            continue
+        blocks[p] = (first, second)
+        in_block.update(range(p + 1, q))
+        after_block.update(q + j for j, run2 in enumerate(second) if run2[0] == 1)
+    return blocks, in_block, after_block
+
+
+def _shifted(
+    first: tuple[object, int, int],
+    second: tuple[object, int, int],
+    events: list[tuple[int, int, int]],
+    tags: list[object],
+    twin_of: dict,
+) -> bool:
+    """``second`` is ``first`` one layer on: layer 1's run and its twin, or layer 0's frees and layer
+    1's frees at the same places, event for event."""
+    (tag1, s1, e1), (tag2, s2, e2) = first, second
+    if e1 - s1 != e2 - s2 or events[s1][2] != _OPTIMIZER:
+        return False
+    if tag1 == 1:
+        return twin_of.get(first) == second
+    if (tag1, tag2) != (0, 1):
+        return False
+    return all(
+        events[s1 + k][1] < 0
+        and events[s2 + k][1] < 0
+        and tags[events[s1 + k][0]] == 0
+        and tags[events[s2 + k][0]] == 1
+        for k in range(e1 - s1)
+    )
 
 
 def live_peaks(log: AllocationLog) -> dict[str, int]:
