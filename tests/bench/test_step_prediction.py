@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from velora_core.bench.step_prediction import TRACED_LAYERS, StepPredictor, predict_step, repeated_layers
+from velora_core.bench.step_prediction import TRACED_LAYERS, StepPredictor, repeated_layers
 from velora_core.contract.fit_request import FitRequest, fit_run
 from velora_core.contract.method_settings import NAMED_METHODS
 from velora_core.contract.presets import model_shapes

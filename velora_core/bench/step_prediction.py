@@ -30,7 +30,7 @@ import torch
 from velora_core.bench.fit_prediction import StepTracer
 from velora_core.contract.spec import RunSpec
 from velora_core.memory.allocator import AllocatorStats
-from velora_core.memory.batch_line import BatchLine
+from velora_core.memory.batch_line import MIN_MICRO_BATCH, BatchLine
 from velora_core.memory.layer_log import live_peaks, repeat_layers
 from velora_core.memory.reserved import replay_run
 from velora_core.memory.tracker import AllocationLog, TrackedStep
@@ -289,7 +289,7 @@ class StepPredictor:
         if (layers, micro_batch) in self._steps:
             return self._steps[(layers, micro_batch)].log
         if self._line is None:
-            sizes = sorted(m for (n, m) in self._steps if n == layers)
+            sizes = sorted(m for (n, m) in self._steps if n == layers and m >= MIN_MICRO_BATCH)
             if len(sizes) < 2:
                 return None
             m1, m2 = sizes[0], sizes[1]

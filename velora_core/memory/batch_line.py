@@ -7,7 +7,10 @@ in the same order at every micro-batch. Two logs of the same step code at micro-
 then give every allocation's line, and the log at any other micro-batch is those lines read off.
 :func:`log_at` refuses (None) whenever the two logs say otherwise: a different sequence of events,
 categories or layer tags (a kernel chosen by size, say), or an allocation whose growth is not a whole
-number of bytes per sequence. The search for the largest micro-batch
+number of bytes per sequence. A micro-batch of one is a case of its own: a tensor with a dimension of
+1 is contiguous in more layouts, so some copies are never made (measured: every method's log at 1
+differs from its line), and the line is neither drawn through it nor read at it. The search for the
+largest micro-batch
 (``velora_core.bench.step_prediction``) uses it to propose sizes and traces the answer it settles on.
 """
 
@@ -17,13 +20,16 @@ from dataclasses import replace
 
 from velora_core.memory.tracker import AllocationLog
 
+#: The smallest micro-batch on the line (see the module docstring).
+MIN_MICRO_BATCH = 2
+
 
 class BatchLine:
     """The lines through two logs of one step at micro-batches ``m1 < m2`` (see the module docstring)."""
 
     def __init__(self, m1: int, log1: AllocationLog, m2: int, log2: AllocationLog):
-        if not 0 < m1 < m2:
-            raise ValueError(f"two micro-batches in order, not {m1} and {m2}")
+        if not MIN_MICRO_BATCH <= m1 < m2:
+            raise ValueError(f"two micro-batches from {MIN_MICRO_BATCH} up, in order, not {m1} and {m2}")
         self.m1, self.log1 = m1, log1
         self.slopes: list[int] | None = None
         same = (
@@ -49,8 +55,9 @@ class BatchLine:
         return self.slopes is not None
 
     def log_at(self, micro_batch: int) -> AllocationLog | None:
-        """The log at ``micro_batch`` (≥ 1), or None where the two logs are not on lines."""
-        if self.slopes is None or micro_batch < 1:
+        """The log at ``micro_batch``, or None below :data:`MIN_MICRO_BATCH` or where the two logs are
+        not on lines."""
+        if self.slopes is None or micro_batch < MIN_MICRO_BATCH:
             return None
         shift = micro_batch - self.m1
         sizes = [size + shift * slope for size, slope in zip(self.log1.sizes, self.slopes, strict=True)]
