@@ -188,6 +188,8 @@ def test_fit_cli_json_has_the_documented_fields(capsys):
         (["--spec", "missing.yaml"], "leave out --methods/--model"),
         (["--dtype", "bf16", "--autocast", "bf16"], "needs fp32 weights"),
         (["--dtype", "fp32", "--autocast", "fp8"], "autocast"),
+        (["--jobs", "0"], "--jobs"),
+        (["--jobs", "many"], "--jobs"),
     ],
 )
 def test_fit_cli_bad_input_is_one_line_and_exit_2(capsys, flags, message):
@@ -195,3 +197,15 @@ def test_fit_cli_bad_input_is_one_line_and_exit_2(capsys, flags, message):
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
+
+
+def test_methods_predicted_at_once_are_the_methods_predicted_in_turn():
+    """--jobs: each method in a process of its own gives, field for field, what one process gives."""
+    request = FitRequest(model="tiny", methods=["full", "lora", "qlora"], dtype="fp32", gpu_gib=0.5, **SHAPE)
+
+    def rows(jobs: int) -> list[dict]:
+        return [row.model_dump(exclude={"seconds"}) for row in estimate(request, jobs=jobs)]
+
+    in_turn = rows(1)
+    assert [row["method"] for row in in_turn] == ["full", "lora", "qlora"]
+    assert rows(3) == in_turn

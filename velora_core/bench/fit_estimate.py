@@ -190,13 +190,22 @@ def available_cpus() -> int:
         return os.cpu_count() or 1
 
 
+def _one_thread() -> None:
+    """A forked process's first act: no thread pool. One the parent used (a real op on a tensor big
+    enough to split) does not survive the fork, and the next parallel op would wait on it forever;
+    the few real ops of a prediction are too small to gain from threads."""
+    import torch
+
+    torch.set_num_threads(1)
+
+
 def estimate(request: FitRequest, allow_local: bool = True, jobs: int = 1) -> list[FitEstimate]:
     """One :class:`FitEstimate` per method of ``request``, in its order.
 
     Args:
         jobs: methods predicted at once, each in a process forked from this one (its libraries
-            imported, nothing else shared; a prediction computes nothing, so no thread pool is running
-            to fork). 1: one after another, in this process. Fork where the platform has it, else 1.
+            imported, nothing else shared; each runs single-threaded: see :func:`_one_thread`).
+            1: one after another, in this process. Fork where the platform has it, else 1.
     Raises:
         ValueError: a method's spec or model cannot be built (named).
     """
@@ -204,7 +213,9 @@ def estimate(request: FitRequest, allow_local: bool = True, jobs: int = 1) -> li
     jobs = min(jobs, len(specs)) if "fork" in multiprocessing.get_all_start_methods() else 1
     if jobs <= 1:
         return [estimate_one(request, spec) for spec in specs]
-    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("fork")) as pool:
+    with ProcessPoolExecutor(
+        jobs, mp_context=multiprocessing.get_context("fork"), initializer=_one_thread
+    ) as pool:
         return list(pool.map(estimate_one, [request] * len(specs), specs))
 
 

@@ -19,6 +19,7 @@ forward is still bitsandbytes' ``Linear4bit`` and peft's LoRA layer on it.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
@@ -67,9 +68,11 @@ def _fake_4bit(module: nn.Module, param: torch.Tensor, dtype: torch.dtype) -> nn
     return fake
 
 
+@functools.cache
 def _warm_bitsandbytes() -> None:
     """bitsandbytes builds its quantisation code table from Python numbers on first use (a
-    data-dependent read that fake tensors refuse), so build it once for real."""
+    data-dependent read that fake tensors refuse), so build it once for real (once per process, and
+    inherited by the processes forked from it)."""
     import bitsandbytes as bnb
 
     bnb.functional.quantize_4bit(torch.zeros(64, 64), compress_statistics=True, quant_type="nf4")
