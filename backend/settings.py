@@ -81,9 +81,9 @@ class Settings(BaseSettings):
         default=True,
         description="Keep one POST /fit prediction process started, its libraries imported, waiting for "
         "the next request (from the first POST /fit on), so a request does not wait ~9 s for torch "
-        "and transformers to import. It costs the idle process's memory, ~SPARE_MIB MiB resident, and "
-        "a CPU core for ~10 s after each prediction while the next one starts. false: each request "
-        "starts its own process.",
+        "and transformers to import (docs/service.md). It costs the waiting process's memory, 469 MiB "
+        "resident with the CPU build of torch 2.13, and with each prediction a CPU core for ~10 s: "
+        "the next spare's start. false: each request starts its own process.",
     )
     # The HTTP server (backend.api.serve): bounds on what a client sends before it is authenticated.
     http_max_head_bytes: int = Field(

@@ -50,6 +50,6 @@ def warm_up() -> None:
         with contextlib.suppress(Exception):
             importlib.import_module(name)
     with contextlib.suppress(Exception):
-        from velora_core.bench.fit_prediction import _warm_bitsandbytes
+        from velora_core.bench.fit_prediction import _warm_bitsandbytes  # inside: best effort, as above
 
         _warm_bitsandbytes()

@@ -80,7 +80,7 @@ class FitLine:
         and so does every request without ``warm_spare``. The standard command takes the spare,
         unless there is none yet or it died (crashed, killed by the OS: its ``returncode`` is set),
         and then a fresh one; either way a new spare starts at once, for the next request. A process
-        still answers exactly one request, so requests share nothing but the imports."""
+        still answers exactly one request: no request sees what another left in it."""
         if config_dir is not None or not self.warm_spare:
             return await _start(fit_command(config_dir))
         process, self.spare = self.spare, None
