@@ -6,8 +6,8 @@ Most of the cost is paid before this runs: ``python -m velora_core.bench.fit_est
 torch, transformers and the engine at its top (~9 s on a 2-core CPU). What a prediction still does on
 first use is left: the modules the engine and the method code import inside functions, the model
 classes transformers loads lazily by ``model_type``, peft's LoRA layers (their 4-bit variant
-included), and bitsandbytes' 4-bit code table. This module does those, ~0.1 s; the measurement is in
-docs/service.md.
+included), and bitsandbytes' 4-bit code table. This module does those: ~0.1 s, saved from the
+request's time (docs/service.md, "Will it fit: the warm spare", has the measurements).
 
 Imported only by ``velora_core.cli.fit_command`` when the request comes on standard input (it imports
 torch; the CLI's parser must not).
