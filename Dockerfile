@@ -1,8 +1,9 @@
 # syntax=docker/dockerfile:1
-# Two images from one file, each installing the package with the extra of its job (pyproject.toml):
-#   --target service  `pip install '.[service]'`: the API and the dashboard, which never run a model,
-#                     so no torch (docker-compose.yml tags it velora-bench:service)
-#   --target engine   torch, then `pip install '.[engine]'`: the workers (velora-bench:cuda)
+# Two images from one file, each installing the package with the extras of its jobs (pyproject.toml):
+#   --target service  `pip install '.[service]'`: the dashboard, which never runs a model, so no torch
+#                     (docker-compose.yml tags it velora-bench:service; an API on it answers POST /fit 503)
+#   --target engine   torch, then `pip install '.[service,engine]'`: the workers, and the API, whose
+#                     POST /fit predicts with torch on its CPU (velora-bench:cuda)
 #
 # TORCH_INDEX_URL chooses the engine's torch build and nothing else:
 #   https://pypi.org/simple               PyPI's Linux wheels, which bundle CUDA: GPU workers.
@@ -40,5 +41,5 @@ ARG TORCH_INDEX_URL=https://pypi.org/simple
 # is reused when only the code changes).
 RUN pip install "torch==${TORCH_VERSION}" --index-url "${TORCH_INDEX_URL}"
 COPY . /app
-RUN pip install "/app[engine]"
+RUN pip install "/app[service,engine]"
 USER velora

@@ -77,6 +77,14 @@ class Settings(BaseSettings):
     fit_timeout_s: float = Field(
         default=600.0, gt=0, le=3600, description="Longest a POST /fit prediction may run (then 504)."
     )
+    fit_warm_spare: bool = Field(
+        default=True,
+        description="Keep one POST /fit prediction process started, its libraries imported, waiting for "
+        "the next request (from the first POST /fit on), so a request does not wait ~9 s for torch "
+        "and transformers to import (docs/service.md). It costs the waiting process's memory, 469 MiB "
+        "resident with the CPU build of torch 2.13, and with each prediction a CPU core for ~10 s: "
+        "the next spare's start. false: each request starts its own process.",
+    )
     # The HTTP server (backend.api.serve): bounds on what a client sends before it is authenticated.
     http_max_head_bytes: int = Field(
         default=16_384, ge=1024, le=1_048_576, description="Largest request head (request line + headers)."

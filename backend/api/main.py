@@ -1,6 +1,7 @@
 """The FastAPI application: ``uvicorn backend.api.main:create_app --factory``.
 
-On start it applies migrations, provisions ``VELORA_API_TOKEN`` (hashed) and starts the reaper.
+On start it applies migrations, provisions ``VELORA_API_TOKEN`` (hashed) and starts the reaper; on
+shutdown it stops the reaper and kills ``POST /fit``'s spare prediction process.
 """
 
 from __future__ import annotations
@@ -83,6 +84,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 reaper.stop()
             dispatcher.close()
             db.dispose()
+            await fit.close_fit_line(app)  # the spare prediction process, if a POST /fit started one
 
     app = FastAPI(
         title="VeLoRA Bench",

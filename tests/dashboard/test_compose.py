@@ -153,23 +153,32 @@ def test_compose_file_has_the_services_healthchecks_volumes_and_gpu_workers() ->
     assert "profiles" not in services["worker"]  # GPU 0's worker starts by default
 
 
-def test_api_and_dashboard_images_install_the_service_extra_and_workers_the_engine() -> None:
+def test_the_dashboard_image_has_no_torch_and_the_api_runs_the_workers_image_without_a_gpu() -> None:
+    """The dashboard installs the service extra (no torch); the workers and the API the engine
+    image, torch with both extras, so that POST /fit predicts on the API's CPU (with the service
+    image it would answer 503). The API reserves no GPU."""
     _, args, runs = dockerfile()
+    services = compose(example_env())["services"]
     targets = {}
-    for name, service in compose(example_env())["services"].items():
+    for name, service in services.items():
         build = service.get("build")
         if build:
             assert build["context"] == "."
             assert set(build.get("args", {})) <= args, f"{name} passes build args the Dockerfile lacks"
             assert service["image"].startswith("velora-bench:")
             targets[name] = build["target"]
-    assert targets.pop("api") == targets.pop("dashboard") == "service"
-    assert set(targets.values()) == {"engine"}  # every worker
+    assert targets.pop("dashboard") == "service"
+    assert set(targets.values()) == {"engine"}  # every worker, and the API
+    assert (services["api"]["image"], services["api"]["build"]) == (
+        services["worker"]["image"],
+        services["worker"]["build"],
+    )  # one image, defined once (x-engine-image)
+    assert "deploy" not in services["api"]  # no GPU reservation: fit runs on the CPU
     assert runs["service"] == ['pip install "/app[service]"']  # no torch
     assert not any("torch" in run for run in runs["base"])
     torch_first, package = runs["engine"]
     assert torch_first.startswith('pip install "torch==${TORCH_VERSION}"')
-    assert package == 'pip install "/app[engine]"'
+    assert package == 'pip install "/app[service,engine]"'  # the API's FastAPI and uvicorn too
     assert ".venv" in (REPO_ROOT / ".dockerignore").read_text().split()
 
 
@@ -304,6 +313,12 @@ def test_compose_services_run_a_comparison_and_the_dashboard_shows_it(
     assert health["database"]["backend"] == "postgresql"
     assert health["broker"]["url"].startswith("redis://127.0.0.1:6379")
     assert [w["name"] for w in health["workers"]["list"]] == [f"gpu@{socket.gethostname()}"]
+
+    # "Will it fit?" is answered by the API itself (its image has torch; it was a 503 on the service image).
+    fit = {"model": "tiny", "methods": ["lora"], "micro_batch": 1, "seq_len": 16, "dtype": "fp32"}
+    response = client.post("/fit", json=fit, timeout=120)
+    assert response.status_code == 200, response.text
+    assert [e["method"] for e in response.json()["estimates"]] == ["lora"]
 
     body = {"preset": "cpu-smoke", "overrides": cpu_smoke_overrides(methods=["full", "velora+lora"])}
     response = client.post("/comparisons", json=body)  # with the token from .env: it was provisioned

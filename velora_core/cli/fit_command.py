@@ -97,6 +97,24 @@ def _jobs(text: str) -> int:
     return value
 
 
+#: The message of a process whose standard input closed without a request: the API that started it as
+#: its spare (docs/service.md) has shut down or died, and the process exits with it, in one line.
+NO_REQUEST = "no request on standard input (closed empty, as when the API that started this process stops)"
+
+
+def _stdin_request() -> str:
+    """The request on standard input, read after the warm-up (the API starts such a process before
+    its request exists: velora_core/cli/fit_warmup.py). Empty input is bad input (:data:`NO_REQUEST`),
+    not a JSON error."""
+    from velora_core.cli.fit_warmup import warm_up  # imports torch: only in a process that will predict
+
+    warm_up()
+    text = sys.stdin.read()
+    if not text.strip():
+        raise ValueError(NO_REQUEST)
+    return text
+
+
 def request_from_args(args: argparse.Namespace) -> FitRequest:
     """The :class:`FitRequest` the flags describe.
 
@@ -105,7 +123,7 @@ def request_from_args(args: argparse.Namespace) -> FitRequest:
     """
     try:
         if args.request is not None:
-            text = sys.stdin.read() if args.request == "-" else Path(args.request).read_text(encoding="utf-8")
+            text = _stdin_request() if args.request == "-" else Path(args.request).read_text(encoding="utf-8")
             return FitRequest.model_validate(json.loads(text))
         given = {
             "model": args.model,

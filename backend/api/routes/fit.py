@@ -10,13 +10,20 @@ says how many are ahead), killed after ``VELORA_FIT_TIMEOUT_S`` (a 504), with a 
 question is answered at once. A model may also be a pasted ``config.json`` (``config``). A
 subprocess, not a worker task: the answer is wanted now, by the person at the form, and the GPU
 workers' queue may be hours deep (docs/architecture.md, "Deliberate choices").
+
+Importing torch, transformers, peft and bitsandbytes takes ~9 s on a 2-core CPU, longer than many
+predictions. So, with ``VELORA_FIT_WARM_SPARE`` (the default), the line keeps one *spare*: a process
+of the same command started ahead of its request, its libraries imported and warmed up
+(``velora_core.cli.fit_warmup``), blocked reading its standard input (:meth:`FitLine.process`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.util
 import json
+import logging
 import sys
 import tempfile
 import time
@@ -24,7 +31,7 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter, HTTPException, Request
+from fastapi import APIRouter, FastAPI, HTTPException, Request
 from pydantic import BaseModel, Field, ValidationError
 
 from backend.api.deps import SettingsDep, WriteAccess
@@ -36,6 +43,8 @@ from velora_core.contract.fit_request import FitEstimate, FitRequest
 from velora_core.contract.names import check_hub_id
 from velora_core.contract.presets.model_shapes import MODEL_PRESETS
 
+log = logging.getLogger(__name__)
+
 router = APIRouter(prefix="/fit", tags=["fit"], responses=error_responses(401, 503, 504))
 
 #: Requests waiting beyond which a new one gets a 503 (each would wait a whole fit).
@@ -46,20 +55,76 @@ CACHE_SIZE = 128
 
 class FitLine:
     """An API process's predictions: one at a time (each takes a CPU core for up to the time limit;
-    the lock is fair, so requests are answered in the order they came), the count waiting, and the
-    answers kept by request."""
+    the lock is fair, so requests are answered in the order they came), the count waiting, the
+    answers kept by request, and with ``warm_spare`` the spare process (:meth:`process`). Made by
+    the first request to ``/fit`` (so an app that is never asked never starts a process)."""
 
-    def __init__(self) -> None:
+    def __init__(self, warm_spare: bool) -> None:
         self.running = asyncio.Lock()
         self.waiting = 0
         self.cache: OrderedDict[str, FitPublic] = OrderedDict()
+        self.warm_spare = warm_spare
+        #: The standard command (:func:`fit_command`), started and waiting for its request.
+        self.spare: asyncio.subprocess.Process | None = None
 
     @classmethod
     def of(cls, request: Request) -> FitLine:
         line = getattr(request.app.state, "fit_line", None)
         if line is None:
-            line = request.app.state.fit_line = cls()
+            line = request.app.state.fit_line = cls(request.app.state.settings.fit_warm_spare)
         return line
+
+    async def process(self, config_dir: Path | None) -> asyncio.subprocess.Process:
+        """The process that answers one request, its standard input not yet written. A pasted
+        config.json (``config_dir``) gets a fresh process of the command that may read that folder,
+        and so does every request without ``warm_spare``. The standard command takes the spare,
+        unless there is none yet or it died (crashed, killed by the OS: its ``returncode`` is set),
+        and then a fresh one; either way a new spare starts at once, for the next request. A process
+        still answers exactly one request: no request sees what another left in it."""
+        if config_dir is not None or not self.warm_spare:
+            return await _start(fit_command(config_dir))
+        process, self.spare = self.spare, None
+        if process is not None and process.returncode is not None:
+            await _discard(process)
+            process = None
+        if process is None:
+            process = await _start(fit_command())
+        try:
+            self.spare = await _start(fit_command())
+        except OSError as exc:  # no fork now (memory, process limit): this request is unharmed
+            log.warning("the spare fit process could not start (the next request starts its own): %s", exc)
+        return process
+
+    async def close(self) -> None:
+        """Kill the spare and wait for it (the app's shutdown)."""
+        spare, self.spare = self.spare, None
+        if spare is not None:
+            with contextlib.suppress(ProcessLookupError):
+                spare.kill()
+            await spare.communicate()  # reaps it and closes its pipes
+
+
+async def close_fit_line(app: FastAPI) -> None:
+    """The app's shutdown: no spare process outlives it (:meth:`FitLine.close`)."""
+    line = getattr(app.state, "fit_line", None)
+    if line is not None:
+        await line.close()
+
+
+async def _start(command: list[str]) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        *command,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+
+
+async def _discard(spare: asyncio.subprocess.Process) -> None:
+    """A spare that exited before its request: read what it left (closing its pipes) and log why."""
+    _, err = await spare.communicate()
+    last = (err.decode(errors="replace").strip().splitlines() or ["no message"])[-1]
+    log.warning("the spare fit process exited (code %s) before its request came: %s", spare.returncode, last)
 
 
 #: The largest pasted config.json (its serialised characters).
@@ -163,7 +228,7 @@ async def predict_fit(
     try:
         if key in line.cache:  # answered while this one waited
             return line.cache[key].model_copy(update={"cached": True, "ahead_on_arrival": ahead})
-        answer = await _predict(body, settings.fit_timeout_s)
+        answer = await _predict(body, settings.fit_timeout_s, line)
     finally:
         line.running.release()
     answer.ahead_on_arrival = ahead
@@ -173,7 +238,7 @@ async def predict_fit(
     return answer
 
 
-async def _predict(body: FitQuestion, timeout_s: float) -> FitPublic:
+async def _predict(body: FitQuestion, timeout_s: float, line: FitLine) -> FitPublic:
     """Run the prediction's subprocess (with a pasted config.json written to a folder of its own)."""
     request = FitRequest.model_validate(body.model_dump(exclude={"config"}, exclude_unset=True))
     with tempfile.TemporaryDirectory(prefix="velora-fit-") as folder:
@@ -183,12 +248,7 @@ async def _predict(body: FitQuestion, timeout_s: float) -> FitPublic:
             (config_dir / "config.json").write_text(json.dumps(body.config))
             sent = request.model_copy(update={"model": str(config_dir)})
         start = time.perf_counter()
-        process = await asyncio.create_subprocess_exec(
-            *fit_command(config_dir),
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
+        process = await line.process(config_dir)
         try:
             out, err = await asyncio.wait_for(process.communicate(fit_input(sent)), timeout_s)
         except TimeoutError:
@@ -201,8 +261,8 @@ async def _predict(body: FitQuestion, timeout_s: float) -> FitPublic:
             ) from None
     message = err.decode(errors="replace").strip().splitlines()
     if process.returncode == EXIT_BAD_INPUT:
-        line = message[-1] if message else "bad input"
-        raise invalid(("body",), line.removeprefix("velora-bench fit: error: "))
+        last = message[-1] if message else "bad input"
+        raise invalid(("body",), last.removeprefix("velora-bench fit: error: "))
     if process.returncode != EXIT_OK:
         raise HTTPException(
             503, detail=f"The prediction failed (exit code {process.returncode}): {(message or ['?'])[-1]}"
