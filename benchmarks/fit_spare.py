@@ -10,7 +10,8 @@ each round and the medians, the idle spare's resident memory (``VmRSS``, and ``P
 pages it shares with others), and writes ``benchmarks/results/fit_spare.json``.
 
     python benchmarks/fit_spare.py                          # llama-7b, lora, 1×128, bf16, 3 rounds
-    python benchmarks/fit_spare.py --methods full lora qlora --per-method --out …   # as the page asks
+    python benchmarks/fit_spare.py --methods full lora qlora --micro-batch 8 --seq-len 512 --gpu-gib 80 \
+        --out …                                              # as the page asks: one request
     python benchmarks/fit_spare.py --model tiny --seq-len 16 --dtype fp32 --rounds 5
 """
 
@@ -110,11 +111,13 @@ def main() -> int:
     parser.add_argument(
         "--per-method",
         action="store_true",
-        help="ask each method on its own, one request after another, as the dashboard's page does",
+        help="ask each method on its own, one request after another (as the dashboard's page did until "
+        "2026-12-07; it now sends one request)",
     )
     parser.add_argument("--micro-batch", type=int, default=1)
     parser.add_argument("--seq-len", type=int, default=128)
     parser.add_argument("--dtype", default="bf16")
+    parser.add_argument("--gpu-gib", type=float, help="the card: with it, the largest-micro-batch search")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "benchmarks" / "results" / "fit_spare.json")
     args = parser.parse_args()
@@ -124,6 +127,7 @@ def main() -> int:
         "micro_batch": args.micro_batch,
         "seq_len": args.seq_len,
         "dtype": args.dtype,
+        **({"gpu_gib": args.gpu_gib} if args.gpu_gib is not None else {}),
     }
     bodies = [{**body, "methods": [m]} for m in args.methods] if args.per_method else [body]
     load_before = os.getloadavg()[0]

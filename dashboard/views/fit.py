@@ -1,7 +1,7 @@
 """Will it fit? (predict): each method's predicted peak memory for a model and shape, against a card
 of any size, and the largest micro-batch that fits: ``POST /fit`` (one fake-tensor step per method on
-the server's CPU), one method at a time so each answer appears as it is computed, waiting in line
-behind other requests with the position shown. Nothing is trained: for a measured answer, Launch's
+the server's CPU), every method in one request so the server predicts them side by side, waiting in
+line behind other requests with the position and the time shown. Nothing is trained: for a measured answer, Launch's
 "Measure memory" runs real steps on a worker."""
 
 from __future__ import annotations
@@ -122,15 +122,17 @@ def method_settings(method: str) -> dict:
     return {k: v for k, v in settings.items() if k in properties}
 
 
-def question(method: str) -> dict:
-    """The request for one method: a whole spec for a preset or hub id (every run setting as it would
-    run); for a pasted config.json the shape fields (the API takes no spec with a pasted config)."""
+def question(methods: list[str]) -> dict:
+    """The request for every method at once (the server predicts them side by side, one process each
+    of its CPUs): a whole comparison spec for a preset or hub id (every run setting as it would run);
+    for a pasted config.json the shape fields (the API takes no spec with a pasted config)."""
+    configs = {method: method_settings(method) for method in methods}
     if config is not None:
         return {
             "model": model,
             "config": config,
-            "methods": [method],
-            "method_configs": {method: method_settings(method)},
+            "methods": methods,
+            "method_configs": configs,
             "micro_batch": int(micro_batch),
             "seq_len": int(seq_len),
             "dtype": dtype,
@@ -144,8 +146,8 @@ def question(method: str) -> dict:
         "workload": "finetune",
         "model": {**source, "memory_only": True},
         "dataset": {"name": "stdlib-corpus"},
-        "method": method,
-        "method_config": method_settings(method),
+        "method": methods[0],
+        "method_config": configs[methods[0]],
         "seq_len": int(seq_len),
         "micro_batch": int(micro_batch),
         "grad_accum": int(grad_accum),
@@ -153,7 +155,8 @@ def question(method: str) -> dict:
         **({"autocast": autocast} if autocast else {}),
         "optimizer": {"name": "adamw", "max_grad_norm": float(clip) or None},
     }
-    return {"spec": base, **card}
+    spec = {"name": "will-it-fit", "base": base, "methods": methods, "method_configs": configs}
+    return {"spec": spec, **card}
 
 
 if config is not None:
@@ -164,47 +167,45 @@ if config is not None:
 asked = {"model": model, "micro_batch": int(micro_batch), "seq_len": int(seq_len), "dtype": dtype}
 
 
-def ask(method: str, status: st.delta_generator.DeltaGenerator) -> dict | None:
-    """One method's answer, showing the line while the request waits in it."""
-    future = api.start_fit(question(method))
+def ask(methods: list[str], status: st.delta_generator.DeltaGenerator) -> dict | None:
+    """The answer for ``methods``, showing the line and the time while the request waits and runs."""
+    future = api.start_fit(question(methods))
     started = time.monotonic()
+    what = f"{len(methods)} method(s)"
     while not future.done():
         try:
             line = api.fit_queue()
             where = f"{line['waiting']} request(s) waiting, one running" if line["running"] else "starting"
         except ApiError:
             where = "waiting"
-        status.info(f"{method}: {where} · {time.monotonic() - started:.0f} s")
+        status.info(f"Predicting {what}: {where} · {time.monotonic() - started:.0f} s")
         time.sleep(0.5)
     try:
         answer = future.result()
     except ApiError as exc:
-        status.error(f"{method}: {exc.message}")
+        status.error(exc.message)
         return None
     ahead = answer.get("ahead_on_arrival") or 0
     status.caption(
-        f"{method}: predicted in {answer['seconds']:.0f} s"
+        f"{what} predicted in {answer['seconds']:.0f} s"
         + (", from the server's cache" if answer.get("cached") else "")
         + (f", after {ahead} request(s) ahead of it" if ahead else "")
     )
-    return answer["estimates"][0]
+    return answer
 
 
 if st.button("Predict", type="primary", disabled=not methods or bool(problem), key="willfit.submit"):
-    st.session_state["willfit.answer"] = {"asked": asked, "estimates": []}
     started = time.monotonic()
-    chart, table = st.empty(), st.empty()
-    for method in methods:  # each answer is drawn as it arrives
-        estimate = ask(method, st.empty())
-        if estimate is not None:
-            st.session_state["willfit.answer"]["estimates"].append(estimate)
-            estimates = st.session_state["willfit.answer"]["estimates"]
-            chart.plotly_chart(
-                fit_figure(estimates, estimates[0].get("gpu_bytes")), key=f"willfit.chart.{method}"
-            )
-            table.table(fit_rows(estimates))
-    st.session_state["willfit.answer"]["seconds"] = time.monotonic() - started
-    st.rerun()
+    answer = ask(list(methods), st.empty())
+    if answer is None:
+        st.session_state.pop("willfit.answer", None)  # the error above, not an older question's answer
+    else:
+        st.session_state["willfit.answer"] = {
+            "asked": asked,
+            "estimates": answer["estimates"],
+            "seconds": time.monotonic() - started,
+        }
+        st.rerun()
 
 answer = st.session_state.get("willfit.answer")
 if answer and answer["estimates"]:

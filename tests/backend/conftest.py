@@ -25,9 +25,13 @@ def backend_kind(request: pytest.FixtureRequest) -> str:
 def settings(backend_kind: str, tmp_path: Path) -> Iterator[Settings]:
     """SQLite + the embedded SQLite broker, or PostgreSQL (own schema) + Redis (own prefix).
 
-    ``testserver`` is the Host name TestClient sends, allowed as a deployment allows its own name."""
+    ``testserver`` is the Host name TestClient sends, allowed as a deployment allows its own name.
+    No warm spare for ``POST /fit`` (each would import torch in the background, a CPU core for ~9 s,
+    while the tests run): tests/backend/test_fit_spare.py turns it on."""
     if backend_kind == "sqlite":
-        yield Settings(data_dir=tmp_path, reaper_enabled=False, allowed_hosts=["testserver"])
+        yield Settings(
+            data_dir=tmp_path, reaper_enabled=False, allowed_hosts=["testserver"], fit_warm_spare=False
+        )
         return
     with postgres_schema() as url, redis_prefix() as prefix:
         yield Settings(
@@ -37,6 +41,7 @@ def settings(backend_kind: str, tmp_path: Path) -> Iterator[Settings]:
             redis_key_prefix=prefix,
             reaper_enabled=False,
             allowed_hosts=["testserver"],
+            fit_warm_spare=False,
         )
 
 

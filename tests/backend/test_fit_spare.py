@@ -16,6 +16,7 @@ from fastapi.testclient import TestClient
 
 from backend.api.main import create_app
 from backend.api.routes.fit import FitLine, fit_command
+from backend.settings import Settings
 from tests.backend.harness import free_port, new_api_token, service_env, start_api, wait_until
 from tests.backend.test_fit_api import TINY_CONFIG
 from velora_core.contract.exit_codes import EXIT_BAD_INPUT
@@ -24,6 +25,12 @@ pytestmark = pytest.mark.parametrize("backend_kind", ["sqlite"])  # no database 
 
 #: One method of the smallest preset: the fake step takes about a second, the imports the rest.
 TINY = {"model": "tiny", "methods": ["lora"], "micro_batch": 1, "seq_len": 16, "dtype": "fp32"}
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    """The API's settings as deployed: the spare on (tests/backend/conftest.py turns it off)."""
+    return settings.model_copy(update={"fit_warm_spare": True})
 
 
 def line_of(client: TestClient) -> FitLine:

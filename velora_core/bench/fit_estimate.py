@@ -29,7 +29,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 
 from velora_core.bench.step_prediction import StepPrediction, StepPredictor
-from velora_core.cli.fit_command import add_fit_arguments, request_from_args
+from velora_core.cli.fit_command import add_fit_arguments, jobs_from_args, request_from_args
 from velora_core.contract.cards import CARD_FAMILIES
 from velora_core.contract.exit_codes import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK
 from velora_core.contract.fit_request import MAX_SEARCHED_MICRO_BATCH, FitEstimate, FitRequest, fit_run
@@ -256,7 +256,7 @@ def print_estimates(rows: Sequence[FitEstimate], as_json: bool) -> None:
 def run(args: argparse.Namespace) -> int:
     """The command: print the estimates; a bad input is one line on stderr and exit code 2."""
     try:
-        jobs = args.jobs if getattr(args, "jobs", None) else available_cpus()
+        jobs = jobs_from_args(args) or available_cpus()
         rows = estimate(request_from_args(args), allow_local=not args.no_local, jobs=jobs)
     except (ValueError, OSError) as exc:
         print(f"velora-bench fit: error: {' '.join(str(exc).split())}", file=sys.stderr)  # one line

@@ -63,7 +63,6 @@ def add_fit_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--jobs",
-        type=_jobs,
         metavar="N",
         help="methods predicted at once, one process each (default: the CPUs this process may use)",
     )
@@ -86,14 +85,21 @@ def _with_overrides(spec: dict[str, Any], overrides: dict[str, Any]) -> dict[str
 MAX_JOBS = 64
 
 
-def _jobs(text: str) -> int:
-    """``--jobs``: a whole number from 1 to :data:`MAX_JOBS`."""
+def jobs_from_args(args: argparse.Namespace) -> int | None:
+    """``--jobs``: a whole number from 1 to :data:`MAX_JOBS`, or None when not given.
+
+    Raises:
+        ValueError: the one-line message naming the flag.
+    """
+    text = getattr(args, "jobs", None)
+    if text is None:
+        return None
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"a whole number from 1 to {MAX_JOBS}, not {text!r}") from None
+        raise ValueError(f"--jobs: a whole number from 1 to {MAX_JOBS}, not {text!r}") from None
     if not 1 <= value <= MAX_JOBS:
-        raise argparse.ArgumentTypeError(f"a whole number from 1 to {MAX_JOBS}, not {value}")
+        raise ValueError(f"--jobs: a whole number from 1 to {MAX_JOBS}, not {value}")
     return value
 
 
