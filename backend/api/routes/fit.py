@@ -79,8 +79,10 @@ class FitLine:
         config.json (``config_dir``) gets a fresh process of the command that may read that folder,
         and so does every request without ``warm_spare``. The standard command takes the spare,
         unless there is none yet or it died (crashed, killed by the OS: its ``returncode`` is set),
-        and then a fresh one; either way a new spare starts at once, for the next request. A process
-        still answers exactly one request: no request sees what another left in it."""
+        and then a fresh one. The next spare starts at once when a request is waiting for this one
+        (it imports while this one predicts), else when this prediction is over (:meth:`refill`): its
+        ~9 s import would take a core from this prediction's processes. A process still answers
+        exactly one request: no request sees what another left in it."""
         if config_dir is not None or not self.warm_spare:
             return await _start(fit_command(config_dir))
         process, self.spare = self.spare, None
@@ -89,11 +91,18 @@ class FitLine:
             process = None
         if process is None:
             process = await _start(fit_command())
+        if self.waiting:
+            await self.refill()
+        return process
+
+    async def refill(self) -> None:
+        """Start the spare, if the line keeps one and has none."""
+        if not self.warm_spare or self.spare is not None:
+            return
         try:
             self.spare = await _start(fit_command())
-        except OSError as exc:  # no fork now (memory, process limit): this request is unharmed
+        except OSError as exc:  # no fork now (memory, process limit): no request is harmed
             log.warning("the spare fit process could not start (the next request starts its own): %s", exc)
-        return process
 
     async def close(self) -> None:
         """Kill the spare and wait for it (the app's shutdown)."""
@@ -230,6 +239,8 @@ async def predict_fit(
             return line.cache[key].model_copy(update={"cached": True, "ahead_on_arrival": ahead})
         answer = await _predict(body, settings.fit_timeout_s, line)
     finally:
+        if body.config is None:  # a pasted config.json's request leaves the spare alone
+            await line.refill()
         line.running.release()
     answer.ahead_on_arrival = ahead
     line.cache[key] = answer
