@@ -22,7 +22,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -39,6 +38,7 @@ from backend.api.main import create_app  # noqa: E402
 from backend.db import Database  # noqa: E402
 from backend.migrate import upgrade  # noqa: E402
 from backend.settings import Settings  # noqa: E402
+from benchmarks.api_load import commit_of  # noqa: E402
 
 
 def cpu_ticks(pid: int) -> int:
@@ -71,22 +71,6 @@ def memory_kib(pid: int) -> dict[str, int]:
         if ":" in line
     )
     return {"rss_kib": int(status["VmRSS"].split()[0]), "pss_kib": int(rollup["Pss"].split()[0])}
-
-
-def commit_of(path: Path) -> str | None:
-    try:
-        head = subprocess.run(
-            ["git", "-C", str(path), "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", str(path), "status", "--porcelain"], capture_output=True, text=True
-        )
-        return head + ("+dirty" if dirty.stdout.strip() else "")
-    except (OSError, subprocess.CalledProcessError):
-        return None
 
 
 def ask(client: TestClient, body: dict[str, Any], token: str) -> tuple[float, float]:
