@@ -199,8 +199,19 @@ class StepPredictor:
 
     def _whole(self, micro_batch: int) -> StepPrediction:
         step = self._traced(None, micro_batch)
-        prediction = _prediction(step, self._replay(step.log), [], self._tracers[None].notes)
+        stats = self._replay(step.log)
+        prediction = _prediction(step, stats, [], self._tracers[None].notes)
         prediction.first_peak_bytes = self._first_peak(None)
+        # The search's step at this size is this replay's (no second replay of the same log).
+        self._reserved[micro_batch] = StepPrediction(
+            step.peak_bytes,
+            step.peak_phase,
+            {},
+            dict(step.phase_peaks),
+            stats.peak_reserved,
+            stats.peak_allocated,
+        )
+        self.from_line.discard(micro_batch)
         if self.whole_because is not None:
             prediction.notes.append(f"traced whole: {self.whole_because}")
         return prediction
